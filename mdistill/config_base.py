@@ -1,0 +1,92 @@
+"""Defaults shared by every experiment config, and the ':smoke' shrink.
+
+Config files in configs/ start from base_config() and change what their experiment needs.
+Block indices are 0-based outputs of blocks ("block 8" is the output of the ninth block);
+papers that count from 1 name block i+1.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "mae"  # one of mdistill.objectives.OBJECTIVES
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype of the student; parameters stay float32
+    c.image_size = 224
+    c.mask_ratio = 0.75
+    c.norm_pix_loss = True
+
+    c.student = ml_collections.ConfigDict(dict(
+        variant="B/16", decoder_width=512, decoder_depth=8, decoder_heads=16))
+    c.teacher = ml_collections.ConfigDict(dict(
+        variant="L/16",
+        checkpoint="",       # mdistill workdir / checkpoint dir; empty = random (smoke only)
+        dtype="float32"))    # compute and storage dtype of the frozen teacher
+    c.distill = ml_collections.ConfigDict(dict(
+        pairs=((8, 17),),    # (student block, teacher block), 0-based
+        head="linear",       # projection head: linear | mlp
+        projection=(768, 1024),  # (student width, teacher width), checked at start; () skips
+        loss="l1",           # l1 | l2 | smooth_l1
+        normalize=True,      # L2-normalise both features before the loss
+        weight=1.0,          # weight of each pair's feature loss
+        rec_weight=1.0))     # weight of the pixel reconstruction loss
+
+    c.batch_size = 4096      # global, over all devices and accumulation steps
+    c.num_epochs = 800.0
+    c.warmup_epochs = 40.0
+    c.total_steps = -1       # >= 0 overrides num_epochs
+    c.warmup_steps = -1      # >= 0 overrides warmup_epochs
+    c.optim = ml_collections.ConfigDict(dict(
+        blr=1.5e-4,          # lr = blr * batch_size / 256
+        lr=-1.0,             # > 0 sets the peak lr directly
+        min_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.05,
+        grad_clip=0.0,       # global-norm clipping; 0 disables
+        accum_steps=1))      # micro-batches per step (gradient accumulation)
+
+    c.data = ml_collections.ConfigDict(dict(
+        source="tfds",       # synthetic | fashion_mnist | tfds
+        name="imagenet2012", split="train", data_dir="",
+        path=FMNIST_DIR,     # Fashion-MNIST IDX folder
+        channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        synthetic_size=1024))
+
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Same method, tiny models, synthetic 32px data, a few dozen steps: seconds on a CPU."""
+    c.image_size = 32
+    c.student.update(variant="mu/4", decoder_width=64, decoder_depth=1, decoder_heads=4)
+    c.teacher.update(variant="xs/4", checkpoint="", dtype="float32")
+    c.distill.update(pairs=((1, 3),), projection=(64, 128))
+    c.data.update(source="synthetic", channels=3, synthetic_size=512,
+                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    c.batch_size = 16
+    c.total_steps, c.warmup_steps = 40, 5
+    c.optim.update(lr=1e-3, accum_steps=1)
+    c.dtype = "float32"
+    c.log_every, c.checkpoint_every = 10, 40
+    return c
+
+
+def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fashion-MNIST from its IDX files: 28x28 grayscale, 4x4 patches (49 per image), small
+    decoder, batch 256, settings that train on 2 CPU cores in minutes."""
+    c.image_size = 28
+    c.data.update(source="fashion_mnist", split="train", channels=1, mean=(0.286,), std=(0.353,))
+    c.student.update(decoder_width=64, decoder_depth=2, decoder_heads=4)
+    c.batch_size = 256
+    c.optim.update(lr=1.5e-3, weight_decay=0.05)
+    c.log_every, c.checkpoint_every = 50, 500
+    return c

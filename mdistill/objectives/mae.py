@@ -1,0 +1,57 @@
+"""MAE: reconstruct the pixels of the hidden patches from the visible ones."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mdistill import masking
+from mdistill.models.mae import MAE, patchify
+from mdistill.models.vit import ViTSpec
+from mdistill.objectives.common import normalize_images, reconstruction_loss
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class MAEObjective:
+    """Trainable parameters: {'mae': {'encoder', 'decoder'}}. No teacher."""
+
+    uses_teacher = False
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.spec = ViTSpec.parse(config.student.variant)
+        self.dtype = DTYPES[config.dtype]
+        self.num_patches = (config.image_size // self.spec.patch_size) ** 2
+        self.mae = MAE(self.spec, config.student.decoder_width, config.student.decoder_depth,
+                       config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype)
+
+    # Blocks of the student encoder whose outputs the loss needs (none for plain MAE).
+    student_blocks: tuple[int, ...] = ()
+
+    def sample_mask(self, rng: jax.Array, batch_size: int) -> masking.Mask:
+        return masking.random_masking(rng, batch_size, self.num_patches, self.config.mask_ratio)
+
+    def init(self, rng: jax.Array, images: jax.Array) -> dict:
+        mask = self.sample_mask(rng, images.shape[0])
+        x = self.prepare_images(images)
+        return {"mae": self.mae.init(rng, x, mask.ids_keep, mask.ids_restore)["params"]}
+
+    def prepare_images(self, images: jax.Array) -> jax.Array:
+        return normalize_images(images, self.config.data.mean, self.config.data.std)
+
+    def student_forward(self, params, x, mask):
+        """-> (pixel predictions, {student block: features}, reconstruction loss)."""
+        pred, feats = self.mae.apply({"params": params["mae"]}, x.astype(self.dtype), mask.ids_keep,
+                                     mask.ids_restore, return_blocks=self.student_blocks)
+        rec = reconstruction_loss(pred, patchify(x, self.spec.patch_size), mask.mask,
+                                  self.config.norm_pix_loss)
+        return pred, feats, rec
+
+    def loss(self, params, teacher_params, images, rng):
+        del teacher_params
+        x = self.prepare_images(images)
+        mask = self.sample_mask(rng, x.shape[0])
+        _, _, rec = self.student_forward(params, x, mask)
+        return rec, {"loss": rec, "rec_loss": rec}

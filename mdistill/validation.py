@@ -1,0 +1,93 @@
+"""Check a config once, before anything compiles: one error naming the field, the value
+and what is allowed."""
+
+from __future__ import annotations
+
+import jax
+
+from mdistill import masking
+from mdistill.data import SOURCES
+from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
+from mdistill.models.heads import PROJECTION_KINDS
+from mdistill.models.vit import ViTSpec
+from mdistill.objectives import OBJECTIVES
+from mdistill.objectives.common import FEATURE_LOSSES
+from mdistill.objectives.mae import DTYPES
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _require(ok: bool, field: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _variant(field: str, value: str) -> ViTSpec:
+    try:
+        return ViTSpec.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"config.{field}: {e}") from None
+
+
+def validate(config, num_devices: int | None = None) -> None:
+    num_devices = num_devices or jax.device_count()
+    _require(config.method in OBJECTIVES, "method", config.method, f"expected one of {sorted(OBJECTIVES)}")
+    _require(config.dtype in DTYPES, "dtype", config.dtype, f"expected one of {sorted(DTYPES)}")
+
+    student = _variant("student.variant", config.student.variant)
+    p = student.patch_size
+    _require(config.image_size > 0 and config.image_size % p == 0, "image_size", config.image_size,
+             f"must be a positive multiple of the student's patch size {p}")
+    num_patches = (config.image_size // p) ** 2
+    _require(0.0 <= config.mask_ratio < 1.0 and masking.num_visible(num_patches, config.mask_ratio) >= 1,
+             "mask_ratio", config.mask_ratio,
+             f"must be in [0, 1) and leave at least one of the {num_patches} patches visible")
+    dec = config.student
+    _require(dec.decoder_width % 4 == 0 and dec.decoder_width % dec.decoder_heads == 0,
+             "student.decoder_width", dec.decoder_width,
+             f"must be divisible by 4 and by decoder_heads={dec.decoder_heads}")
+    _require(dec.decoder_depth >= 1, "student.decoder_depth", dec.decoder_depth, "must be >= 1")
+
+    _require(config.batch_size > 0 and config.batch_size % num_devices == 0, "batch_size", config.batch_size,
+             f"must be a positive multiple of the device count ({num_devices})")
+    accum = config.optim.accum_steps
+    _require(accum >= 1 and config.batch_size % accum == 0 and (config.batch_size // accum) % num_devices == 0,
+             "optim.accum_steps", accum,
+             f"must divide batch_size={config.batch_size} into micro-batches divisible by {num_devices} devices")
+    _require(config.total_steps >= 0 or config.num_epochs > 0, "num_epochs", config.num_epochs,
+             "must be > 0 when total_steps < 0")
+    _require(config.log_every >= 1, "log_every", config.log_every, "must be >= 1")
+    _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "must be >= 1")
+
+    d = config.data
+    _require(d.source in SOURCES, "data.source", d.source, f"expected one of {SOURCES}")
+    _require(d.channels in (1, 3), "data.channels", d.channels, "expected 1 (grayscale) or 3")
+    _require(len(d.mean) == d.channels and len(d.std) == d.channels, "data.mean/std", (d.mean, d.std),
+             f"need one value per channel ({d.channels})")
+    if d.source == "fashion_mnist":
+        _require(d.split in FMNIST_SPLITS, "data.split", d.split, f"expected one of {sorted(FMNIST_SPLITS)}")
+        _require(config.image_size == 28, "image_size", config.image_size, "Fashion-MNIST images are 28x28")
+
+    if config.method in ("dmae",):
+        _validate_distill(config, student)
+
+
+def _validate_distill(config, student: ViTSpec) -> None:
+    teacher = _variant("teacher.variant", config.teacher.variant)
+    _require(config.teacher.dtype in DTYPES, "teacher.dtype", config.teacher.dtype, f"expected one of {sorted(DTYPES)}")
+    _require(teacher.patch_size == student.patch_size, "teacher.variant", config.teacher.variant,
+             f"the teacher must use the student's patch size {student.patch_size} (it sees the same patches)")
+    dist = config.distill
+    _require(len(dist.pairs) >= 1, "distill.pairs", dist.pairs, "need at least one (student block, teacher block)")
+    for s, t in dist.pairs:
+        _require(0 <= s < student.depth, "distill.pairs", dist.pairs,
+                 f"student block {s} is outside 0..{student.depth - 1} ({config.student.variant}, 0-based)")
+        _require(0 <= t < teacher.depth, "distill.pairs", dist.pairs,
+                 f"teacher block {t} is outside 0..{teacher.depth - 1} ({config.teacher.variant}, 0-based)")
+    _require(dist.head in PROJECTION_KINDS, "distill.head", dist.head, f"expected one of {PROJECTION_KINDS}")
+    _require(dist.loss in FEATURE_LOSSES, "distill.loss", dist.loss, f"expected one of {FEATURE_LOSSES}")
+    if dist.get("projection"):
+        _require(tuple(dist.projection) == (student.width, teacher.width), "distill.projection", dist.projection,
+                 f"must map the student width to the teacher width: ({student.width}, {teacher.width})")
