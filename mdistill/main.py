@@ -6,6 +6,7 @@ no training) and prints a JSON summary as its last line."""
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,7 +22,10 @@ def main(argv):
     from mdistill import sharding, train, validation
 
     config = _CONFIG.value
-    validation.validate(config)
+    try:
+        validation.validate(config)
+    except validation.ConfigError as e:
+        sys.exit(f"error: {e}")
     mesh = sharding.make_mesh()
     if _DRY_RUN.value:
         print(json.dumps(train.summarize(config, mesh)), flush=True)

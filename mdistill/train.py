@@ -130,7 +130,7 @@ class Trainer:
         grads, metrics = self._grads(state.params, teacher_params, images, rng)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, lr=self.lr_schedule(state.step), grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, lr=self.lr_schedule(state.step), grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, opt_state), metrics
 
     def compiled_step(self):

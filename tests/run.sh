@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The tests: bash tests/run.sh [pytest arguments]
+#
+# Creates .venv if missing (Python >= 3.11; $PYTHON, default python3), installs
+# mdistill with its test extras, installs Debian's dataset-fashion-mnist when the files are
+# missing and we are root (tests that need the real data skip without it), then runs
+# `python -m pytest -q tests "$@"`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/setup_env.sh
+source scripts/setup_env.sh
+
+mdistill_setup_venv '.[test]' mdistill pytest
+mdistill_fmnist_ready ||
+  echo "Fashion-MNIST not in $MDISTILL_FMNIST_DIR: tests that need the real data will be skipped"
+
+exec python -m pytest -q tests "$@"

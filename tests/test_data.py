@@ -1,0 +1,78 @@
+import gzip
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mdistill import sharding
+from mdistill.data import BatchIterator, SyntheticSource
+from mdistill.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource, read_idx
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, (20,), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    return tmp_path, images, labels
+
+
+def test_idx_reader_roundtrip(tiny_fmnist):
+    path, images, labels = tiny_fmnist
+    src = FashionMNISTSource("train", str(path), channels=3)
+    assert len(src) == 20
+    out = src.images([3, 7])
+    assert out.shape == (2, 28, 28, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 1], images[[3, 7]])
+    np.testing.assert_array_equal(src.labels([3, 7]), labels[[3, 7]])
+
+
+def test_truncated_idx_file_is_named(tiny_fmnist):
+    path, _, _ = tiny_fmnist
+    raw = gzip.open(path / "train-images-idx3-ubyte.gz").read()
+    with gzip.open(path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:1000])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: header says"):
+        FashionMNISTSource("train", str(path))
+
+
+def test_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        FashionMNISTSource("train", str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(DEFAULT_DIR, "t10k-images-idx3-ubyte.gz")),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_files():
+    src = FashionMNISTSource("test", DEFAULT_DIR)
+    assert len(src) == 10000
+    assert read_idx(os.path.join(DEFAULT_DIR, "t10k-labels-idx1-ubyte.gz")).shape == (10000,)
+    labels = src.labels(np.arange(10000))
+    np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)  # the test split is balanced
+    assert src.images([0]).shape == (1, 28, 28, 1)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    src = SyntheticSource(size=64, image_size=8, channels=3)
+    shard = sharding.batch_sharding(sharding.make_mesh())
+    a = BatchIterator(src, 16, shard, seed=1)
+    first = [np.asarray(next(a)) for _ in range(6)]  # 4 steps per epoch: crosses an epoch
+    b = BatchIterator(src, 16, shard, seed=1, start_step=3)
+    np.testing.assert_array_equal(np.asarray(next(b)), first[3])
+    np.testing.assert_array_equal(np.asarray(next(b)), first[4])
+    # one epoch visits every example once
+    seen = np.concatenate([a.global_indices(s) for s in range(4)])
+    assert sorted(seen.tolist()) == list(range(64))
+    assert not np.array_equal(a.global_indices(0), a.global_indices(4))  # reshuffled next epoch
+    c = BatchIterator(src, 16, shard, seed=2)
+    assert not np.array_equal(np.asarray(next(c)), first[0])
+    assert next(c).sharding == shard
