@@ -102,3 +102,14 @@ def test_distilling_from_a_trained_mae_checkpoint(tmp_path):
     c.distill.projection = (64, 64)
     with pytest.raises(ValueError, match="does not match config.teacher.variant='mu/4'"):
         Trainer(c, sharding.make_mesh()).load_teacher()
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    c = smoke("dmae")
+    c.dtype = "bfloat16"
+    c.teacher.dtype = "bfloat16"
+    trainer = Trainer(c, sharding.make_mesh())
+    losses, state = run_steps(trainer, n=1)
+    assert np.isfinite(losses[0])
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(trainer.load_teacher())} == {jnp.dtype(jnp.bfloat16)}

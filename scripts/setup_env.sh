@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# Set-up shared by demo.sh and tests/run.sh. Source it from the repository root; it defines
+# functions only:
+#
+#   mdistill_setup_venv SPEC MODULE...  create .venv if missing (Python >= 3.11; $PYTHON,
+#                                       default python3), activate it, and run
+#                                       `pip install -q -e SPEC` unless every MODULE imports
+#                                       and pyproject.toml is not newer than the stamp file
+#                                       .venv/.mdistill-installed
+#   mdistill_fmnist_ready               succeed when the Fashion-MNIST IDX files are in
+#                                       $MDISTILL_FMNIST_DIR (default: where Debian's
+#                                       dataset-fashion-mnist puts them), installing that
+#                                       package with apt-get first when they are missing and
+#                                       we are root
+
+MDISTILL_FMNIST_DIR=${MDISTILL_FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+MDISTILL_FMNIST_FILES=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz
+                       t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
+
+mdistill_die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+# mdistill_check_python PYTHON: exit with a clear message unless PYTHON runs and is >= 3.11.
+mdistill_check_python() {
+  local py=$1 version
+  command -v "$py" >/dev/null 2>&1 || mdistill_die "'$py' not found; mdistill needs Python >= 3.11"
+  version=$("$py" -c 'import platform; print(platform.python_version())' 2>/dev/null) ||
+    mdistill_die "'$py' does not run (a .venv made by a Python that is gone? delete .venv and rerun)"
+  "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    mdistill_die "'$py' is Python $version; mdistill needs Python >= 3.11 (point PYTHON at one, e.g. PYTHON=python3.11, and delete any old .venv)"
+}
+
+mdistill_setup_venv() {
+  local spec=$1 stamp=.venv/.mdistill-installed python=${PYTHON:-python3}
+  shift
+  if [[ ! -f .venv/bin/activate ]]; then
+    mdistill_check_python "$python"
+    echo "Creating .venv with $(command -v "$python") ..."
+    if ! "$python" -m venv .venv; then
+      rm -rf .venv
+      mdistill_die "'$python -m venv .venv' failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    fi
+  fi
+  # shellcheck disable=SC1091  # created above
+  source .venv/bin/activate
+  mdistill_check_python python
+
+  local imports
+  imports=$(IFS=,; echo "$*")
+  if [[ -f $stamp && ! pyproject.toml -nt $stamp ]] && python -c "import $imports" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "Installing mdistill ('pip install -e $spec') into .venv ..."
+  if ! pip install -q -e "$spec" >.venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    mdistill_die "'pip install -e $spec' failed (log above, also in .venv/pip-install.log)"
+  fi
+  touch "$stamp"
+}
+
+mdistill_fmnist_missing() {
+  local f
+  for f in "${MDISTILL_FMNIST_FILES[@]}"; do
+    [[ -f $MDISTILL_FMNIST_DIR/$f ]] || return 0
+  done
+  return 1
+}
+
+mdistill_fmnist_ready() {
+  mdistill_fmnist_missing || return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "Fashion-MNIST is not in $MDISTILL_FMNIST_DIR: installing Debian's dataset-fashion-mnist ..."
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
+      echo "warning: apt-get could not install dataset-fashion-mnist" >&2
+    fi
+  fi
+  ! mdistill_fmnist_missing
+}
