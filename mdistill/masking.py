@@ -26,10 +26,86 @@ def random_masking(rng: jax.Array, batch_size: int, num_patches: int, mask_ratio
     keep = num_visible(num_patches, mask_ratio)
     if keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}")
+    return _mask_from_order(_shuffle(rng, batch_size, num_patches), keep)
+
+
+def tube_masking(rng: jax.Array, batch_size: int, frames: int, patches_per_frame: int,
+                 mask_ratio: float) -> Mask:
+    """Video masking consistent across frames (VideoMAE's tubes): one spatial mask per
+    sample, the same on every frame of a [T, H*W] token grid (token t*H*W + s)."""
+    keep = num_visible(patches_per_frame, mask_ratio)
+    if keep < 1:
+        raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {patches_per_frame}")
+    spatial = _shuffle(rng, batch_size, patches_per_frame)
+    return _mask_from_order(_tube_order(spatial, frames, (keep,)), frames * keep)
+
+
+class AsymmetricMask(NamedTuple):
+    """AMD's nested masks: the teacher sees every patch the student sees, and more."""
+
+    student: Mask             # the student's mask (ids_keep: [B, K_s])
+    teacher_ids: jax.Array    # [B, K_t]: student.ids_keep, then the K_t - K_s difference patches
+
+    @property
+    def diff_ids(self) -> jax.Array:
+        """[B, K_t - K_s] patches the teacher sees and the student does not."""
+        return self.teacher_ids[:, self.student.ids_keep.shape[1]:]
+
+
+def asymmetric_masking(rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float,
+                       teacher_mask_ratio: float) -> AsymmetricMask:
+    """Nested random masks (AMD): one shuffle per sample; the student keeps its first K_s
+    patches, the teacher the first K_t > K_s of the same shuffle, so nesting holds by
+    construction and both counts are static."""
+    keep_s, keep_t = _nested_counts(num_patches, mask_ratio, teacher_mask_ratio)
+    return _asymmetric_from_order(_shuffle(rng, batch_size, num_patches), keep_s, keep_t)
+
+
+def asymmetric_tube_masking(rng: jax.Array, batch_size: int, frames: int, patches_per_frame: int,
+                            mask_ratio: float, teacher_mask_ratio: float) -> AsymmetricMask:
+    """Nested masks for video, consistent across frames: the counts are per frame, and every
+    frame repeats the same spatial student, difference and hidden sets (AMD's video masks)."""
+    keep_s, keep_t = _nested_counts(patches_per_frame, mask_ratio, teacher_mask_ratio)
+    spatial = _shuffle(rng, batch_size, patches_per_frame)
+    order = _tube_order(spatial, frames, (keep_s, keep_t))
+    return _asymmetric_from_order(order, frames * keep_s, frames * keep_t)
+
+
+def _shuffle(rng: jax.Array, batch_size: int, num_patches: int) -> jax.Array:
+    """[B, L] a uniformly random permutation of the patches per sample."""
     noise = jax.random.uniform(rng, (batch_size, num_patches))
-    ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
+    return jnp.argsort(noise, axis=1).astype(jnp.int32)
+
+
+def _mask_from_order(ids_shuffle: jax.Array, keep: int) -> Mask:
+    """The Mask that keeps the first `keep` patches of a per-sample order [B, L]."""
+    batch_size, num_patches = ids_shuffle.shape
     ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
     hidden_in_shuffled_order = (jnp.arange(num_patches) >= keep).astype(jnp.float32)
     mask = jnp.take_along_axis(
         jnp.broadcast_to(hidden_in_shuffled_order, (batch_size, num_patches)), ids_restore, axis=1)
     return Mask(ids_shuffle[:, :keep], ids_restore, mask)
+
+
+def _asymmetric_from_order(ids_shuffle: jax.Array, keep_s: int, keep_t: int) -> AsymmetricMask:
+    return AsymmetricMask(_mask_from_order(ids_shuffle, keep_s), ids_shuffle[:, :keep_t])
+
+
+def _nested_counts(num_patches: int, mask_ratio: float, teacher_mask_ratio: float) -> tuple[int, int]:
+    keep_s = num_visible(num_patches, mask_ratio)
+    keep_t = num_visible(num_patches, teacher_mask_ratio)
+    if not 1 <= keep_s < keep_t:
+        raise ValueError(f"mask ratios student={mask_ratio}, teacher={teacher_mask_ratio} give "
+                         f"{keep_s} and {keep_t} visible of {num_patches} patches: need 1 <= student < teacher")
+    return keep_s, keep_t
+
+
+def _tube_order(spatial: jax.Array, frames: int, cuts: tuple[int, ...]) -> jax.Array:
+    """A per-sample order of all frames*S tokens from a spatial order [B, S]: the spatial
+    order is cut at `cuts` into segments, and each segment is taken on every frame
+    (frame-major) before the next, so a prefix ending at a cut covers whole tubes."""
+    batch_size, per_frame = spatial.shape
+    offsets = (jnp.arange(frames, dtype=spatial.dtype) * per_frame)[None, :, None]
+    bounds = (0, *cuts, per_frame)
+    parts = [(offsets + spatial[:, None, a:b]).reshape(batch_size, -1) for a, b in zip(bounds, bounds[1:])]
+    return jnp.concatenate(parts, axis=1)

@@ -1,11 +1,13 @@
-"""One file per method. Each objective builds its models from the config and exposes
+"""One file per method (distill.py holds what the teacher-student ones share). Each
+objective builds its models from the config and exposes
 init(rng, images) -> trainable params and
 loss(params, teacher_params, images, rng) -> (loss, metrics)."""
 
+from mdistill.objectives.amd import AMDObjective
 from mdistill.objectives.dmae import DMAEObjective
 from mdistill.objectives.mae import MAEObjective
 
-OBJECTIVES = {"mae": MAEObjective, "dmae": DMAEObjective}
+OBJECTIVES = {"mae": MAEObjective, "dmae": DMAEObjective, "amd": AMDObjective}
 
 
 def build_objective(config):
