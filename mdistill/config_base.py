@@ -68,6 +68,19 @@ def base_config() -> ml_collections.ConfigDict:
         channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         synthetic_size=1024))
 
+    # Evaluation on frozen features (mdistill/evaluate): the k-NN monitor during
+    # pre-training and the standalone evaluators read these.
+    c.eval = ml_collections.ConfigDict(dict(
+        knn_every=0,         # run the k-NN monitor every this many steps; 0 = off
+        knn_k=20,            # neighbours
+        knn_temperature=0.07,  # votes weighted by exp(cosine / T), as in DINO
+        knn_train_examples=10000,  # labelled memory bank; -1 = the whole split
+        knn_test_examples=2000,    # queries; -1 = the whole split
+        train_split="train",
+        test_split="validation",   # ImageNet's; Fashion-MNIST's is 'test'
+        pool="avg",          # avg: mean of patch tokens after the final norm | cls
+        batch_size=256))     # feature-extraction batch, global
+
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
@@ -90,6 +103,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.dtype = "float32"
     c.log_every, c.checkpoint_every = 10, 40
     return c
+    c.eval.update(knn_train_examples=256, knn_test_examples=64, batch_size=64)
 
 
 def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -98,6 +112,7 @@ def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.image_size = 28
     c.data.update(source="fashion_mnist", split="train", channels=1, mean=(0.286,), std=(0.353,))
     c.student.update(decoder_width=64, decoder_depth=2, decoder_heads=4)
+    c.eval.update(train_split="train", test_split="test")
     c.batch_size = 256
     c.optim.update(lr=1.5e-3, weight_decay=0.05)
     c.log_every, c.checkpoint_every = 50, 500

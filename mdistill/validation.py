@@ -70,6 +70,9 @@ def validate(config, num_devices: int | None = None) -> None:
         _require(d.split in FMNIST_SPLITS, "data.split", d.split, f"expected one of {sorted(FMNIST_SPLITS)}")
         _require(config.image_size == 28, "image_size", config.image_size, "Fashion-MNIST images are 28x28")
 
+    if "eval" in config:
+        validate_eval(config, num_devices)
+
     if config.method == "dmae":
         _validate_distill(config, student)
     if config.method == "amd":
@@ -121,3 +124,22 @@ def _validate_amd(config, student: ViTSpec, num_patches: int) -> None:
     _require(amd.loss in FEATURE_LOSSES, "amd.loss", amd.loss, f"expected one of {FEATURE_LOSSES}")
     for name in ("dir_weight", "gen_weight", "rec_weight"):
         _require(amd[name] >= 0, f"amd.{name}", amd[name], "must be >= 0")
+
+
+def validate_eval(config, num_devices: int | None = None) -> None:
+    """config.eval: the k-NN monitor and the feature extraction of the evaluators."""
+    num_devices = num_devices or jax.device_count()
+    ev = config.eval
+    _require(ev.knn_every >= 0, "eval.knn_every", ev.knn_every, "must be >= 0 (0 turns the k-NN monitor off)")
+    _require(ev.knn_k >= 1, "eval.knn_k", ev.knn_k, "must be >= 1")
+    _require(ev.knn_temperature > 0, "eval.knn_temperature", ev.knn_temperature, "must be > 0")
+    for name in ("knn_train_examples", "knn_test_examples"):
+        _require(ev[name] == -1 or ev[name] >= 1, f"eval.{name}", ev[name], "must be >= 1, or -1 for the whole split")
+    _require(ev.knn_train_examples == -1 or ev.knn_train_examples >= ev.knn_k, "eval.knn_train_examples",
+             ev.knn_train_examples, f"must be at least eval.knn_k={ev.knn_k}")
+    _require(ev.pool in ("avg", "cls"), "eval.pool", ev.pool, "expected 'avg' (mean of patch tokens) or 'cls'")
+    _require(ev.batch_size > 0 and ev.batch_size % num_devices == 0, "eval.batch_size", ev.batch_size,
+             f"must be a positive multiple of the device count ({num_devices})")
+    if config.data.source == "fashion_mnist":
+        for name in ("train_split", "test_split"):
+            _require(ev[name] in FMNIST_SPLITS, f"eval.{name}", ev[name], f"expected one of {sorted(FMNIST_SPLITS)}")
