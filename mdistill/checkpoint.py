@@ -1,31 +1,77 @@
 """Orbax checkpoints of a training run: items 'params', 'opt_state' and 'meta' (step and
-config as JSON) under <workdir>/checkpoints/<step>/. Saves are asynchronous and atomic:
-Orbax writes to a temporary directory and renames it when complete, so a partial save is
-never visible."""
+config as JSON) under <workdir>/checkpoints/<step>/.
+
+Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it
+when complete, so a partial save is never listed. The step's rng and the data position are
+pure functions of (seed, step), so the step alone restores them exactly.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from mdistill.metrics import log
+
+# Fields that may change between a run and its resumption: they alter neither the model,
+# the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "best_metric", "total_steps",
+                     "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.")
+
+
+class CheckpointError(RuntimeError):
+    pass
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(directory: str, keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
+def manager(directory: str, keep: int | None = None, best_metric: str = "", create: bool = True
+            ) -> ocp.CheckpointManager:
+    """Keeps the last `keep` checkpoints, plus the best one by `best_metric` ('loss' or
+    'max:knn_top1'; '' for none)."""
     handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+    policies = [pp.LatestN(keep)]
+    if best_metric:
+        mode, _, name = best_metric.rpartition(":")
+        policies.append(pp.BestN(get_metric_fn=lambda m: m[name], reverse=mode != "max", n=1))
+    options = ocp.CheckpointManagerOptions(create=create, preservation_policy=pp.AnyPreservationPolicy(policies))
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict) -> None:
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                            opt_state=ocp.args.StandardSave(opt_state),
-                                            meta=ocp.args.JsonSave(meta)))
+def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict, metrics: dict | None = None):
+    """Start an asynchronous save; a failure of the previous one surfaces here, named."""
+    try:
+        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                opt_state=ocp.args.StandardSave(opt_state),
+                                                meta=ocp.args.JsonSave(meta)), metrics=metrics)
+    except Exception as e:
+        raise write_error(mngr, step, e) from e
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        raise write_error(mngr, None, e) from e
+
+
+def write_error(mngr, step, error) -> CheckpointError:
+    try:  # let an earlier save in flight finish, so that it is listed below
+        mngr.wait_until_finished()
+    except Exception:
+        pass
+    kept = sorted(int(d) for d in os.listdir(mngr.directory) if d.isdigit()) if os.path.isdir(mngr.directory) else []
+    return CheckpointError(f"could not write checkpoint {'' if step is None else step} in {mngr.directory} "
+                           f"({type(error).__name__}: {error}). Full disk or unwritable folder? The complete "
+                           f"checkpoints already there are untouched: steps {kept}")
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state):
@@ -35,6 +81,39 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
         meta=ocp.args.JsonRestore()))
     return out["params"], out["opt_state"], out["meta"]
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_opt_state):
+    """The newest checkpoint that restores, or None. One that fails to read (truncated,
+    corrupt) is moved aside to checkpoints/corrupt-<step>-<time>, never deleted, and the
+    previous one is tried."""
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return restore(mngr, step, abstract_params, abstract_opt_state)
+        except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+            if jax.process_index() == 0:
+                aside = os.path.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
+                os.rename(os.path.join(str(mngr.directory), str(step)), aside)
+                log(f"WARNING: checkpoint {step} could not be read ({type(e).__name__}: {str(e)[:200]}); "
+                    f"moved to {aside}, trying the previous one")
+            mngr.reload()
+    return None
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Fields whose values differ between a checkpoint's config and the current one, except
+    those in RESUMABLE_CHANGES."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    # JSON round trip: tuples and lists compare equal
+    a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [f"  {k}: {a.get(k, '<absent>')!r} in the checkpoint -> {b.get(k, '<absent>')!r} now"
+            for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_CHANGES)]
 
 
 def _resolve(path: str) -> tuple[str, int]:
@@ -56,10 +135,14 @@ def load_params(path: str, sharding) -> tuple[dict, dict]:
     """Parameters of the latest checkpoint at `path`, each placed with `sharding`,
     and the run's meta (step, config)."""
     directory, step = _resolve(path)
-    mngr = manager(directory, create=False)
-    metadata = mngr.item_metadata(step)
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                            metadata["params"])
-    out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
-                                                     meta=ocp.args.JsonRestore()))
+    try:
+        mngr = manager(directory, create=False)
+        metadata = mngr.item_metadata(step)
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                                metadata["params"])
+        out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
+                                                         meta=ocp.args.JsonRestore()))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {directory}/{step} could not be read "
+                              f"({type(e).__name__}: {str(e)[:300]})") from e
     return out["params"], out["meta"]

@@ -83,7 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 50
     c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3   # the latest K are kept ...
+    c.best_metric = ""       # ... plus the best by this logged metric ('loss', 'max:knn_top1')
     return c
 
 
@@ -102,8 +103,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.update(lr=1e-3, accum_steps=1)
     c.dtype = "float32"
     c.log_every, c.checkpoint_every = 10, 40
-    return c
     c.eval.update(knn_train_examples=256, knn_test_examples=64, batch_size=64)
+    return c
 
 
 def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -111,8 +112,8 @@ def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     decoder, batch 256, settings that train on 2 CPU cores in minutes."""
     c.image_size = 28
     c.data.update(source="fashion_mnist", split="train", channels=1, mean=(0.286,), std=(0.353,))
-    c.student.update(decoder_width=64, decoder_depth=2, decoder_heads=4)
     c.eval.update(train_split="train", test_split="test")
+    c.student.update(decoder_width=64, decoder_depth=2, decoder_heads=4)
     c.batch_size = 256
     c.optim.update(lr=1.5e-3, weight_decay=0.05)
     c.log_every, c.checkpoint_every = 50, 500

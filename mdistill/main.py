@@ -20,6 +20,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save chatter out of the console
     from mdistill import sharding, train, validation
+    from mdistill.checkpoint import CheckpointError
 
     config = _CONFIG.value
     try:
@@ -32,7 +33,10 @@ def main(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for training")
-    train.train(config, _WORKDIR.value, mesh)
+    try:
+        train.train(config, _WORKDIR.value, mesh)
+    except (CheckpointError, FloatingPointError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
 
 
 def run():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mdistill import checkpoint, data, optim, sharding
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
+from mdistill.preemption import PreemptionWatcher
 
 
 @flax.struct.dataclass
@@ -184,48 +186,104 @@ def summarize(config, mesh) -> dict:
     }
 
 
+def ensure_writable(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+def resume_or_init(trainer: Trainer, mngr) -> TrainState:
+    """The latest readable checkpoint's state, or a fresh one. Refuses a checkpoint whose
+    config differs in anything that changes the model, optimizer or data."""
+    abstract = trainer.abstract_state()
+    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state)
+    if restored is None:
+        return trainer.init_state()
+    params, opt_state, meta = restored
+    changes = checkpoint.config_changes(meta["config"], trainer.config.to_dict())
+    if changes:
+        raise checkpoint.CheckpointError(f"{mngr.directory} holds a run with a different config; resuming would mix "
+                         "two experiments. Use another --workdir, or undo these changes:\n" + "\n".join(changes))
+    log(f"resumed from {mngr.directory}/{meta['step']}")
+    return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+
+
+def check_finite(records: list[dict], mngr) -> None:
+    """Stop before a non-finite state can be checkpointed, naming the last good one."""
+    for r in records:
+        if not (np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"])):
+            good = mngr.latest_step()
+            where = f"{mngr.directory}/{good}" if good is not None else "none (no checkpoint was written)"
+            losses = {k: v for k, v in r.items() if k.endswith("loss") or k == "grad_norm"}
+            raise FloatingPointError(f"non-finite loss at step {r['step']}: {losses}. "
+                                     f"Last good checkpoint: {where}")
+
+
 def train(config, workdir: str, mesh=None) -> dict:
     """Run (or resume) training; returns the last logged metrics."""
     mesh = mesh or sharding.make_mesh()
     trainer = Trainer(config, mesh)
     plan = trainer.plan
+    ensure_writable(workdir)
     teacher_params = trainer.load_teacher()
-    mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=config.keep_checkpoints)
-    state = trainer.init_state()
-    if mngr.latest_step() is not None:
-        params, opt_state, meta = checkpoint.restore(mngr, mngr.latest_step(), trainer.abstract_state().params,
-                                                     trainer.abstract_state().opt_state)
-        state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
-        log(f"resumed from {mngr.directory} at step {meta['step']}")
+    mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
+    state = resume_or_init(trainer, mngr)
     start = int(state.step)
-    source = data.build_source(config)
-    batches = data.BatchIterator(source, config.batch_size, trainer.batch_sharding, config.seed, start)
+    batches = data.BatchIterator(data.build_source(config), config.batch_size, trainer.batch_sharding,
+                                 config.seed, start)
     writer = MetricsWriter(workdir)
+    preemption = PreemptionWatcher()
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
 
-    pending, last, t_log, step_log = [], {}, time.time(), start
-    for step in range(start, plan.total_steps):
-        state, metrics = trainer.step_fn(state, teacher_params, next(batches))
-        pending.append(metrics)  # stays on device until the next log
-        done = step + 1
-        if done % config.log_every == 0 or done == plan.total_steps:
-            fetched = jax.device_get(pending)
-            last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            now = time.time()
-            ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
-            last.update(step=done, images_per_sec=ips)
-            writer.write(done, last)
-            eta = (plan.total_steps - done) * config.batch_size / max(ips, 1e-9)
-            log(format_line(done, plan.total_steps, last, eta))
-            pending, t_log, step_log = [], now, done
-            if not np.isfinite(last["loss"]):
-                raise FloatingPointError(f"non-finite loss {last['loss']} at step {done}: {last}")
-        if done % config.checkpoint_every == 0 or done == plan.total_steps:
-            checkpoint.save(mngr, done, state.params, state.opt_state,
-                            {"step": done, "config": config.to_dict()})
-    mngr.wait_until_finished()
-    writer.close()
+    pending, window, last = [], [], {}
+    t_log, step_log = time.time(), start
+    try:
+        for step in range(start, plan.total_steps):
+            state, metrics = trainer.step_fn(state, teacher_params, next(batches))
+            pending.append((step + 1, metrics))  # stays on device until needed
+            done = step + 1
+            is_last = done == plan.total_steps
+            stop = preemption.should_stop(done)
+            log_now = done % config.log_every == 0 or is_last
+            save_now = done % config.checkpoint_every == 0 or is_last or stop
+            if not (log_now or save_now):
+                continue
+            fetched = [dict(jax.device_get(m), step=s) for s, m in pending]
+            pending = []
+            check_finite(fetched, mngr)
+            window += fetched
+            if log_now:
+                last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                now = time.time()
+                ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
+                last.update(step=done, images_per_sec=ips)
+                writer.write(done, last)
+                log(format_line(done, plan.total_steps, last, (plan.total_steps - done) * config.batch_size / ips))
+                window, t_log, step_log = [], now, done
+            if save_now:
+                checkpoint.save(mngr, done, state.params, state.opt_state,
+                                {"step": done, "config": config.to_dict()},
+                                metrics={k: float(v) for k, v in fetched[-1].items()})
+            if stop and not is_last:
+                log(f"SIGTERM: saved step {done}, stopping; rerun the same command to resume")
+                break
+    except BaseException:
+        try:  # let the last good save complete, without hiding the error that stopped us
+            mngr.wait_until_finished()
+        except Exception:
+            pass
+        raise
+    else:
+        checkpoint.wait(mngr)  # the last save completes (or fails, named) before we return
+    finally:
+        writer.close()
+        preemption.close()
     return last
 
 
