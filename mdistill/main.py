@@ -14,20 +14,26 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build and compile abstractly, print a summary, exit.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process "
+                                   "runs outside Cloud TPU and SLURM (which are detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process's index.")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save chatter out of the console
-    from mdistill import sharding, train, validation
+    from mdistill import distributed, sharding, train, validation
     from mdistill.checkpoint import CheckpointError
+    from mdistill.data import DataError
 
+    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     try:
         validation.validate(config)
     except validation.ConfigError as e:
         sys.exit(f"error: {e}")
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(shape=config.mesh.to_dict())
     if _DRY_RUN.value:
         print(json.dumps(train.summarize(config, mesh)), flush=True)
         return
@@ -35,7 +41,7 @@ def main(argv):
         raise app.UsageError("--workdir is required for training")
     try:
         train.train(config, _WORKDIR.value, mesh)
-    except (CheckpointError, FloatingPointError, FileNotFoundError) as e:
+    except (CheckpointError, DataError, FloatingPointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

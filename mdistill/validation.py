@@ -4,10 +4,12 @@ and what is allowed."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from mdistill import masking
 from mdistill.data import SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
+from mdistill.data.transforms import AUGMENTS
 from mdistill.models.heads import PROJECTION_KINDS
 from mdistill.models.vit import ViTSpec
 from mdistill.objectives import OBJECTIVES
@@ -52,6 +54,14 @@ def validate(config, num_devices: int | None = None) -> None:
 
     _require(config.batch_size > 0 and config.batch_size % num_devices == 0, "batch_size", config.batch_size,
              f"must be a positive multiple of the device count ({num_devices})")
+    mesh = dict(config.mesh)
+    free = [k for k, v in mesh.items() if v == -1]
+    fixed = [v for v in mesh.values() if v != -1]
+    product = int(np.prod(fixed)) if fixed else 1
+    _require(set(mesh) == {"data", "fsdp"} and all(v == -1 or v >= 1 for v in mesh.values()) and len(free) <= 1
+             and num_devices % product == 0 and (free or product == num_devices), "mesh", mesh,
+             f"axes 'data' and 'fsdp' with sizes >= 1 (one may be -1) whose product is the device count "
+             f"({num_devices})")
     accum = config.optim.accum_steps
     _require(accum >= 1 and config.batch_size % accum == 0 and (config.batch_size // accum) % num_devices == 0,
              "optim.accum_steps", accum,
@@ -69,6 +79,9 @@ def validate(config, num_devices: int | None = None) -> None:
     if d.source == "fashion_mnist":
         _require(d.split in FMNIST_SPLITS, "data.split", d.split, f"expected one of {sorted(FMNIST_SPLITS)}")
         _require(config.image_size == 28, "image_size", config.image_size, "Fashion-MNIST images are 28x28")
+    if d.source == "folder":
+        _require(bool(d.path), "data.path", d.path, "must name the image folder's root (<path>/<split>/<class>/<image>)")
+    _validate_pipeline(d)
 
     if "eval" in config:
         validate_eval(config, num_devices)
@@ -77,6 +90,20 @@ def validate(config, num_devices: int | None = None) -> None:
         _validate_distill(config, student)
     if config.method == "amd":
         _validate_amd(config, student, num_patches)
+
+
+def _validate_pipeline(d) -> None:
+    """config.data's input-pipeline fields (mdistill/data/pipeline.py)."""
+    _require(d.augment in AUGMENTS, "data.augment", d.augment, f"expected one of {AUGMENTS}")
+    scale = tuple(d.crop_scale)
+    _require(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "data.crop_scale", d.crop_scale,
+             "expected (min, max) area fractions with 0 < min <= max <= 1")
+    _require(d.workers >= -1, "data.workers", d.workers,
+             "expected >= 0 processes (0: decode in the training process) or -1 (one per CPU core)")
+    _require(d.threads >= 0, "data.threads", d.threads, "must be >= 0")
+    _require(d.prefetch >= 1, "data.prefetch", d.prefetch, "must be >= 1")
+    _require(0 <= d.max_bad_fraction < 1, "data.max_bad_fraction", d.max_bad_fraction,
+             "must be in [0, 1): the fraction of the dataset that may be undecodable and skipped")
 
 
 def _validate_teacher(config, student: ViTSpec) -> ViTSpec:

@@ -1,0 +1,62 @@
+"""The launchers' --dry_run prints the commands they would run; the scripts are
+shellcheck-clean where shellcheck is installed."""
+
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sh"]
+
+
+def dry_run(script, *args, **env):
+    out = subprocess.run(["bash", script, "--dry_run", *args], cwd=ROOT, capture_output=True, text=True,
+                         env={k: v for k, v in {**os.environ, **env}.items() if k != "SLURM_JOB_ID"}, check=True)
+    return [shlex.split(line) for line in out.stdout.splitlines()]
+
+
+def test_local_prints_the_mdistill_command():
+    [cmd] = dry_run("launch/local.sh", "configs/dmae_vitb.py", "runs/x", "--config.seed=3")
+    assert cmd[1:] == ["-m", "mdistill.main", "--config=configs/dmae_vitb.py", "--workdir=runs/x", "--config.seed=3"]
+
+
+def test_tpu_pod_all_creates_copies_installs_runs_on_every_worker_and_deletes():
+    cmds = dry_run("launch/tpu_pod.sh", "all", "configs/dmae_vitb.py", "/mnt/runs/dmae", "--config.seed=1",
+                   TPU_NAME="pod", ZONE="us-central2-b", ACCELERATOR_TYPE="v4-64", PROJECT="proj")
+    gcloud = [c for c in cmds if c[0] == "gcloud"]
+    assert [c[3:5] for c in gcloud] == [["tpu-vm", "create"], ["tpu-vm", "scp"], ["tpu-vm", "ssh"],
+                                        ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "delete"]]
+    assert "--accelerator-type=v4-64" in gcloud[0] and "--project=proj" in gcloud[0]
+    for c in gcloud[1:5]:
+        assert "--worker=all" in c
+    run = next(c for c in gcloud if any("mdistill.main" in a for a in c))
+    inner = shlex.split(next(a for a in run if a.startswith("--command=")).split("=", 1)[1])
+    assert inner[inner.index("mdistill.main") + 1:] == ["--config=configs/dmae_vitb.py", "--workdir=/mnt/runs/dmae",
+                                                        "--config.seed=1"]
+
+
+def test_tpu_pod_rejects_an_unknown_stage():
+    out = subprocess.run(["bash", "launch/tpu_pod.sh", "--dry_run", "launch", "c.py", "w"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown stage 'launch'" in out.stderr
+
+
+def test_slurm_submits_itself_and_runs_one_process_per_node_with_srun():
+    sbatch, srun = dry_run("launch/slurm.sh", "configs/dmae_vitb.py", "/shared/dmae", "--config.seed=2",
+                           NODES="4", GPUS_PER_NODE="8", PARTITION="gpu")
+    assert sbatch[0] == "sbatch" and {"--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=1",
+                                      "--partition=gpu"} <= set(sbatch)
+    assert sbatch[-4:] == [os.path.join(ROOT, "launch/slurm.sh"), "configs/dmae_vitb.py", "/shared/dmae",
+                           "--config.seed=2"]
+    assert srun[0] == "srun" and "--nodes=4" in srun and "--ntasks-per-node=1" in srun
+    assert srun[srun.index("mdistill.main") + 1:] == ["--config=configs/dmae_vitb.py", "--workdir=/shared/dmae",
+                                                      "--config.seed=2"]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_launchers_are_shellcheck_clean():
+    out = subprocess.run(["shellcheck", *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
