@@ -21,7 +21,11 @@ from mdistill.metrics import log
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "best_metric", "total_steps",
-                     "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.")
+                     "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
+                     # how the input pipeline runs, not what it yields
+                     "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
+                     # how the devices are laid out, not what they compute
+                     "mesh.")
 
 
 class CheckpointError(RuntimeError):
@@ -132,14 +136,20 @@ def _resolve(path: str) -> tuple[str, int]:
 
 
 def load_params(path: str, sharding) -> tuple[dict, dict]:
-    """Parameters of the latest checkpoint at `path`, each placed with `sharding`,
-    and the run's meta (step, config)."""
+    """Parameters of the latest checkpoint at `path` and the run's meta (step, config).
+    `sharding` places them: one Sharding for all, a function (path, shape) -> Sharding, or
+    None for the default device."""
     directory, step = _resolve(path)
     try:
         mngr = manager(directory, create=False)
         metadata = mngr.item_metadata(step)
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                                metadata["params"])
+        if sharding is None:  # Orbax needs a target placement to restore another topology's save
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        fixed = isinstance(sharding, jax.sharding.Sharding)
+        place = (lambda key, shape: sharding) if fixed else sharding
+        abstract = jax.tree_util.tree_map_with_path(
+            lambda key, m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=place(jax.tree_util.keystr(key), m.shape)),
+            metadata["params"])
         out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
                                                          meta=ocp.args.JsonRestore()))
     except Exception as e:

@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
         rec_weight=1.0))     # pixel reconstruction
 
     c.batch_size = 4096      # global, over all devices and accumulation steps
+    # Device mesh: the batch is split over both axes, parameters, optimizer state and the
+    # teacher over 'fsdp'. -1 takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.num_epochs = 800.0
     c.warmup_epochs = 40.0
     c.total_steps = -1       # >= 0 overrides num_epochs

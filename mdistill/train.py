@@ -59,8 +59,13 @@ class Trainer:
         self.init_rng, self.base_rng = jax.random.split(jax.random.PRNGKey(config.seed))
         self.replicated = sharding.replicated(mesh)
         self.batch_sharding = sharding.batch_sharding(mesh)
-        self.step_fn = jax.jit(self._train_step, in_shardings=(self.replicated, self.replicated, self.batch_sharding),
-                               out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+        # Parameter-shaped trees are placed by the partition rules of mdistill.sharding.
+        self.state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(self._init_state, self.init_rng))
+        self.teacher_sharding = (sharding.tree_shardings(mesh, self._teacher_shapes())
+                                 if self.objective.uses_teacher else None)
+        self.step_fn = jax.jit(self._train_step,
+                               in_shardings=(self.state_sharding, self.teacher_sharding, self.batch_sharding),
+                               out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
 
     # ---- shapes -------------------------------------------------------------------------
     def batch_shape(self, batch_size: int | None = None) -> jax.ShapeDtypeStruct:
@@ -74,32 +79,37 @@ class Trainer:
         return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
 
     def init_state(self) -> TrainState:
-        init = jax.jit(self._init_state, out_shardings=self.replicated)
-        return init(self.init_rng)
+        return jax.jit(self._init_state, out_shardings=self.state_sharding)(self.init_rng)
 
     def abstract_state(self) -> TrainState:
-        shapes = jax.eval_shape(self._init_state, self.base_rng)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        return _abstract(jax.eval_shape(self._init_state, self.init_rng), self.state_sharding)
 
     # ---- teacher ------------------------------------------------------------------------
+    def _teacher_init(self, rng):
+        return self.objective.teacher.init(rng, jnp.zeros(self.batch_shape(1).shape, jnp.float32))
+
+    def _teacher_shapes(self):
+        return jax.eval_shape(self._teacher_init, self.init_rng)
+
     def abstract_teacher(self):
         if not self.objective.uses_teacher:
             return None
-        teacher = self.objective.teacher
-        shapes = jax.eval_shape(teacher.init, self.base_rng, jnp.zeros(self.batch_shape(1).shape, jnp.float32))
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        return _abstract(self._teacher_shapes(), self.teacher_sharding)
 
     def load_teacher(self):
-        """Frozen teacher parameters, replicated on the mesh (None for methods without one)."""
+        """Frozen teacher parameters, placed by the partition rules (None for methods
+        without a teacher)."""
         if not self.objective.uses_teacher:
             return None
         teacher, path = self.objective.teacher, self.config.teacher.checkpoint
         if not path:
             log("WARNING: config.teacher.checkpoint is empty: distilling from a randomly "
                 "initialised teacher (only meaningful for smoke tests)")
-            images = jnp.zeros(self.batch_shape(1).shape, jnp.float32)
-            return jax.jit(teacher.init, out_shardings=self.replicated)(jax.random.PRNGKey(self.config.seed + 1), images)
-        params, _ = checkpoint.load_params(path, self.replicated)
+            init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
+            return init(jax.random.PRNGKey(self.config.seed + 1))
+        fsdp = self.mesh.shape["fsdp"]
+        params, _ = checkpoint.load_params(path, lambda key, shape: NamedSharding(
+            self.mesh, sharding.partition_spec(key, shape, fsdp)))
         encoder = params["mae"]["encoder"] if "mae" in params else params.get("encoder", params)
         check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
                           f"config.teacher.variant={self.config.teacher.variant!r}")
@@ -138,6 +148,10 @@ class Trainer:
     def compiled_step(self):
         """The step compiled abstractly (no data, no parameters in memory)."""
         return self.step_fn.lower(self.abstract_state(), self.abstract_teacher(), self.batch_shape()).compile()
+
+
+def _abstract(shapes, shardings):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def check_same_shapes(actual, expected, what: str, hint: str) -> None:
@@ -182,8 +196,26 @@ def summarize(config, mesh) -> dict:
         "warmup_steps": trainer.plan.warmup_steps,
         "peak_lr": optim.peak_learning_rate(config.optim, config.batch_size),
         "compile_seconds": round(time.time() - t0, 1),
-        "flops_per_step": flops_of(compiled),
+        # XLA counts the FLOPs of one device's share of the partitioned step
+        "flops_per_step": flops_of(compiled) * mesh.size,
+        "flops_per_step_per_device": flops_of(compiled),
+        "mesh": dict(mesh.shape),
+        # what one device holds of the trained state and of the teacher, under the partition rules
+        "state_bytes_per_device": sharding.bytes_per_device(state, trainer.state_sharding),
+        "teacher_bytes_per_device": (sharding.bytes_per_device(teacher, trainer.teacher_sharding)
+                                     if teacher is not None else 0),
+        **memory_of(compiled),
     }
+
+
+def memory_of(compiled) -> dict:
+    """XLA's per-device memory estimate of a compiled step (absent on some backends)."""
+    try:
+        m = compiled.memory_analysis()
+        return {"argument_bytes_per_device": int(m.argument_size_in_bytes),
+                "temp_bytes_per_device": int(m.temp_size_in_bytes)}
+    except Exception:  # not every backend implements it
+        return {}
 
 
 def ensure_writable(workdir: str) -> None:
