@@ -107,6 +107,15 @@ class Trainer:
                 "initialised teacher (only meaningful for smoke tests)")
             init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
             return init(jax.random.PRNGKey(self.config.seed + 1))
+        if os.path.isfile(path):  # a PyTorch .pth/.safetensors (official MAE or timm names), converted here
+            from mdistill import convert
+
+            encoder = convert.load_teacher_params(path, variant=self.config.teacher.variant,
+                                                  image_size=self.config.image_size,
+                                                  channels=self.config.data.channels)
+            check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
+                              f"config.teacher.variant={self.config.teacher.variant!r}")
+            return teacher.prepare(convert.place(encoder, sharding.tree_shardings(self.mesh, encoder)))
         fsdp = self.mesh.shape["fsdp"]
         params, _ = checkpoint.load_params(path, lambda key, shape: NamedSharding(
             self.mesh, sharding.partition_spec(key, shape, fsdp)))

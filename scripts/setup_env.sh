@@ -7,6 +7,11 @@
 #                                       `pip install -q -e SPEC` unless every MODULE imports
 #                                       and pyproject.toml is not newer than the stamp file
 #                                       .venv/.mdistill-installed
+#   mdistill_install_torch              install PyTorch (the optional 'torch' extra, for .pth
+#                                       checkpoints) into the active venv from the local CPU
+#                                       wheel torch-2.13.0+cpu, if it is not importable and
+#                                       that wheel is in $PIP_FIND_LINKS (default /opt/wheels);
+#                                       never from an index, which would bring the CUDA build
 #   mdistill_fmnist_ready               succeed when the Fashion-MNIST IDX files are in
 #                                       $MDISTILL_FMNIST_DIR (default: where Debian's
 #                                       dataset-fashion-mnist puts them), installing that
@@ -58,6 +63,19 @@ mdistill_setup_venv() {
     mdistill_die "'pip install -e $spec' failed (log above, also in .venv/pip-install.log)"
   fi
   touch "$stamp"
+}
+
+mdistill_install_torch() {
+  python -c "import torch" >/dev/null 2>&1 && return 0
+  local dir=${PIP_FIND_LINKS:-/opt/wheels}
+  compgen -G "$dir/torch-2.13.0+cpu-*.whl" >/dev/null || return 1
+  echo "Installing PyTorch 2.13.0+cpu from $dir for the checkpoint-conversion tests ..."
+  # the +cpu pin matches only the local wheel (pip picks the one for this Python); its
+  # dependencies come from the index as usual
+  pip install -q --find-links "$dir" "torch==2.13.0+cpu" >.venv/pip-torch.log 2>&1 || {
+    echo "PyTorch install failed (log: .venv/pip-torch.log)" >&2
+    return 1
+  }
 }
 
 mdistill_fmnist_missing() {

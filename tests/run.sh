@@ -2,7 +2,8 @@
 # The tests: bash tests/run.sh [pytest arguments]
 #
 # Creates .venv if missing (Python >= 3.11; $PYTHON, default python3), installs
-# mdistill with its test extras, installs Debian's dataset-fashion-mnist when the files are
+# mdistill with its test extras and PyTorch's local CPU wheel (for the checkpoint-conversion
+# tests, which skip without it), installs Debian's dataset-fashion-mnist when the files are
 # missing and we are root (tests that need the real data skip without it), then runs
 # `python -m pytest -q tests "$@"`.
 set -euo pipefail
@@ -12,6 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh
 
 mdistill_setup_venv '.[test]' mdistill pytest
+mdistill_install_torch ||
+  echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
 mdistill_fmnist_ready ||
   echo "Fashion-MNIST not in $MDISTILL_FMNIST_DIR: tests that need the real data will be skipped"
 

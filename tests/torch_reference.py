@@ -1,0 +1,159 @@
+"""A PyTorch reference of the official architectures, for the conversion parity tests.
+
+Written from the papers' and releases' descriptions, independently of mdistill: module and
+parameter names are those of the MAE release (models_mae.MaskedAutoencoderViT), of its
+fine-tuning model (models_vit.VisionTransformer) and of timm's VisionTransformer, so their
+state dicts have the same keys; the forward passes follow the release (patch conv, fixed
+sin-cos position table with a zero cls row, pre-norm blocks with a fused qkv, LayerNorm eps
+1e-6, exact GELU, softmax attention scaled by head_dim^-0.5).
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def sincos_table(dim: int, grid: int) -> np.ndarray:
+    """[1 + grid^2, dim] as the release builds it: a zero cls row, then per patch (row-major)
+    the column's 1-D embedding in the first half, the row's in the second, each sin | cos."""
+    cols, rows = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float32) / (dim / 4.0))
+
+    def one_d(pos):
+        angles = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([one_d(cols), one_d(rows)], axis=1)
+    return np.concatenate([np.zeros((1, dim), np.float32), table]).astype(np.float32)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, chans, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(chans, dim, patch, stride=patch)
+
+    def forward(self, x):  # NCHW -> [B, L, D], patches row-major
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MAE(nn.Module):
+    """models_mae.MaskedAutoencoderViT, with masking given as ids_keep (the release draws it
+    from noise; the encoder then sees the kept patches in that order)."""
+
+    def __init__(self, img, patch, chans, dim, depth, heads, dec_dim, dec_depth, dec_heads):
+        super().__init__()
+        grid = img // patch
+        self.patch = patch
+        self.patch_embed = PatchEmbed(patch, chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.from_numpy(sincos_table(dim, grid))[None], requires_grad=False)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.decoder_embed = nn.Linear(dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.from_numpy(sincos_table(dec_dim, grid))[None],
+                                              requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([Block(dec_dim, dec_heads) for _ in range(dec_depth)])
+        self.decoder_norm = nn.LayerNorm(dec_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(dec_dim, patch * patch * chans)
+
+    def forward_encoder(self, imgs, ids_keep):
+        """-> (normed latent [B, 1+K, D], [output of each block])."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
+        x = torch.gather(x, 1, ids_keep[:, :, None].expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        outs = []
+        for blk in self.blocks:
+            x = blk(x)
+            outs.append(x)
+        return self.norm(x), outs
+
+    def forward_decoder(self, x, ids_restore):
+        x = self.decoder_embed(x)
+        masks = self.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
+        x_ = torch.cat([x[:, 1:], masks], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore[:, :, None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+
+class ViT(nn.Module):
+    """The fine-tuning model: models_vit.VisionTransformer(global_pool) = timm's
+    VisionTransformer(global_pool='avg' | 'token'): fc_norm replaces norm when pooling."""
+
+    def __init__(self, img, patch, chans, dim, depth, heads, num_classes, global_pool):
+        super().__init__()
+        self.global_pool = global_pool
+        self.patch_embed = PatchEmbed(patch, chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (img // patch) ** 2, dim))
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        if global_pool:
+            self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        else:
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, imgs):
+        x = self.patch_embed(imgs)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.fc_norm(x[:, 1:].mean(dim=1)) if self.global_pool else self.norm(x)[:, 0]
+
+    def forward(self, imgs):
+        return self.head(self.forward_features(imgs))
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Move every parameter off its default so that each one matters to the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "pos_embed" in name:
+                continue
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("token"):
+                p.copy_(0.5 * noise)
+            elif p.ndim == 1 and name.endswith("weight"):  # LayerNorm scale
+                p.copy_(1.0 + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+    return model
