@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/setup_env.sh
 source scripts/setup_env.sh
 
-mdistill_setup_venv '.[test]' mdistill pytest
+mdistill_setup_venv '.[test]' mdistill pytest nbclient matplotlib
 mdistill_install_torch ||
   echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
 mdistill_fmnist_ready ||

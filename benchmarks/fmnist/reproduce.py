@@ -1,0 +1,210 @@
+"""Small-scale reproduction of the papers' central claim on Fashion-MNIST: a student
+distilled from an MAE teacher (DMAE, AMD) against the same student pre-trained as a plain
+MAE, with the same architecture ('mu/4') and the same number of steps.
+
+  python benchmarks/fmnist/reproduce.py --out=runs/fmnist_repro [--steps=500] [--seeds=0,1,2]
+
+Stages (each a subprocess running mdistill's own commands; a finished stage is skipped on
+rerun, so an interrupted reproduction continues):
+  1. the MAE teacher of configs/fmnist_mae_teacher.py ('xs/4'), once;
+  2. for every seed: students as plain MAE (configs/fmnist_dmae.py with method=mae), DMAE
+     (configs/fmnist_dmae.py) and AMD (configs/fmnist_amd.py);
+  3. for every student: linear probe (configs/linprobe_fmnist.py) and fine-tuning
+     (configs/finetune_fmnist.py), top-1 on the 10k test images.
+Writes <out>/results.json, <out>/results.md (mean +- std over seeds), and the plots
+<out>/loss_curves.png, <out>/accuracy.png, <out>/reconstructions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METHODS = {"mae": ("configs/fmnist_dmae.py", ["--config.method=mae"]),
+           "dmae": ("configs/fmnist_dmae.py", []),
+           "amd": ("configs/fmnist_amd.py", [])}
+
+
+def run(cmd: list[str], log_path: str) -> float:
+    """Run a command from the repository root, tee its output to log_path; seconds taken."""
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith(("step ", "linprobe", "finetune", "error", "|")):
+                print("   ", line.rstrip(), flush=True)
+        if proc.wait():
+            sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+    return time.time() - t0
+
+
+def config_of(path: str):
+    """The ml_collections config of a config file, e.g. configs/fmnist_dmae.py."""
+    spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def done(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def pretrain(out: str, name: str, config: str, extra: list[str], steps: int, data: list[str]) -> dict:
+    workdir = os.path.join(out, name)
+    marker = os.path.join(workdir, "pretrain.json")
+    if not done(marker):
+        seconds = run([sys.executable, "-m", "mdistill.main", f"--config={config}", f"--workdir={workdir}",
+                       f"--config.total_steps={steps}", f"--config.warmup_steps={max(steps // 10, 1)}",
+                       f"--config.log_every={max(steps // 20, 1)}", f"--config.checkpoint_every={steps}",
+                       *data, *extra], os.path.join(out, f"{name}.log"))
+        records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        # step time from the logged throughput, leaving out the first window (it holds the compile)
+        ips = [r["images_per_sec"] for r in records[1:]] or [records[-1]["images_per_sec"]]
+        batch = config_of(config).batch_size
+        with open(marker, "w") as f:
+            json.dump({"wall_seconds": round(seconds, 1), "step_ms": round(1000 * batch / float(np.median(ips)), 1),
+                       "final_loss": records[-1]["loss"], "final_rec_loss": records[-1]["rec_loss"]}, f)
+    return json.load(open(marker))
+
+
+def evaluate(out: str, name: str, kind: str, variant: str, seed: int, data: list[str]) -> float:
+    workdir = os.path.join(out, name, kind)
+    result = os.path.join(workdir, f"{kind}.json")
+    if not done(result):
+        run([sys.executable, "-m", f"mdistill.evaluate.{kind}", f"--config=configs/{kind}_fmnist.py",
+             f"--config.pretrained={os.path.join(out, name)}", f"--config.student.variant={variant}",
+             f"--config.seed={seed}", f"--workdir={workdir}", *data], os.path.join(out, f"{name}.log"))
+    return json.load(open(result))["top1"]
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, float)
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+
+
+def table(results: dict, methods: list[str]) -> str:
+    rows = ["| model | linear probe top-1 (%) | fine-tune top-1 (%) | pre-train wall (s) | step (ms) | final rec. loss |",
+            "|---|---|---|---|---|---|"]
+    for m in ["teacher"] + methods:
+        runs = results[m]
+        rows.append(f"| {m if m == 'teacher' else m.upper() + ' student'} | "
+                    f"{mean_std([r['linprobe'] for r in runs])} | {mean_std([r['finetune'] for r in runs])} | "
+                    f"{mean_std([r['wall_seconds'] for r in runs])} | {mean_std([r['step_ms'] for r in runs])} | "
+                    f"{mean_std([r['final_rec_loss'] for r in runs])} |")
+    return "\n".join(rows)
+
+
+def plots(out: str, results: dict, methods: list[str], seeds: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for m in methods:
+        for i, s in enumerate(seeds):
+            records = [json.loads(line) for line in open(os.path.join(out, f"{m}_s{s}", "metrics.jsonl"))]
+            steps = [r["step"] for r in records]
+            ax[0].plot(steps, [r["rec_loss"] for r in records], color=f"C{methods.index(m)}",
+                       alpha=0.8, label=m.upper() if i == 0 else None)
+            ax[1].plot(steps, [r["loss"] for r in records], color=f"C{methods.index(m)}",
+                       alpha=0.8, label=m.upper() if i == 0 else None)
+    ax[0].set(title="reconstruction loss (hidden patches)", xlabel="step")
+    ax[1].set(title="total loss", xlabel="step")
+    for a in ax:
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = ["teacher"] + methods
+    for j, kind in enumerate(("linprobe", "finetune")):
+        values = [[r[kind] for r in results[n]] for n in names]
+        ax.bar(np.arange(len(names)) + 0.38 * j, [np.mean(v) for v in values], 0.38,
+               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=4,
+               label={"linprobe": "linear probe", "finetune": "fine-tune"}[kind])
+    ax.set_xticks(np.arange(len(names)) + 0.19, [n if n == "teacher" else n.upper() for n in names])
+    ax.set(ylabel="top-1 (%)", title="Fashion-MNIST test accuracy")
+    lows = [min(r[k] for r in results[n] for k in ("linprobe", "finetune")) for n in names]
+    ax.set_ylim(max(0.0, min(lows) - 5), 100)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
+    plt.close("all")
+
+
+def reconstructions(out: str, methods: list[str], seed: int, data_path: str) -> None:
+    """One picture: for each student (first seed), 6 test images through visualize's grid."""
+    import jax
+    import ml_collections
+
+    from mdistill import checkpoint, visualize
+    from mdistill.data.fashion_mnist import FashionMNISTSource
+    from mdistill.objectives import build_objective
+    from mdistill.visualize import save_png
+
+    images = FashionMNISTSource("test", data_path, 1).images(np.arange(6))
+    pictures = []
+    for m in methods:
+        params, meta = checkpoint.load_params(os.path.join(out, f"{m}_s{seed}"), None)
+        objective = build_objective(ml_collections.ConfigDict(meta["config"]))
+        grid = visualize.reconstruction_grid(objective, params, images, jax.random.PRNGKey(0), scale=3)
+        pictures.append(np.pad(grid, ((0, 0), (0, 12), (0, 0)), constant_values=255))
+    width = max(p.shape[1] for p in pictures)
+    save_png(os.path.join(out, "reconstructions.png"),
+             np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                             for p in pictures], axis=1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/fmnist_repro")
+    parser.add_argument("--steps", type=int, default=500, help="pre-training steps, teacher and every student")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="mae,dmae,amd")
+    parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    args = parser.parse_args()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    data = [f"--config.data.path={args.data_path}"]
+    t0 = time.time()
+
+    results = {m: [] for m in ["teacher"] + methods}
+    teacher = pretrain(out, "teacher", "configs/fmnist_mae_teacher.py", [], args.steps, data)
+    teacher_dir = [f"--config.teacher.checkpoint={os.path.join(out, 'teacher')}"]
+    for s in seeds:
+        for m in methods:
+            config, extra = METHODS[m]
+            stats = pretrain(out, f"{m}_s{s}", config, [f"--config.seed={s}", *extra, *teacher_dir], args.steps, data)
+            stats.update(seed=s, **{k: evaluate(out, f"{m}_s{s}", k, "mu/4", s, data) for k in ("linprobe", "finetune")})
+            results[m].append(stats)
+    teacher.update(seed=seeds[0], **{k: evaluate(out, "teacher", k, "xs/4", seeds[0], data)
+                                     for k in ("linprobe", "finetune")})
+    results["teacher"].append(teacher)
+
+    summary = table(results, methods)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"steps": args.steps, "seeds": seeds, "results": results}, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(summary + "\n")
+    plots(out, results, methods, seeds)
+    reconstructions(out, methods, seeds[0], args.data_path)
+    print(f"\n{summary}\n\n{len(seeds)} seed(s), {args.steps} steps each; {time.time() - t0:.0f}s in all; "
+          f"results and plots in {out}")
+
+
+if __name__ == "__main__":
+    main()
