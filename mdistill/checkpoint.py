@@ -3,7 +3,8 @@ config as JSON) under <workdir>/checkpoints/<step>/.
 
 Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it
 when complete, so a partial save is never listed. The step's rng and the data position are
-pure functions of (seed, step), so the step alone restores them exactly.
+pure functions of (seed, step); meta also holds the input pipeline's state (next step, what
+identifies the data), which the resumed pipeline checks (mdistill/data/pipeline.py).
 """
 
 from __future__ import annotations

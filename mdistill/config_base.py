@@ -64,12 +64,23 @@ def base_config() -> ml_collections.ConfigDict:
         grad_clip=0.0,       # global-norm clipping; 0 disables
         accum_steps=1))      # micro-batches per step (gradient accumulation)
 
+    # Input pipeline (mdistill/data). Images stay uint8 on the host; mean/std normalise them
+    # on device. Sources: tfds (name/split in data_dir, prepared as ArrayRecord) | folder
+    # (<path>/<split>/<class>/<image>, ImageNet layout) | fashion_mnist (IDX files in path)
+    # | synthetic.
     c.data = ml_collections.ConfigDict(dict(
-        source="tfds",       # synthetic | fashion_mnist | tfds
+        source="tfds",       # synthetic | fashion_mnist | tfds | folder
         name="imagenet2012", split="train", data_dir="",
-        path=FMNIST_DIR,     # Fashion-MNIST IDX folder
-        channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        synthetic_size=1024))
+        path=FMNIST_DIR,     # Fashion-MNIST IDX folder, or the image folder's root (source 'folder')
+        channels=3,          # 1: grayscale (colour becomes luminance) | 3: RGB (gray is repeated)
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        synthetic_size=1024,
+        augment="mae",       # mae: random resized crop + flip | flip: centre crop + flip | none: centre crop
+        crop_scale=(0.2, 1.0),  # area range of the random resized crop (MAE; torchvision's default is 0.08)
+        workers=-1,          # decoding processes per host; -1: one per CPU core (at most 32); 0: in-process
+        threads=2,           # threads per process reading and decoding
+        prefetch=2,          # batches assembled on device ahead of the step
+        max_bad_fraction=0.001))  # undecodable records tolerated (skipped), as a fraction of the dataset
 
     # Evaluation on frozen features (mdistill/evaluate): the k-NN monitor during
     # pre-training and the standalone evaluators read these.
@@ -100,7 +111,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # middle and last blocks of each, as AMD pairs them: mu has 4 blocks, xs 6 (128 wide)
     c.amd.update(pairs=((1, 2), (3, 5)), generator_heads=2)
     c.data.update(source="synthetic", channels=3, synthetic_size=512,
-                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment="none", workers=0)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 40, 5
     c.optim.update(lr=1e-3, accum_steps=1)
@@ -114,7 +125,9 @@ def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Fashion-MNIST from its IDX files: 28x28 grayscale, 4x4 patches (49 per image), small
     decoder, batch 256, settings that train on 2 CPU cores in minutes."""
     c.image_size = 28
-    c.data.update(source="fashion_mnist", split="train", channels=1, mean=(0.286,), std=(0.353,))
+    # 47 MB in memory, already 28x28: read in-process, no augmentation (as demo.sh was tuned)
+    c.data.update(source="fashion_mnist", split="train", channels=1, mean=(0.286,), std=(0.353,),
+                  augment="none", workers=0)
     c.eval.update(train_split="train", test_split="test")
     c.student.update(decoder_width=64, decoder_depth=2, decoder_heads=4)
     c.batch_size = 256

@@ -238,20 +238,21 @@ def ensure_writable(workdir: str) -> None:
         raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
 
 
-def resume_or_init(trainer: Trainer, mngr) -> TrainState:
-    """The latest readable checkpoint's state, or a fresh one. Refuses a checkpoint whose
-    config differs in anything that changes the model, optimizer or data."""
+def resume_or_init(trainer: Trainer, mngr) -> tuple[TrainState, dict | None]:
+    """The latest readable checkpoint's state and its input-pipeline state, or a fresh state
+    and None. Refuses a checkpoint whose config differs in anything that changes the model,
+    optimizer or data."""
     abstract = trainer.abstract_state()
     restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state)
     if restored is None:
-        return trainer.init_state()
+        return trainer.init_state(), None
     params, opt_state, meta = restored
     changes = checkpoint.config_changes(meta["config"], trainer.config.to_dict())
     if changes:
         raise checkpoint.CheckpointError(f"{mngr.directory} holds a run with a different config; resuming would mix "
                          "two experiments. Use another --workdir, or undo these changes:\n" + "\n".join(changes))
     log(f"resumed from {mngr.directory}/{meta['step']}")
-    return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+    return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state), meta.get("data")
 
 
 def check_finite(records: list[dict], mngr) -> None:
@@ -273,10 +274,10 @@ def train(config, workdir: str, mesh=None) -> dict:
     ensure_writable(workdir)
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
-    state = resume_or_init(trainer, mngr)
+    state, data_state = resume_or_init(trainer, mngr)
     start = int(state.step)
-    batches = data.BatchIterator(data.build_source(config), config.batch_size, trainer.batch_sharding,
-                                 config.seed, start)
+    # grain workers start decoding now, while the step compiles
+    batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
     preemption = PreemptionWatcher()
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
@@ -309,7 +310,7 @@ def train(config, workdir: str, mesh=None) -> dict:
                 window, t_log, step_log = [], now, done
             if save_now:
                 checkpoint.save(mngr, done, state.params, state.opt_state,
-                                {"step": done, "config": config.to_dict()},
+                                {"step": done, "config": config.to_dict(), "data": batches.state()},
                                 metrics={k: float(v) for k, v in fetched[-1].items()})
             if stop and not is_last:
                 log(f"SIGTERM: saved step {done}, stopping; rerun the same command to resume")
@@ -325,6 +326,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     finally:
         writer.close()
         preemption.close()
+        batches.close()
     return last
 
 

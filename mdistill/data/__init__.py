@@ -1,13 +1,20 @@
-"""Data sources selected by config.data.source, and the batch iterator."""
+"""Data sources selected by config.data.source, and the input pipeline.
+
+Sources give random access to records: len(), raw(i) (a decoded uint8 array or a file to
+decode), label(i), describe(i) (for logs) and fingerprint() (identifies the data for exact
+resume), plus images()/labels() for the evaluators. mdistill.data.pipeline turns any of
+them into globally sharded training batches."""
 
 from __future__ import annotations
 
 from mdistill.data.fashion_mnist import SPLIT_SIZES as FMNIST_SIZES, FashionMNISTSource
+from mdistill.data.image_folder import ImageFolderSource
 from mdistill.data.loader import BatchIterator
+from mdistill.data.pipeline import DataError, Pipeline
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
-SOURCES = ("synthetic", "fashion_mnist", "tfds")
+SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder")
 
 
 def build_source(config, split: str | None = None):
@@ -19,19 +26,23 @@ def build_source(config, split: str | None = None):
         return FashionMNISTSource(split, d.path, d.channels)
     if d.source == "tfds":
         return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
+    if d.source == "folder":
+        return ImageFolderSource(d.path, split, config.image_size, d.channels)
     raise ValueError(f"config.data.source={d.source!r}: expected one of {SOURCES}")
 
 
 def dataset_size(config) -> int:
-    """Number of training examples, known without reading the data where possible."""
+    """Number of training examples, known without reading the data where possible (an
+    image folder is listed; the listing is cached for the run)."""
     d = config.data
     if d.source == "synthetic":
         return d.synthetic_size
     if d.source == "fashion_mnist":
         return FMNIST_SIZES[d.split]
-    if (d.name, d.split) in KNOWN_SIZES:
+    if d.source == "tfds" and (d.name, d.split) in KNOWN_SIZES:
         return KNOWN_SIZES[(d.name, d.split)]
     return len(build_source(config))
 
 
-__all__ = ["BatchIterator", "SOURCES", "build_source", "dataset_size"]
+__all__ = ["BatchIterator", "DataError", "ImageFolderSource", "Pipeline", "SOURCES", "build_source",
+           "dataset_size"]

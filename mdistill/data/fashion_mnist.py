@@ -52,9 +52,22 @@ class FashionMNISTSource:
         if images.shape[0] != self._labels.shape[0]:
             raise ValueError(f"{directory}: {images.shape[0]} images but {self._labels.shape[0]} labels")
         self._images = np.repeat(images[..., None], channels, axis=-1) if channels > 1 else images[..., None]
+        self.directory, self.split = directory, split
 
     def __len__(self) -> int:
         return self._images.shape[0]
+
+    def raw(self, index: int) -> np.ndarray:
+        return self._images[int(index)]
+
+    def describe(self, index: int) -> str:
+        return f"Fashion-MNIST {self.split}[{int(index)}] in {self.directory}"
+
+    def fingerprint(self) -> str:
+        return f"fashion_mnist:{self.split}:{len(self)}"
+
+    def label(self, index: int) -> int:
+        return int(self._labels[int(index)])
 
     def images(self, indices) -> np.ndarray:
         return self._images[np.asarray(indices)]

@@ -30,6 +30,14 @@ class SyntheticSource:
         img = 0.5 + 0.4 * wave[..., None] * colour + rng.normal(0, 0.03, (self.image_size, self.image_size, self.channels))
         return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
+    raw = image
+
+    def describe(self, index: int) -> str:
+        return f"synthetic[{int(index)}]"
+
+    def fingerprint(self) -> str:
+        return f"synthetic:{self.size}:{self.image_size}:{self.channels}:{self.num_classes}:{self.seed}"
+
     def images(self, indices) -> np.ndarray:
         return np.stack([self.image(int(i)) for i in indices])
 

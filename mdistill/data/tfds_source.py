@@ -1,55 +1,84 @@
 """TFDS datasets through tfds.data_source (ArrayRecord, random access, no TensorFlow at
-run time). Images are resized on the short side and centre-cropped to the config's size."""
+run time): imagenet2012, fashion_mnist, cifar10, ... prepared beforehand in a data_dir.
+raw(i) is the decoded uint8 image at its stored size; images() is the evaluation view
+(resize + centre crop to the config's size)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# Training-split sizes, so that a dry run can plan epochs without the data.
+# Split sizes, so that a dry run can plan epochs without the data.
 KNOWN_SIZES = {("imagenet2012", "train"): 1281167, ("imagenet2012", "validation"): 50000,
                ("fashion_mnist", "train"): 60000, ("fashion_mnist", "test"): 10000,
                ("cifar10", "train"): 50000, ("cifar10", "test"): 10000}
 
+HOW_TO_PREPARE = {
+    "imagenet2012": ("put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
+                     "<data_dir>/downloads/manual, then run "),
+}
 
-def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    from PIL import Image
 
-    h, w = image.shape[:2]
-    scale = size / min(h, w)
-    pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-    pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    out = np.asarray(pil)
-    top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
-    out = out[top: top + size, left: left + size]
-    return out[..., None] if out.ndim == 2 else out
+def prepare_hint(name: str, data_dir: str | None) -> str:
+    where = data_dir or "~/tensorflow_datasets"
+    return (f"Prepare it once (this step needs TensorFlow, and internet unless the files are a manual download): "
+            f"{HOW_TO_PREPARE.get(name, '')}`tfds build {name} --data_dir={where} --file_format=array_record`, "
+            f"and set config.data.data_dir={where!r}.")
+
+
+def open_data_source(name: str, split: str, data_dir: str | None):
+    """tfds.data_source, never downloading; a missing dataset, split or the wrong file format
+    fails with what is missing and how to prepare it."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as e:  # tfds raises many types; find out which thing is missing
+        cause = f"{type(e).__name__}: {str(e)[:300]}"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:
+        raise FileNotFoundError(f"TFDS has no dataset {name!r} ({type(e).__name__}; check config.data.name)") from None
+    if not builder.is_prepared():
+        raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. "
+                                + prepare_hint(name, data_dir))
+    splits = sorted(builder.info.splits)
+    base = split.split("[")[0]
+    if base not in splits:
+        raise FileNotFoundError(f"TFDS dataset {name!r} has no split {base!r}: it has {splits} "
+                                "(set config.data.split / config.eval.*_split)")
+    raise FileNotFoundError(f"TFDS dataset {name!r} split {split!r} in {builder.data_dir!r} cannot be read by "
+                            f"random access ({cause}). It must be prepared as ArrayRecord. "
+                            + prepare_hint(name, data_dir))
 
 
 class TFDSSource:
     def __init__(self, name: str, split: str, image_size: int, channels: int, data_dir: str | None = None):
-        import tensorflow_datasets as tfds
-
-        try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-        except Exception as e:  # tfds raises several types for a dataset that is not prepared
-            raise FileNotFoundError(
-                f"TFDS dataset {name!r} split {split!r} is not available in data_dir={data_dir!r} ({e}). "
-                f"Prepare it first, e.g. `tfds build {name} --data_dir=...` (imagenet2012 needs its "
-                "manual download in <data_dir>/downloads/manual).") from e
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self._source = open_data_source(name, split, data_dir)
         self.image_size, self.channels = image_size, channels
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def _image(self, record) -> np.ndarray:
-        img = np.asarray(record["image"])
-        if img.shape[-1] != self.channels:
-            img = np.repeat(img[..., :1], self.channels, axis=-1) if self.channels == 3 else img[..., :1]
-        return resize_center_crop(img, self.image_size)
+    def raw(self, index: int) -> np.ndarray:
+        """The decoded image, uint8 [H, W, C] at its stored size."""
+        return np.asarray(self._source[int(index)]["image"])
+
+    def describe(self, index: int) -> str:
+        return f"tfds {self.name} {self.split}[{int(index)}] in {self.data_dir or '~/tensorflow_datasets'}"
+
+    def fingerprint(self) -> str:
+        return f"tfds:{self.name}:{self.split}:{len(self)}"
 
     def images(self, indices) -> np.ndarray:
-        return np.stack([self._image(self._source[int(i)]) for i in indices])
+        """Evaluation view: short side to image_size / 0.875, centre crop (MAE's 256 -> 224)."""
+        from mdistill.data.transforms import Transform
+
+        transform = Transform(self.image_size, self.channels, "none")
+        return np.stack([transform(self.raw(i)) for i in indices])
+
+    def label(self, index: int) -> int:
+        return int(self._source[int(index)]["label"])
 
     def labels(self, indices) -> np.ndarray:
-        return np.asarray([self._source[int(i)]["label"] for i in indices], np.int32)
+        return np.asarray([self.label(i) for i in indices], np.int32)

@@ -1,0 +1,190 @@
+"""Which bounds training: the input pipeline or the train step?
+
+1. Input: images/s of the training pipeline (mdistill.data.Pipeline) on a folder of JPEGs
+   with the ImageNet pre-training transforms (random resized crop 0.2-1.0 to 224, bicubic,
+   flip), per CPU core (one decoding process, and the bare decode+transform in a loop) and
+   with several worker processes.
+2. Step: images/s of the compiled train step of configs/dmae_vitb.py (ViT-L/16 teacher ->
+   ViT-B/16 student, 224 px) on this machine's default JAX device, at a small batch.
+
+Every figure is printed as one JSON line ({"bench": ..., ...}); the last line is a summary.
+
+  python benchmarks/pipeline.py                        # writes a synthetic JPEG folder first
+  python benchmarks/pipeline.py --folder=/data/imagenet --split=train --skip_step
+
+Without --folder it writes --num_images JPEGs of ImageNet-like sizes (short side 300-500,
+some up to 1500, quality 90) under --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def emit(**record):
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def write_jpeg_folder(root: str, n: int, classes: int = 10, seed: int = 0) -> str:
+    """n JPEGs in <root>/train/<class>/: smooth colour fields with edges and mild noise, so
+    they compress and decode roughly like photographs (ImageNet averages ~110 KB, ~400x350)."""
+    from PIL import Image
+
+    marker = os.path.join(root, f".complete-{n}")
+    if os.path.exists(marker):
+        return root
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        short = int(rng.integers(300, 501)) if rng.random() < 0.9 else int(rng.integers(800, 1501))
+        long = int(short * rng.uniform(1.0, 1.5))
+        h, w = (short, long) if rng.random() < 0.7 else (long, short)
+        low = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), np.float32)
+        yy, xx = np.mgrid[:h, :w]
+        img += 40 * np.sign(np.sin((xx * rng.uniform(0.01, 0.1) + yy * rng.uniform(0.01, 0.1))))[..., None]
+        img += rng.normal(0, 12, img.shape)
+        d = os.path.join(root, "train", f"class{i % classes:03d}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(d, f"img{i:06d}.JPEG"), quality=90)
+    open(marker, "w").close()
+    return root
+
+
+def folder_stats(source) -> dict:
+    sizes = [os.path.getsize(source.path(i)) for i in range(len(source))]
+    return {"images": len(source), "mean_file_kb": round(float(np.mean(sizes)) / 1024, 1)}
+
+
+def bench_decode_loop(source, transform, seconds: float) -> dict:
+    """One core, no grain: read + decode (draft) + transform, one image after another."""
+    from mdistill.data.transforms import load_image
+
+    rng = np.random.default_rng(0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        img = load_image(source.raw(n % len(source)), transform.channels, transform.min_side())
+        transform(img, rng)
+        n += 1
+    dt = time.perf_counter() - t0
+    return emit(bench="decode_transform_loop", processes=1, images=n, seconds=round(dt, 2),
+                images_per_sec=round(n / dt, 1))
+
+
+def bench_pipeline(source, transform, batch: int, workers: int, threads: int, batches: int) -> dict:
+    """The training pipeline (grain) producing host batches; the first batches (worker
+    start-up) are not timed."""
+    from mdistill.data import Pipeline
+
+    p = Pipeline(source, transform, batch, workers=workers, threads=threads, prefetch=4, max_bad_fraction=1.0)
+    with p:
+        t_start = time.perf_counter()
+        next(p)
+        startup = time.perf_counter() - t_start
+        warm = max(1, workers)
+        for _ in range(warm - 1):
+            next(p)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(p)
+        dt = time.perf_counter() - t0
+    return emit(bench="pipeline", workers=workers, threads=threads, batch=batch, batches=batches,
+                seconds=round(dt, 2), startup_seconds=round(startup, 1),
+                images_per_sec=round(batches * batch / dt, 1))
+
+
+def bench_step(config_file: str, batch: int, steps: int) -> dict:
+    """The train step of a config at a small batch, on the default device; random uint8
+    images, randomly initialised teacher (a checkpoint changes no shapes, so no timings)."""
+    import importlib.util
+
+    import jax
+
+    from mdistill import sharding
+    from mdistill.train import Trainer
+
+    spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, config_file))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.batch_size = batch
+    config.optim.accum_steps = 1
+    mesh = sharding.make_mesh()
+    trainer = Trainer(config, mesh)
+    state, teacher = trainer.init_state(), trainer.load_teacher()
+    images = jax.device_put(np.random.default_rng(0).integers(
+        0, 256, trainer.batch_shape().shape, dtype=np.uint8), trainer.batch_sharding)
+    cost = trainer.step_fn.lower(state, teacher, images).cost_analysis()  # XLA's estimate, no compile
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    t0 = time.perf_counter()
+    state, metrics = trainer.step_fn(state, teacher, images)  # compiles, then runs once
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.step_fn(state, teacher, images)
+    jax.block_until_ready(metrics)
+    dt = (time.perf_counter() - t0) / steps
+    return emit(bench="train_step", config=config_file, method=config.method, student=config.student.variant,
+                teacher=config.teacher.variant, image_size=config.image_size, batch=batch, steps=steps,
+                device=str(jax.devices()[0].device_kind), devices=jax.device_count(),
+                compile_and_first_step_seconds=round(compile_s, 1), seconds_per_step=round(dt, 3),
+                images_per_sec=round(batch / dt, 2), gflop_per_image=round(flops / batch / 1e9, 1),
+                achieved_gflops=round(flops / dt / 1e9, 1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folder", default="", help="root of an image folder (<folder>/<split>/<class>/*); "
+                    "default: write a synthetic JPEG folder under --workdir")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--workdir", default="/tmp/mdistill-bench")
+    ap.add_argument("--num_images", type=int, default=512)
+    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=64, help="host batch of the pipeline runs")
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per pipeline run")
+    ap.add_argument("--workers", default="0,1,2", help="worker processes to try (0: in the main process)")
+    ap.add_argument("--threads", type=int, default=1, help="threads per process")
+    ap.add_argument("--loop_seconds", type=float, default=15.0)
+    ap.add_argument("--config", default="configs/dmae_vitb.py")
+    ap.add_argument("--step_batch", type=int, default=8)
+    ap.add_argument("--step_steps", type=int, default=2)
+    ap.add_argument("--skip_step", action="store_true")
+    args = ap.parse_args(argv)
+
+    from mdistill.data.image_folder import ImageFolderSource
+    from mdistill.data.transforms import Transform
+
+    root = args.folder or write_jpeg_folder(os.path.join(args.workdir, "jpegs"), args.num_images)
+    source = ImageFolderSource(root, args.split, args.image_size, 3)
+    transform = Transform(args.image_size, 3, "mae")  # MAE pre-training: RRC (0.2, 1) bicubic + flip
+    emit(bench="folder", root=root, cpu_cores=os.cpu_count(), **folder_stats(source))
+
+    loop = bench_decode_loop(source, transform, args.loop_seconds)
+    runs = [bench_pipeline(source, transform, args.batch, int(w), args.threads, args.batches)
+            for w in args.workers.split(",")]
+    per_core = max([loop["images_per_sec"]] + [r["images_per_sec"] for r in runs if r["workers"] == 1])
+    summary = {"bench": "summary", "input_images_per_sec_per_core": per_core,
+               "input_images_per_sec_best": max(r["images_per_sec"] for r in runs)}
+    if not args.skip_step:
+        step = bench_step(args.config, args.step_batch, args.step_steps)
+        summary.update(step_images_per_sec=step["images_per_sec"], step_device=step["device"],
+                       cores_to_feed_the_step=round(step["images_per_sec"] / per_core, 4),
+                       gflop_per_image=step["gflop_per_image"],
+                       # an accelerator sustaining F TFLOP/s on this step needs F * this many cores
+                       cores_per_sustained_tflops=round(1e3 / step["gflop_per_image"] / per_core, 3))
+    emit(**summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Image transforms on the host, as in MAE: random resized crop (scale 0.2-1.0, bicubic) +
+horizontal flip for pre-training, resize + centre crop for evaluation.
+
+Convention: the host only crops, resizes and flips; outputs stay uint8 NHWC. The mean/std
+normalisation happens on device, inside the objectives (objectives/common.normalize_images
+with config.data.mean/std), so host->device transfers are 4x smaller than float32 and every
+source (TFDS, folders, Fashion-MNIST, synthetic) feeds the same step. Grayscale follows
+config.data.channels: 1 keeps one channel (colour becomes luminance), 3 repeats gray."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+AUGMENTS = ("mae", "flip", "none")  # mae: crop + flip | flip: centre crop + flip | none: centre crop
+RRC_SCALE = (0.2, 1.0)              # MAE's pre-training scale (torchvision's default is 0.08)
+RRC_RATIO = (3 / 4, 4 / 3)
+EVAL_CROP_FRACTION = 0.875          # resize the short side to size / 0.875 (256 for 224), crop
+
+
+def rrc_box(width: int, height: int, rng: np.random.Generator, scale=RRC_SCALE, ratio=RRC_RATIO):
+    """(left, top, w, h) of a random crop covering `scale` of the area with aspect `ratio`:
+    torchvision's RandomResizedCrop.get_params (10 tries, then a centre crop clamped to ratio)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator, scale=RRC_SCALE,
+                        ratio=RRC_RATIO) -> Image.Image:
+    left, top, w, h = rrc_box(img.width, img.height, rng, scale, ratio)
+    # crop and resize in one resampling pass; a crop smaller than `size` is simply upsampled
+    return img.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
+
+
+def center_crop(img: Image.Image, size: int, fraction: float = EVAL_CROP_FRACTION) -> Image.Image:
+    """Short side to size / fraction (bicubic), then the central size x size. An image that is
+    already size x size (Fashion-MNIST, CIFAR at their native size) is left untouched."""
+    if img.size == (size, size):
+        return img
+    short = max(size, int(size / fraction))
+    scale = short / min(img.size)
+    img = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))), Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image(raw, channels: int, min_side: int = 0):
+    """A source's raw record -> a decoded PIL image in mode L (channels 1) or RGB, or the
+    uint8 array unchanged. `raw` is a file path, encoded bytes, a PIL image or an array.
+
+    For JPEGs larger than needed, PIL's draft mode decodes at 1/2, 1/4 or 1/8 scale while
+    keeping the short side >= min_side (the transform's need), which cuts decoding time
+    without making any crop blurrier. Raises on a corrupt or truncated file (the pipeline
+    counts and skips it)."""
+    if isinstance(raw, np.ndarray):
+        return raw
+    if isinstance(raw, Image.Image):
+        return raw.convert("L" if channels == 1 else "RGB")
+    src = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray)) else raw
+    with Image.open(src) as img:
+        if min_side and img.format == "JPEG":
+            img.draft("L" if channels == 1 else "RGB", (min_side, min_side))
+        return img.convert("L" if channels == 1 else "RGB")  # decodes; raises if corrupt
+
+
+def to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    image = np.asarray(image)
+    return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+
+
+def to_array(img: Image.Image, channels: int) -> np.ndarray:
+    """uint8 [H, W, channels]: colour becomes luminance for 1 channel, gray is repeated for 3."""
+    arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+class Transform:
+    """image (PIL or uint8 array, any size and mode), rng -> uint8 [size, size, channels].
+
+    Picklable, so grain worker processes can run it; all randomness comes from `rng`."""
+
+    def __init__(self, size: int, channels: int = 3, augment: str = "none", scale=RRC_SCALE, ratio=RRC_RATIO):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment={augment!r}: expected one of {AUGMENTS}")
+        self.size, self.channels, self.augment = size, channels, augment
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def min_side(self) -> int:
+        """Short side an image needs so that no crop of this transform is upsampled more
+        than it would be from the full-resolution image (for JPEG draft decoding)."""
+        if self.augment == "mae":  # the smallest crop: area scale[0], aspect at its extreme
+            aspect = min(self.ratio[0], 1 / self.ratio[1])
+            return math.ceil(self.size / math.sqrt(self.scale[0] * aspect))
+        return math.ceil(self.size / EVAL_CROP_FRACTION)
+
+    def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
+        if (self.augment == "none" and isinstance(image, np.ndarray)
+                and image.shape == (self.size, self.size, self.channels)):
+            return image  # already what we want (synthetic, Fashion-MNIST): skip PIL
+        if self.augment != "none" and rng is None:
+            raise ValueError(f"augment={self.augment!r} needs an rng")
+        img = to_pil(image)
+        if self.augment == "mae":
+            img = random_resized_crop(img, self.size, rng, self.scale, self.ratio)
+        else:
+            img = center_crop(img, self.size)
+        if self.augment in ("mae", "flip") and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_array(img, self.channels)
+
+
+def from_config(config, train: bool = True) -> Transform:
+    """The training transform of config.data (train=False: the evaluation one)."""
+    d = config.data
+    augment = d.get("augment", "none") if train else "none"
+    return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))
