@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mdistill.models.vit import Block, Encoder, ViTSpec, posemb_sincos_2d, xavier
+from mdistill.models.vit import Encoder, ViTSpec, block_class, posemb_sincos_2d, xavier
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -33,6 +33,7 @@ class Decoder(nn.Module):
     num_heads: int
     patch_dim: int
     dtype: Any = jnp.float32
+    remat: str = "none"  # see mdistill.models.vit.block_class
 
     @nn.compact
     def __call__(self, latent, ids_restore):
@@ -49,7 +50,7 @@ class Decoder(nn.Module):
         tokens = tokens + jnp.asarray(posemb_sincos_2d(self.width, grid), x.dtype)
         x = jnp.concatenate([x[:, :1], tokens], axis=1)  # the cls position embedding is zero
         for i in range(self.depth):
-            x = Block(self.num_heads, dtype=self.dtype, name=f"block_{i}")(x)
+            x = block_class(self.remat)(self.num_heads, dtype=self.dtype, name=f"block_{i}")(x, True)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         x = nn.Dense(self.patch_dim, kernel_init=xavier, dtype=self.dtype, name="pred")(x)
         return x[:, 1:]
@@ -64,11 +65,13 @@ class MAE(nn.Module):
     decoder_heads: int = 16
     channels: int = 3
     dtype: Any = jnp.float32
+    remat: str = "none"  # rematerialise encoder and decoder blocks: see vit.block_class
 
     def setup(self):
-        self.encoder = Encoder(self.spec, dtype=self.dtype)
+        self.encoder = Encoder(self.spec, dtype=self.dtype, remat=self.remat)
         self.decoder = Decoder(self.decoder_width, self.decoder_depth, self.decoder_heads,
-                               self.spec.patch_size ** 2 * self.channels, dtype=self.dtype)
+                               self.spec.patch_size ** 2 * self.channels, dtype=self.dtype,
+                               remat=self.remat)
 
     def __call__(self, images, ids_keep, ids_restore, return_blocks=()):
         """-> (per-patch predictions [B, L, p*p*C], {block: encoder features})."""

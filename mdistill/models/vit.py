@@ -80,6 +80,33 @@ dense = nn.Dense
 xavier = nn.initializers.xavier_uniform()
 
 
+def multi_head_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v per head, for fused qkv [B, T, 3 * width] laid out
+    (q|k|v, head, channel) -> [B, T, width]. Logits and softmax in float32.
+
+    On GPU and TPU this is jax.nn.dot_product_attention (cuDNN's flash attention on NVIDIA
+    GPUs for bf16/f16). XLA:CPU runs the same two products about twice as fast with the
+    heads moved in front of the tokens first, so there it is written out in that layout.
+    """
+    backend = jax.default_backend()
+    if backend != "cpu":
+        q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b t h d", three=3, h=num_heads)
+        out = None
+        if backend in ("gpu", "cuda") and q.dtype in (jnp.bfloat16, jnp.float16):
+            try:
+                out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+            except Exception:  # no cuDNN attention for this shape or GPU: XLA's below
+                out = None
+        if out is None:
+            out = jax.nn.dot_product_attention(q, k, v)
+        return einops.rearrange(out, "b t h d -> b t (h d)")
+    q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=num_heads)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits * np.float32(q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    return einops.rearrange(out, "b h t d -> b t (h d)")
+
+
 class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
@@ -89,10 +116,15 @@ class Attention(nn.Module):
         width = x.shape[-1]
         # One fused qkv projection, laid out like the PyTorch releases' qkv Linear.
         qkv = dense(3 * width, kernel_init=xavier, dtype=self.dtype, name="qkv")(x)
-        q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
-        out = jax.nn.dot_product_attention(q, k, v)
-        out = einops.rearrange(out, "b t h d -> b t (h d)")
+        out = multi_head_attention(qkv, self.num_heads)
         return dense(width, kernel_init=xavier, dtype=self.dtype, name="proj")(out)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * (1 + erf(x / sqrt(2))) / 2, as PyTorch's nn.GELU computes it. Equal
+    to jax.nn.gelu(x, approximate=False) within float32 rounding; that one goes through
+    erfc, which XLA:CPU evaluates about twice as slowly."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.asarray(0.5 ** 0.5, x.dtype)))
 
 
 class Mlp(nn.Module):
@@ -103,23 +135,37 @@ class Mlp(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         x = dense(self.hidden, kernel_init=xavier, dtype=self.dtype, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         return dense(width, kernel_init=xavier, dtype=self.dtype, name="fc2")(x)
 
 
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth: zero a residual branch for a random subset of samples and rescale
+    the rest by 1/(1-rate), so its expected value is unchanged."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-6, MLP ratio 4, qkv bias)."""
+    """Pre-norm transformer block (LayerNorm eps 1e-6, MLP ratio 4, qkv bias).
+
+    drop_path > 0 drops each residual branch per sample while training (deterministic=False,
+    rng collection 'dropout'); it adds no parameters, so pretrained names are unchanged.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
-        x = x + Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x))
+        branch = lambda y: y if deterministic or self.drop_path == 0.0 else drop_path(  # noqa: E731
+            y, self.drop_path, self.make_rng("dropout"))
+        x = x + branch(Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x)))
         hidden = int(x.shape[-1] * self.mlp_ratio)
-        return x + Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x))
+        return x + branch(Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -130,11 +176,36 @@ class PatchEmbed(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, ids_keep=None):
+        """-> [B, L, width]; with ids_keep [B, K], only those patches: [B, K, width]."""
         p = self.patch_size
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=xavier,
-                    dtype=self.dtype, name="proj")(images)
-        return einops.rearrange(x, "b h w d -> b (h w) d")
+        conv = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=xavier,
+                       dtype=self.dtype, name="proj")
+        if ids_keep is None:
+            return einops.rearrange(conv(images), "b h w d -> b (h w) d")
+        # Gather the visible patches' pixels first and embed only those: K/L of the work,
+        # and the backward pass needs no scatter into the hidden patches.
+        patches = einops.rearrange(images, "b (h p) (w q) c -> b (h w) p q c", p=p, q=p)
+        patches = jnp.take_along_axis(patches, ids_keep[:, :, None, None, None], axis=1)
+        batch, keep = ids_keep.shape
+        x = conv(patches.reshape((batch * keep,) + patches.shape[2:]))
+        return x.reshape(batch, keep, self.width)
+
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def block_class(remat: str = "none"):
+    """Block, or Block rematerialised in the backward pass to save activation memory:
+    'full' keeps only each block's input and recomputes the rest, 'dots' also keeps the
+    outputs of its matrix products (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+    Parameter names are unchanged."""
+    if remat == "none":
+        return Block
+    policies = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    if remat not in policies:
+        raise ValueError(f"remat={remat!r}: expected one of {REMAT_POLICIES}")
+    return nn.remat(Block, policy=policies[remat], static_argnums=(2,))
 
 
 class Encoder(nn.Module):
@@ -146,19 +217,24 @@ class Encoder(nn.Module):
       return_blocks: 0-based blocks whose outputs to return ([B, 1+K, width], cls first).
       stop_after: last block to run (0-based). None runs all blocks and the final norm;
         otherwise the returned tokens are that block's raw output.
+      deterministic: False enables drop path (fine-tuning); its rate rises linearly from 0
+        at the first block to `drop_path` at the last, as in MAE / timm.
+    remat: 'none' | 'full' | 'dots', see block_class.
     """
 
     spec: ViTSpec
     dtype: Any = jnp.float32
+    drop_path: float = 0.0
+    remat: str = "none"
 
     @nn.compact
-    def __call__(self, images, ids_keep=None, return_blocks: Sequence[int] = (), stop_after=None):
+    def __call__(self, images, ids_keep=None, return_blocks: Sequence[int] = (), stop_after=None,
+                 deterministic: bool = True):
         spec = self.spec
-        x = PatchEmbed(spec.patch_size, spec.width, self.dtype, name="patch_embed")(images)
+        x = PatchEmbed(spec.patch_size, spec.width, self.dtype, name="patch_embed")(images, ids_keep)
         grid = images.shape[1] // spec.patch_size
-        x = x + jnp.asarray(posemb_sincos_2d(spec.width, grid), x.dtype)
-        if ids_keep is not None:
-            x = gather_tokens(x, ids_keep)
+        pos = jnp.asarray(posemb_sincos_2d(spec.width, grid), x.dtype)
+        x = x + (pos if ids_keep is None else jnp.take(pos, ids_keep, axis=0))
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, spec.width))
         cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, spec.width))
         x = jnp.concatenate([cls, x], axis=1)
@@ -168,7 +244,9 @@ class Encoder(nn.Module):
             raise ValueError(f"stop_after={stop_after} outside 0..{spec.depth - 1}")
         features = {}
         for i in range(last + 1):
-            x = Block(spec.num_heads, dtype=self.dtype, name=f"block_{i}")(x)
+            rate = self.drop_path * i / max(spec.depth - 1, 1)
+            x = block_class(self.remat)(spec.num_heads, dtype=self.dtype, drop_path=rate,
+                                        name=f"block_{i}")(x, deterministic)
             if i in return_blocks:
                 features[i] = x
         missing = set(return_blocks) - set(features)

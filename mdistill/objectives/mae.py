@@ -25,7 +25,8 @@ class MAEObjective:
         self.dtype = DTYPES[config.dtype]
         self.num_patches = (config.image_size // self.spec.patch_size) ** 2
         self.mae = MAE(self.spec, config.student.decoder_width, config.student.decoder_depth,
-                       config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype)
+                       config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype,
+                       remat=config.get("remat", "none"))
 
     # Blocks of the student encoder whose outputs the loss needs (none for plain MAE).
     student_blocks: tuple[int, ...] = ()
