@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = "mae"  # one of mdistill.objectives.OBJECTIVES
     c.seed = 0
     c.dtype = "float32"  # compute dtype of the student; parameters stay float32
+    # Rematerialise the student's encoder and decoder blocks in the backward pass (less
+    # activation memory, more compute): none | full | dots (keep the matmul outputs).
+    c.remat = "none"
     c.image_size = 224
     c.mask_ratio = 0.75
     c.norm_pix_loss = True
@@ -97,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 50
     c.checkpoint_every = 1000
+    c.visualize_every = 0    # steps between reconstruction grids in <workdir>/visualizations (0: never)
     c.keep_checkpoints = 3   # the latest K are kept ...
     c.best_metric = ""       # ... plus the best by this logged metric ('loss', 'max:knn_top1')
     return c
@@ -133,4 +137,5 @@ def fashion_mnist(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.optim.update(lr=1.5e-3, weight_decay=0.05)
     c.log_every, c.checkpoint_every = 50, 500
+    c.visualize_every = 250
     return c

@@ -25,6 +25,11 @@ class MetricsWriter:
 
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    @property
+    def tensorboard(self):
+        """The TensorBoard writer, for images (None on processes other than 0)."""
+        return self._tb if self.enabled else None
+
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return

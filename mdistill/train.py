@@ -14,7 +14,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, optim, sharding
+from mdistill import checkpoint, data, optim, sharding, visualize
+from mdistill.evaluate.knn import KNNMonitor
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
@@ -107,6 +108,14 @@ class Trainer:
                 "initialised teacher (only meaningful for smoke tests)")
             init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
             return init(jax.random.PRNGKey(self.config.seed + 1))
+        try:
+            return teacher.prepare(self._read_teacher(path))
+        except (ValueError, ImportError) as e:  # wrong architecture, unreadable file, no torch for a .pth
+            raise checkpoint.CheckpointError(str(e)) from e
+
+    def _read_teacher(self, path: str):
+        """The teacher encoder's parameters from an Orbax checkpoint or a PyTorch file,
+        checked against config.teacher.variant and placed by the partition rules."""
         if os.path.isfile(path):  # a PyTorch .pth/.safetensors (official MAE or timm names), converted here
             from mdistill import convert
 
@@ -115,14 +124,14 @@ class Trainer:
                                                   channels=self.config.data.channels)
             check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
                               f"config.teacher.variant={self.config.teacher.variant!r}")
-            return teacher.prepare(convert.place(encoder, sharding.tree_shardings(self.mesh, encoder)))
+            return convert.place(encoder, sharding.tree_shardings(self.mesh, encoder))
         fsdp = self.mesh.shape["fsdp"]
         params, _ = checkpoint.load_params(path, lambda key, shape: NamedSharding(
             self.mesh, sharding.partition_spec(key, shape, fsdp)))
         encoder = params["mae"]["encoder"] if "mae" in params else params.get("encoder", params)
         check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
                           f"config.teacher.variant={self.config.teacher.variant!r}")
-        return teacher.prepare(encoder)
+        return encoder
 
     # ---- the step -----------------------------------------------------------------------
     def _grads(self, params, teacher_params, images, rng):
@@ -272,6 +281,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     trainer = Trainer(config, mesh)
     plan = trainer.plan
     ensure_writable(workdir)
+    knn = KNNMonitor(config, mesh)  # k-NN of the student every eval.knn_every steps (labels read now)
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
     state, data_state = resume_or_init(trainer, mngr)
@@ -279,6 +289,8 @@ def train(config, workdir: str, mesh=None) -> dict:
     # grain workers start decoding now, while the step compiles
     batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
+    pictures = (visualize.ReconstructionWriter(trainer, workdir, data.build_source(config).images(np.arange(8)),
+                                               tensorboard=writer.tensorboard) if config.visualize_every else None)
     preemption = PreemptionWatcher()
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
@@ -294,7 +306,10 @@ def train(config, workdir: str, mesh=None) -> dict:
             stop = preemption.should_stop(done)
             log_now = done % config.log_every == 0 or is_last
             save_now = done % config.checkpoint_every == 0 or is_last or stop
-            if not (log_now or save_now):
+            knn_now = knn.maybe_run(done, state.params, is_last, save_now)  # {} unless due
+            log_now, t_log = log_now or bool(knn_now), t_log + knn_now.get("knn_seconds", 0.0)
+            draw_now = pictures is not None and (done % config.visualize_every == 0 or is_last)
+            if not (log_now or save_now or draw_now):
                 continue
             fetched = [dict(jax.device_get(m), step=s) for s, m in pending]
             pending = []
@@ -304,14 +319,16 @@ def train(config, workdir: str, mesh=None) -> dict:
                 last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 now = time.time()
                 ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
-                last.update(step=done, images_per_sec=ips)
+                last.update(step=done, images_per_sec=ips, **knn_now)
                 writer.write(done, last)
                 log(format_line(done, plan.total_steps, last, (plan.total_steps - done) * config.batch_size / ips))
                 window, t_log, step_log = [], now, done
             if save_now:
                 checkpoint.save(mngr, done, state.params, state.opt_state,
                                 {"step": done, "config": config.to_dict(), "data": batches.state()},
-                                metrics={k: float(v) for k, v in fetched[-1].items()})
+                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **knn_now})
+            if draw_now:
+                pictures(done, state.params)
             if stop and not is_last:
                 log(f"SIGTERM: saved step {done}, stopping; rerun the same command to resume")
                 break

@@ -11,7 +11,7 @@ from mdistill.data import SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
 from mdistill.data.transforms import AUGMENTS
 from mdistill.models.heads import PROJECTION_KINDS
-from mdistill.models.vit import ViTSpec
+from mdistill.models.vit import REMAT_POLICIES, ViTSpec
 from mdistill.objectives import OBJECTIVES
 from mdistill.objectives.common import FEATURE_LOSSES
 from mdistill.objectives.mae import DTYPES
@@ -37,6 +37,8 @@ def validate(config, num_devices: int | None = None) -> None:
     num_devices = num_devices or jax.device_count()
     _require(config.method in OBJECTIVES, "method", config.method, f"expected one of {sorted(OBJECTIVES)}")
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"expected one of {sorted(DTYPES)}")
+    _require(config.get("remat", "none") in REMAT_POLICIES, "remat", config.get("remat"),
+             f"expected one of {REMAT_POLICIES}")
 
     student = _variant("student.variant", config.student.variant)
     p = student.patch_size

@@ -1,15 +1,23 @@
-"""Downstream evaluation: k-NN, linear probe, fine-tuning pieces, on tiny models."""
+"""Downstream evaluation: k-NN (standalone and as a pre-training monitor), linear probe and
+fine-tuning, on tiny models and 8 simulated devices (tests/conftest.py)."""
+
+import json
+import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from mdistill import sharding
 from mdistill.config_base import apply_smoke, base_config
-from mdistill.evaluate import common
-from mdistill.evaluate.knn import KNNMonitor, knn_accuracy
+from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
+from mdistill.evaluate import augment, common, finetune, knn, linprobe, randaugment
+from mdistill.models.vit import Encoder, ViTSpec
 
 
+# ---- k-NN -----------------------------------------------------------------------------
 def clusters(n, num_classes=10, dim=32, seed=0, noise=0.3):
     """Features around one random centre per class: separable by construction."""
     rng = np.random.default_rng(seed)
@@ -22,10 +30,10 @@ def test_knn_separable_is_accurate_and_shuffled_is_chance():
     train_x, train_y = clusters(2000, seed=0)
     test_x, test_y = clusters(500, seed=0)  # same centres (seed), fresh noise below
     test_x = test_x + 0.3 * np.random.default_rng(1).normal(size=test_x.shape).astype(np.float32)
-    good = knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07)
+    good = knn.knn_accuracy(train_x, train_y, test_x, test_y, k=20, temperature=0.07)
     assert good["knn_top1"] > 95.0 and good["knn_top5"] >= good["knn_top1"]
     shuffled = np.random.default_rng(2).permutation(train_y)
-    chance = knn_accuracy(train_x, shuffled, test_x, test_y, k=20, temperature=0.07)
+    chance = knn.knn_accuracy(train_x, shuffled, test_x, test_y, k=20, temperature=0.07)
     assert abs(chance["knn_top1"] - 10.0) < 6.0
 
 
@@ -33,8 +41,8 @@ def test_knn_ignores_padding_rows():
     train_x, train_y = clusters(200, num_classes=4, seed=3)
     padded_x = np.concatenate([train_x, 100 * np.ones((50, 32), np.float32)])  # close to everything
     padded_y = np.concatenate([train_y, -np.ones(50, np.int32)])
-    a = knn_accuracy(train_x, train_y, train_x[:64], train_y[:64], k=5, chunk=32)
-    b = knn_accuracy(padded_x, padded_y, train_x[:64], train_y[:64], k=5, chunk=32)
+    a = knn.knn_accuracy(train_x, train_y, train_x[:64], train_y[:64], k=5, chunk=32)
+    b = knn.knn_accuracy(padded_x, padded_y, train_x[:64], train_y[:64], k=5, chunk=32)
     assert a == b
 
 
@@ -44,15 +52,14 @@ def smoke_config():
     return c
 
 
-def test_knn_monitor_runs_on_schedule_on_8_devices():
+def test_knn_monitor_schedule_and_switch():
+    monitor = knn.KNNMonitor(smoke_config(), sharding.make_mesh())
+    assert monitor.maybe_run(3, params=None) == {}  # not due: nothing is computed
+    assert len(monitor.train_split) == 64 and len(monitor.test_split) == 32
     c = smoke_config()
-    monitor = KNNMonitor(c, sharding.make_mesh())
-    from mdistill.objectives import build_objective
-
-    params = build_objective(c).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8))
-    assert monitor.maybe_run(3, params) == {}
-    m = monitor.maybe_run(5, params)
-    assert set(m) == {"knn_top1", "knn_top5", "knn_seconds"} and 0.0 <= m["knn_top1"] <= 100.0
+    c.eval.knn_every, c.best_metric = 0, "max:knn_top1"
+    with pytest.raises(ValueError, match="knn_every"):
+        knn.KNNMonitor(c, sharding.make_mesh())
 
 
 def test_unlabelled_source_is_a_clear_error(monkeypatch):
@@ -63,8 +70,188 @@ def test_unlabelled_source_is_a_clear_error(monkeypatch):
         def images(self, idx):
             return np.zeros((len(idx), 28, 28, 1), np.uint8)
 
+    monkeypatch.setattr(common.data, "build_source", lambda config, split: NoLabels())
     c = smoke_config()
     c.data.source = "tfds"
-    monkeypatch.setattr(common.data, "build_source", lambda config, split: NoLabels())
     with pytest.raises(ValueError, match="has no labels"):
-        KNNMonitor(c, sharding.make_mesh())
+        knn.KNNMonitor(c, sharding.make_mesh())
+    from configs.finetune_fmnist import get_config
+
+    c = get_config("smoke")
+    c.data.source = "tfds"
+    with pytest.raises(ValueError, match="has no labels"):
+        finetune.FineTuner(c, sharding.make_mesh())
+
+
+# ---- fine-tuning pieces -----------------------------------------------------------------
+def test_layer_decay_multipliers_per_block_and_in_the_optimizer():
+    from configs.finetune_fmnist import get_config
+
+    c = get_config("smoke")
+    c.finetune.layer_decay, c.warmup_steps = 0.5, 0
+    ft = finetune.FineTuner(c, sharding.make_mesh())  # mu/4: layer ids 0 (embed), 1..4 (blocks), 5 (head)
+    m = finetune.layer_decay_multipliers(ft.abstract_params, 4, 0.5)
+    assert m["head"]["kernel"] == 1.0 and m["fc_norm"]["scale"] == 1.0
+    for i in range(4):
+        assert m["encoder"][f"block_{i}"]["attn"]["qkv"]["kernel"] == 0.5 ** (4 - i)
+        assert m["encoder"][f"block_{i}"]["norm1"]["bias"] == 0.5 ** (4 - i)
+    assert m["encoder"]["patch_embed"]["proj"]["kernel"] == 0.5 ** 5 and m["encoder"]["cls_token"] == 0.5 ** 5
+    # AdamW's first step moves every parameter by ~lr; layer decay scales that per block
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape), ft.abstract_params)
+    updates, _ = jax.jit(lambda p: ft.tx.update(jax.tree.map(jnp.ones_like, p), ft.tx.init(p), p))(zeros)
+    peak = float(jnp.abs(updates["head"]["bias"][0]))
+    assert peak == pytest.approx(3e-3, rel=1e-3)
+    for i in range(4):
+        assert float(jnp.abs(updates["encoder"][f"block_{i}"]["mlp"]["fc1"]["bias"][0])) == pytest.approx(
+            peak * 0.5 ** (4 - i), rel=1e-3)
+
+
+def test_mixup_cutmix_keep_label_mass():
+    """Each image i mixes with image 7-i. With constant images, the share of the partner's
+    pixels is readable from the mean; the partner's label must get the same share."""
+    values = jnp.arange(8.0)
+    images = jnp.broadcast_to(values[:, None, None, None], (8, 16, 16, 1))
+    labels, s = np.arange(8), 0.1
+    mix = jax.jit(lambda rng: augment.mixup_cutmix(rng, images, labels, 8, 0.8, 1.0, smoothing=s))
+    for seed in range(6):
+        x, t = map(np.asarray, mix(jax.random.PRNGKey(seed)))
+        np.testing.assert_allclose(t.sum(axis=1), 1.0, rtol=1e-5)
+        assert np.all(t >= s / 8 - 1e-6)
+        pixel_share = (x.mean(axis=(1, 2, 3)) - values) / (values[::-1] - values)
+        label_share = (t[np.arange(8), labels[::-1]] - s / 8) / (1 - s)
+        np.testing.assert_allclose(label_share, pixel_share, atol=1e-5)
+
+
+def test_random_erasing_changes_only_some_images():
+    out = jax.jit(lambda r, x: augment.random_erasing(r, x, prob=0.25))(jax.random.PRNGKey(0), jnp.zeros((64, 16, 16, 3)))
+    erased = np.asarray(jnp.any(out != 0, axis=(1, 2, 3)))
+    assert 4 <= erased.sum() <= 32
+
+
+def test_randaugment_operations_match_pil():
+    from PIL import Image, ImageOps
+
+    img = np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.uint8)
+    pil, x = Image.fromarray(img), jnp.asarray(img, jnp.float32)
+    exact = {"equalize": (0.0, ImageOps.equalize(pil)), "posterize": (0.6, ImageOps.posterize(pil, 2)),
+             "solarize": (0.5, ImageOps.solarize(pil, 128))}
+    for name, (level, ref) in exact.items():
+        np.testing.assert_array_equal(randaugment.apply_op(name, x, level), np.asarray(ref, np.float32), err_msg=name)
+    # geometric: bilinear sampling as PIL's, away from the borders
+    fill = (124, 116, 104)
+    ours = randaugment.apply_op("shear_x", x, 0.5, fill)
+    ref = pil.transform(pil.size, Image.AFFINE, (1, 0.15, 0, 0, 1, 0), Image.BILINEAR, fillcolor=fill)
+    assert np.mean(np.abs(np.asarray(ours) - np.asarray(ref, np.float32))) < 3.0
+
+
+def test_rand_augment_on_a_batch():
+    images = jax.random.uniform(jax.random.PRNGKey(0), (16, 12, 12, 1), minval=0, maxval=255)
+    out = jax.jit(lambda r, x: randaugment.rand_augment(r, x, num_layers=2, fill=(73,)))(jax.random.PRNGKey(1), images)
+    changed = np.asarray(jnp.any(out != images, axis=(1, 2, 3)))
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 255
+    assert 4 <= changed.sum() <= 16  # each of 2 ops applies with probability 0.5: ~75% change
+
+
+def test_drop_path_keeps_parameter_names_and_is_identity_when_deterministic():
+    spec = ViTSpec(width=16, depth=2, num_heads=2, patch_size=4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    plain, dropping = Encoder(spec), Encoder(spec, drop_path=0.5)
+    shapes = jax.eval_shape(plain.init, jax.random.PRNGKey(1), x)
+    assert jax.tree.structure(shapes) == jax.tree.structure(jax.eval_shape(dropping.init, jax.random.PRNGKey(1), x))
+    rng = np.random.default_rng(0)  # parameters drawn on the host: compiling an init costs more than the test
+    params = jax.tree.map(lambda s: jnp.asarray(0.2 * rng.normal(size=s.shape), jnp.float32), shapes)
+
+    @jax.jit
+    def outputs(params, rng):
+        drop = lambda det: dropping.apply(params, x, deterministic=det, rngs={"dropout": rng})[0]  # noqa: E731
+        return plain.apply(params, x)[0], drop(True), drop(False)
+
+    reference, deterministic, training = outputs(params, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(deterministic, reference, atol=1e-6)
+    assert not np.allclose(training, reference)
+
+
+# ---- end to end, on a pre-trained student ------------------------------------------------
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 20-step MAE smoke run with the k-NN monitor every 10 steps, on a 4 x 2 (data x fsdp)
+    mesh: the monitor computes features from the training state where it is sharded."""
+    from mdistill import train
+
+    c = apply_smoke(base_config())
+    c.total_steps, c.log_every, c.checkpoint_every = 20, 20, 20
+    c.eval.update(knn_every=10, knn_train_examples=128, knn_test_examples=64, batch_size=32)
+    if "mesh" in c:
+        c.mesh.update(data=4, fsdp=2)
+    workdir = str(tmp_path_factory.mktemp("pretrained"))
+    train.train(c, workdir, Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "fsdp")))
+    return workdir
+
+
+def test_pretraining_writes_knn_metrics(pretrained):
+    with open(os.path.join(pretrained, "metrics.jsonl")) as f:
+        records = {r["step"]: r for r in map(json.loads, f)}
+    assert sorted(records) == [10, 20]  # step 10 is logged for the monitor although log_every=20
+    for r in records.values():
+        assert 0.0 <= r["knn_top1"] <= r["knn_top5"] <= 100.0 and "loss" in r
+
+
+def test_standalone_knn_reproduces_the_monitor(pretrained, tmp_path):
+    results = knn.evaluate_checkpoint(pretrained, str(tmp_path))
+    with open(os.path.join(pretrained, "metrics.jsonl")) as f:
+        final = [json.loads(line) for line in f][-1]
+    assert results["train_examples"] == 128 and results["test_examples"] == 64
+    assert abs(results["knn_top1"] - final["knn_top1"]) <= 100 / 64 + 1e-6  # at most one query apart
+    assert json.load(open(tmp_path / "knn.json"))["knn_top1"] == results["knn_top1"]
+
+
+def test_finetune_from_pretrained_improves_accuracy_and_resumes(pretrained, tmp_path):
+    from configs.finetune_fmnist import get_config
+
+    c = get_config("smoke")
+    # pre-trained at 32px; position embeddings are sin-cos, so the encoder also runs at 16px
+    c.pretrained, c.image_size, c.total_steps, c.eval_every, c.checkpoint_every = pretrained, 16, 40, 40, 40
+    results = finetune.run(c, str(tmp_path))
+    assert results["top1"] > results["initial_top1"] + 5.0, results
+    assert (tmp_path / "finetune.json").exists() and (tmp_path / "best").is_dir()
+    assert (tmp_path / "checkpoints" / "40").is_dir()
+    again = finetune.run(c, str(tmp_path))  # a finished run resumes at its end and reports the same
+    assert again["top1"] == results["top1"] and again["initial_top1"] == results["initial_top1"]
+
+
+def test_linprobe_on_pretrained(pretrained, tmp_path):
+    from configs.linprobe_fmnist import get_config
+
+    c = get_config("smoke")
+    c.pretrained, c.num_epochs = pretrained, 3.0
+    results = linprobe.run(c, str(tmp_path))
+    assert 10.0 < results["top1"] <= 100.0 and (tmp_path / "linprobe.json").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(pretrained, tmp_path):
+    from configs.finetune_fmnist import get_config as finetune_config
+    from configs.linprobe_fmnist import get_config as linprobe_config
+
+    c = finetune_config("smoke")
+    c.student.variant, c.pretrained = "xs/4", pretrained  # 128 wide, 6 blocks; the checkpoint is mu/4
+    with pytest.raises(ValueError, match="does not match"):
+        finetune.run(c, str(tmp_path / "ft"))
+    c = linprobe_config("smoke")
+    c.student.variant, c.pretrained = "xs/4", pretrained
+    with pytest.raises(ValueError, match="does not match"):
+        linprobe.run(c, str(tmp_path / "lp"))
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz")),
+                    reason=f"Fashion-MNIST IDX files not in {FMNIST_DIR}")
+def test_fashion_mnist_configs_read_labelled_splits():
+    from configs.finetune_fmnist import get_config as finetune_config
+    from configs.linprobe_fmnist import get_config as linprobe_config
+
+    for c in (finetune_config(), linprobe_config()):
+        common.validate_downstream(c, 8)
+        train_split = common.load_split(c, c.eval.train_split, num_classes=c.num_classes)
+        test_split = common.load_split(c, c.eval.test_split, num_classes=c.num_classes)
+        assert (len(train_split), len(test_split)) == (60000, 10000)
+        assert set(np.unique(test_split.labels)) == set(range(10))
+        assert train_split.images([0, 1]).shape == (2, 28, 28, 1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
+from mdistill.checkpoint import CheckpointError
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.train import Trainer, train
 
@@ -100,7 +101,7 @@ def test_distilling_from_a_trained_mae_checkpoint(tmp_path):
     assert np.isfinite(train(c, str(tmp_path / "student"))["loss"])
     c.teacher.variant = "mu/4"
     c.distill.projection = (64, 64)
-    with pytest.raises(ValueError, match="does not match config.teacher.variant='mu/4'"):
+    with pytest.raises(CheckpointError, match="does not match config.teacher.variant='mu/4'"):
         Trainer(c, sharding.make_mesh()).load_teacher()
 
 

@@ -85,3 +85,12 @@ def test_writer_saves_png_and_tensorboard_image(tmp_path, mae):
     scale = writer.scale
     assert Image.open(path).size == (4 * 32 * scale, 2 * 32 * scale)
     assert board.calls == [("reconstructions", (2 * 32 * scale, 4 * 32 * scale, 3), 5, "HWC")]
+
+
+def test_training_writes_grids_every_visualize_every_steps(tmp_path, mae):
+    from mdistill.train import train
+
+    config = mae[0].copy_and_resolve_references()
+    config.update(total_steps=3, visualize_every=2, log_every=3, checkpoint_every=3)
+    train(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "visualizations")) == ["recon_000002.png", "recon_000003.png"]

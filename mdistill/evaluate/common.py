@@ -15,7 +15,7 @@ from mdistill import checkpoint, data, sharding
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
-from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.models.vit import SIZES, Encoder, ViTSpec
 from mdistill.objectives.common import normalize_images
 
 POOLS = ("avg", "cls")
@@ -23,20 +23,53 @@ POOLS = ("avg", "cls")
 
 def encoder_params(params: dict) -> dict:
     """The ViT encoder inside a checkpoint's params: {'mae': {'encoder'}} for MAE, DMAE and
-    AMD runs, {'encoder'} or a bare encoder for converted ones."""
+    AMD runs (and converted releases), {'encoder', ...} for fine-tuned ones."""
     if "mae" in params:
         return params["mae"]["encoder"]
     return params.get("encoder", params)
 
 
-def with_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A run config saved before config.eval existed gets the defaults."""
-    config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
-    if "eval" not in config:
-        config.eval = base_config().eval
-        if config.data.source == "fashion_mnist":
-            config.eval.update(train_split="train", test_split="test")
+def to_host(x) -> np.ndarray:
+    """A global array as numpy on every process (device_get alone needs it addressable)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def variant_name(width: int, depth: int, heads: int, patch: int) -> str:
+    for name, size in SIZES.items():
+        if size == (width, depth, heads):
+            return f"{name}/{patch}"
+    raise ValueError(f"no ViT variant has width {width}, depth {depth}, {heads} heads; known: {SIZES}")
+
+
+def run_config(meta: dict) -> ml_collections.ConfigDict:
+    """The config a checkpoint was trained with, on top of today's defaults (fields added
+    since, such as config.eval, get theirs). A converted checkpoint has no run config: its
+    architecture sets the student variant and image size, the rest is base_config()'s
+    (ImageNet, TFDS), so set config.data.* to evaluate it on something else."""
+    config = base_config()
+    if "config" in meta:
+        saved = ml_collections.ConfigDict(meta["config"])
+        if "eval" not in saved and saved.data.source == "fashion_mnist":
+            saved.eval = ml_collections.ConfigDict(dict(train_split="train", test_split="test"))
+        _merge(config, saved)
+    elif "architecture" in meta:
+        a = meta["architecture"]
+        config.student.variant = variant_name(a["width"], a["depth"], a["num_heads"], a["patch_size"])
+        config.image_size, config.data.channels = a["image_size"], a["channels"]
     return config
+
+
+def _merge(into: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> None:
+    with into.unlocked():
+        for k, v in new.items():
+            if isinstance(v, ml_collections.ConfigDict) and isinstance(into.get(k), ml_collections.ConfigDict):
+                _merge(into[k], v)
+            else:
+                into[k] = v
 
 
 def abstract_encoder(variant: str, image_size: int, channels: int):
@@ -46,18 +79,28 @@ def abstract_encoder(variant: str, image_size: int, channels: int):
 
 
 def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 0, channels: int = 3):
-    """-> (encoder params replicated on the mesh, the run's saved config).
+    """-> (encoder params replicated on the mesh, the run's config; see run_config).
 
-    With `variant`, the checkpoint must hold exactly that encoder: a width or depth that does
-    not fit fails here, listing the mismatched parameters, before anything compiles."""
+    `path`: an mdistill workdir, its checkpoints/ folder, one step folder, or a release
+    converted by `python -m mdistill.convert`. With `variant`, the checkpoint must hold
+    exactly that encoder: a width or depth that does not fit fails here, listing the
+    mismatched parameters, before anything compiles."""
     params, meta = checkpoint.load_params(path, sharding.replicated(mesh))
-    enc = encoder_params(params)
+    enc, config = encoder_params(params), run_config(meta)
     if variant:
         from mdistill.train import check_same_shapes
 
-        check_same_shapes(enc, abstract_encoder(variant, image_size, channels), f"checkpoint {path}",
-                          f"the encoder variant {variant!r}")
-    return enc, with_eval_defaults(meta.get("config", {}))
+        spec = ViTSpec.parse(variant)
+        width = enc["cls_token"].shape[-1] if "cls_token" in enc else "?"
+        depth = sum(k.startswith("block_") for k in enc)
+        check_same_shapes(enc, abstract_encoder(variant, image_size, channels),
+                          f"checkpoint {path} (width {width}, depth {depth})",
+                          f"config.student.variant={variant!r} (width {spec.width}, depth {spec.depth})")
+        saved = ViTSpec.parse(config.student.variant)  # same shapes, but the head count is not in them
+        if saved.num_heads != ViTSpec.parse(variant).num_heads and ("config" in meta or "architecture" in meta):
+            raise ValueError(f"checkpoint {path} was trained as {config.student.variant!r} ({saved.num_heads} heads), "
+                             f"the config asks for {variant!r} ({ViTSpec.parse(variant).num_heads} heads)")
+    return enc, config
 
 
 def labelled_source(config, split: str):
@@ -68,9 +111,14 @@ def labelled_source(config, split: str):
         source = SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=seed)
     else:
         source = data.build_source(config, split)
+    error = ValueError(f"data source {d.source!r} (split {split!r}) has no labels; k-NN, linear probing and "
+                       "fine-tuning need a labelled dataset")
     if not callable(getattr(source, "labels", None)):
-        raise ValueError(f"data source {d.source!r} (split {split!r}) has no labels; k-NN, linear probing and "
-                         "fine-tuning need a labelled dataset")
+        raise error
+    try:
+        source.labels(np.zeros(1, np.int64))  # e.g. a TFDS dataset without a 'label' feature
+    except (KeyError, TypeError) as e:
+        raise error from e
     return source
 
 
@@ -81,45 +129,108 @@ def subset(size: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
 
 
-def load_split(config, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+class Split:
+    """A labelled subset of a source. Images are read per batch; labels all at once on
+    first use of .labels (k-NN, linear probe) or per batch with labels_at (fine-tuning)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices, self._labels = source, np.asarray(indices), None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = self.source.labels(self.indices).astype(np.int32)
+        return self._labels
+
+    def labels_at(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        if self._labels is not None:
+            return self._labels[rows]
+        return self.source.labels(self.indices[rows]).astype(np.int32)
+
+    def images(self, rows) -> np.ndarray:
+        return self.source.images(self.indices[np.asarray(rows)])
+
+
+def load_split(config, split: str, n: int = -1, num_classes: int | None = None, eager: bool = True) -> Split:
+    """n examples (-1: all) of a labelled split. eager reads all labels now; those outside
+    [0, num_classes) fail here."""
     source = labelled_source(config, split)
-    idx = subset(len(source), n)
-    return source.images(idx), source.labels(idx).astype(np.int32)
+    out = Split(source, subset(len(source), n))
+    if eager:
+        check_labels(out.labels, num_classes, split)
+    return out
+
+
+def check_labels(labels: np.ndarray, num_classes: int | None, split: str) -> None:
+    if num_classes and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"split {split!r} has labels in [{labels.min()}, {labels.max()}], "
+                         f"outside [0, config.num_classes={num_classes})")
+
+
+def global_batches(split: Split, batch_size: int, batch_sharding):
+    """(images, labels) of consecutive batches of `split` as global arrays, the last padded
+    by repeating the final example (static shapes: one compilation) with label -1. Each
+    process reads its own slice."""
+    n, per_process = len(split), batch_size // jax.process_count()
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size)[jax.process_index() * per_process:][:per_process]
+        safe = np.minimum(rows, n - 1)
+        labels = np.where(rows < n, split.labels_at(safe), -1).astype(np.int32)
+        yield tuple(jax.make_array_from_process_local_data(batch_sharding, a)
+                    for a in (split.images(safe), labels))
 
 
 class FeatureExtractor:
     """Frozen encoder -> pooled features [N, width], jitted, batches sharded over the mesh.
 
     pool 'avg' is the mean of the patch tokens, 'cls' the cls token, both after the final
-    norm. extract() pads the last batch (static shapes: one compilation) and returns the
-    padded features as a global array sharded over examples; `valid` marks real rows."""
+    norm. The parameters keep whatever sharding they have (a training state's included).
+    extract() returns the features of all batches, padding rows included, as one global
+    array sharded over examples, and their labels (-1 for padding)."""
 
     def __init__(self, config, mesh, pool: str | None = None):
-        if (pool or config.eval.pool) not in POOLS:
-            raise ValueError(f"pool {pool or config.eval.pool!r}: expected one of {POOLS}")
         self.config, self.pool = config, pool or config.eval.pool
+        if self.pool not in POOLS:
+            raise ValueError(f"pool {self.pool!r}: expected one of {POOLS}")
         self.encoder = Encoder(ViTSpec.parse(config.student.variant))
         self.batch_size = config.eval.batch_size
         self.batch_sharding = sharding.batch_sharding(mesh)
-        self._fn = jax.jit(self._features, in_shardings=(sharding.replicated(mesh), self.batch_sharding),
-                           out_shardings=self.batch_sharding)
+        self._fn = jax.jit(self._features, out_shardings=self.batch_sharding)
 
     def _features(self, params, images):
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
         tokens, _ = self.encoder.apply({"params": params}, x)
         return tokens[:, 1:].mean(axis=1) if self.pool == "avg" else tokens[:, 0]
 
-    def extract(self, params, images: np.ndarray) -> tuple[jax.Array, np.ndarray]:
-        n, b = len(images), self.batch_size
-        per_process = b // jax.process_count()
-        out = []
-        for start in range(0, n, b):
-            idx = np.minimum(np.arange(start, start + b), n - 1)  # pad with the last image
-            local = idx[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-            batch = jax.make_array_from_process_local_data(self.batch_sharding, images[local])
-            out.append(self._fn(params, batch))
-        padded = len(out) * b
-        return jnp.concatenate(out), np.arange(padded) < n
+    def extract(self, params, split: Split) -> tuple[jax.Array, jax.Array]:
+        feats, labels = [], []
+        for images, y in global_batches(split, self.batch_size, self.batch_sharding):
+            feats.append(self._fn(params, images))
+            labels.append(y)
+        return jnp.concatenate(feats), jnp.concatenate(labels)
+
+
+def topk_correct(logits, labels, k: int):
+    """Number of rows whose label is among the k highest logits (labels < 0: padding, never)."""
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.sum(jnp.any(top == labels[:, None], axis=1) & (labels >= 0))
+
+
+def validate_downstream(config, num_devices: int) -> None:
+    """The linear-probe and fine-tuning configs: the shared fields as for pre-training, then
+    their own."""
+    from mdistill.validation import ConfigError, validate
+
+    validate(config, num_devices)
+    if config.num_classes < 2:
+        raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2")
+    for name in ("train_examples", "test_examples"):
+        if config[name] != -1 and config[name] < 1:
+            raise ConfigError(f"config.{name}={config[name]} is invalid: must be >= 1, or -1 for the whole split")
 
 
 def write_results(workdir: str, name: str, results: dict) -> str:

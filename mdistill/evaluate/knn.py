@@ -2,16 +2,19 @@
 
 Features of a labelled train split (the memory bank) and of a test split are L2-normalised;
 each test image takes its k nearest train features by cosine similarity, and each neighbour
-votes for its label with weight exp(cosine / T) (k=20, T=0.07, as DINO and common
-practice). Reports top-1 and top-5 accuracy in percent.
+votes for its label with weight exp(cosine / T) (k=20, T=0.07, as in DINO). Reports top-1
+and top-5 accuracy in percent.
 
-Standalone, on the latest checkpoint of a run (model and data come from the run's saved
-config; --config.<field> overrides any field of it, e.g. the k-NN settings in config.eval):
+Standalone, on a pre-training checkpoint (an mdistill run, one step of it, or a converted
+release). Model and data come from the run's saved config (a converted release
+gets its architecture and base_config()'s ImageNet data); --config.<field> overrides any
+field, e.g. the data or the k-NN settings in config.eval:
 
-  python -m mdistill.evaluate.knn --workdir=runs/demo/teacher --config.eval.knn_train_examples=-1
+  python -m mdistill.evaluate.knn --checkpoint=runs/demo/dmae --workdir=runs/demo/knn \
+      --config.eval.knn_train_examples=-1 --config.eval.knn_test_examples=-1
 
-writes <workdir>/knn.json. During pre-training, KNNMonitor runs it every
-config.eval.knn_every steps on the live parameters.
+writes <workdir>/knn.json and prints it as a table. During pre-training, KNNMonitor runs
+it every config.eval.knn_every steps on the live student encoder.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdistill.evaluate.common import FeatureExtractor, encoder_params, load_encoder, load_split, write_results
+from mdistill.checkpoint import CheckpointError
+from mdistill.evaluate.common import FeatureExtractor, encoder_params, load_encoder, load_split, to_host, write_results
+from mdistill.metrics import log
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk"))
@@ -57,15 +62,14 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, tempe
     """Top-1 (and top-5 with >= 5 classes) k-NN accuracy in percent.
 
     train_labels and test_labels may contain -1 for padding rows; those are ignored."""
-    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    train_labels, test_labels = to_host(train_labels), to_host(test_labels)
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     if k > int(np.sum(train_labels >= 0)):
         raise ValueError(f"k={k} exceeds the {int(np.sum(train_labels >= 0))} labelled train examples")
     m = len(test_labels)
-    pad = -m % chunk
-    test_feats = jnp.pad(jnp.asarray(test_feats), ((0, pad), (0, 0)))
-    scores = np.asarray(jax.device_get(knn_votes(jnp.asarray(train_feats), jnp.asarray(train_labels), test_feats,
-                                                 k, temperature, num_classes, chunk)))[:m]
+    test_feats = jnp.pad(jnp.asarray(test_feats), ((0, -m % chunk), (0, 0)))
+    scores = to_host(knn_votes(jnp.asarray(train_feats), jnp.asarray(train_labels), test_feats,
+                               k, temperature, num_classes, chunk))[:m]
     valid = test_labels >= 0
     out = {"knn_top1": accuracy(scores[valid], test_labels[valid], 1)}
     if num_classes >= 5:
@@ -74,37 +78,74 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, tempe
 
 
 class KNNMonitor:
-    """k-NN accuracy of the student encoder every config.eval.knn_every steps of pre-training.
+    """k-NN accuracy of the student encoder during pre-training, every config.eval.knn_every
+    steps and at the end (also at every checkpoint when config.best_metric is a k-NN
+    metric, so that each checkpoint is ranked by its own accuracy).
 
-    The labelled images (knn_train_examples + knn_test_examples) are read once, at
-    construction, so a dataset without labels fails before training starts."""
+    The labels (knn_train_examples + knn_test_examples) are read at construction, so a
+    dataset without labels fails before training starts; images are read at each run."""
 
     def __init__(self, config, mesh):
         self.config, self.every = config, int(config.eval.knn_every)
+        self.for_checkpoints = "knn" in config.get("best_metric", "")
+        if self.for_checkpoints and not self.every:
+            raise ValueError(f"config.best_metric={config.best_metric!r} needs the k-NN monitor: "
+                             "set config.eval.knn_every > 0")
         if not self.every:
             return
         ev = config.eval
-        self.train_images, self.train_labels = load_split(config, ev.train_split, ev.knn_train_examples)
-        self.test_images, self.test_labels = load_split(config, ev.test_split, ev.knn_test_examples)
+        self.train_split = load_split(config, ev.train_split, ev.knn_train_examples)
+        self.test_split = load_split(config, ev.test_split, ev.knn_test_examples)
         self.extractor = FeatureExtractor(config, mesh)
-        self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
+        self.num_classes = int(max(self.train_split.labels.max(), self.test_split.labels.max())) + 1
 
-    def maybe_run(self, step: int, params) -> dict:
-        """Metrics {'knn_top1', 'knn_top5', 'knn_seconds'} at steps divisible by knn_every, else {}."""
-        if not self.every or step % self.every:
+    def maybe_run(self, step: int, params, is_last: bool = False, saving: bool = False) -> dict:
+        """{'knn_top1', 'knn_top5', 'knn_seconds'} when due at this step, else {}."""
+        due = self.every and (step % self.every == 0 or is_last or (saving and self.for_checkpoints))
+        if not due:
             return {}
-        return self.run(params)
+        jax.block_until_ready(params)  # the steps in flight finish first: knn_seconds is k-NN time only
+        out = self.run(params)
+        log(f"step {step} | k-NN top1 {out['knn_top1']:.2f} | top5 {out.get('knn_top5', float('nan')):.2f} "
+            f"| {out['knn_seconds']:.0f}s")
+        return out
 
     def run(self, params) -> dict:
+        """k-NN accuracy of the encoder in `params` (a training state's, or an encoder's own)."""
         t0 = time.time()
         enc = encoder_params(params)
-        train_f, train_ok = self.extractor.extract(enc, self.train_images)
-        test_f, test_ok = self.extractor.extract(enc, self.test_images)
-        pad = lambda y, ok: np.where(ok, np.resize(y, len(ok)), -1)  # noqa: E731 (-1: padding row)
+        train_f, train_y = self.extractor.extract(enc, self.train_split)
+        test_f, test_y = self.extractor.extract(enc, self.test_split)
         ev = self.config.eval
-        out = knn_accuracy(train_f, pad(self.train_labels, train_ok), test_f, pad(self.test_labels, test_ok),
-                           ev.knn_k, ev.knn_temperature, self.num_classes, chunk=self.extractor.batch_size)
+        out = knn_accuracy(train_f, train_y, test_f, test_y, ev.knn_k, ev.knn_temperature, self.num_classes,
+                           chunk=self.extractor.batch_size)
         return dict(out, knn_seconds=time.time() - t0)
+
+
+def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, mesh=None) -> dict:
+    """k-NN of the encoder in checkpoint `path` on its run's labelled splits; `overrides`
+    {'eval.knn_k': 10, ...} replace fields of that config. Writes <workdir>/knn.json."""
+    from mdistill import sharding, validation
+
+    mesh = mesh or sharding.make_mesh()
+    params, config = load_encoder(path, mesh)
+    for field, value in (overrides or {}).items():
+        *parents, leaf = field.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    config.eval.knn_every = max(int(config.eval.knn_every), 1)  # the monitor's switch: on here
+    config.best_metric = ""
+    validation.validate_eval(config, mesh.size)
+    monitor = KNNMonitor(config, mesh)
+    results = monitor.run({"encoder": params})
+    ev = config.eval
+    results.update(checkpoint=path, variant=config.student.variant, data=config.data.source, pool=ev.pool,
+                   k=ev.knn_k, temperature=ev.knn_temperature, train_examples=len(monitor.train_split),
+                   test_examples=len(monitor.test_split))
+    write_results(workdir, "knn", results)
+    return results
 
 
 def main(argv):
@@ -112,30 +153,13 @@ def main(argv):
     from absl import logging
     from ml_collections import config_flags
 
-    from mdistill import sharding, validation
-
     logging.set_verbosity(logging.WARNING)
-    mesh = sharding.make_mesh()
-    path = _CHECKPOINT.value or _WORKDIR.value
-    params, config = load_encoder(path, mesh)
     # Only the fields given on the command line replace the run's own settings.
-    for field, value in config_flags.get_override_values(_FLAGS["config"]).items():
-        node = config
-        *parents, leaf = field.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    config.eval.knn_every = max(int(config.eval.knn_every), 1)  # the monitor's switch: on here
+    overrides = config_flags.get_override_values(_FLAGS["config"])
     try:
-        validation.validate_eval(config)
-    except validation.ConfigError as e:
+        evaluate_checkpoint(_CHECKPOINT.value or _WORKDIR.value, _WORKDIR.value, overrides)
+    except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
-    monitor = KNNMonitor(config, mesh)
-    results = monitor.run({"encoder": params})
-    ev = config.eval
-    results.update(checkpoint=path, k=ev.knn_k, temperature=ev.knn_temperature, pool=ev.pool,
-                   train_examples=len(monitor.train_labels), test_examples=len(monitor.test_labels))
-    write_results(_WORKDIR.value, "knn", results)
 
 
 if __name__ == "__main__":
@@ -145,9 +169,9 @@ if __name__ == "__main__":
     from mdistill.config_base import base_config
 
     _FLAGS = flags.FLAGS
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: its latest checkpoint is evaluated, "
-                                   "knn.json is written there.", required=True)
-    _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Evaluate this checkpoint instead (workdir, "
-                                      "checkpoints/ folder or step folder).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where knn.json goes; also the checkpoint to evaluate "
+                                   "when --checkpoint is not given.", required=True)
+    _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "The checkpoint to evaluate: a workdir, its "
+                                      "checkpoints/ folder, one step folder, or a converted release.")
     _CONFIG = config_flags.DEFINE_config_dict("config", base_config(), "Overrides of the run's saved config.")
     app.run(main)

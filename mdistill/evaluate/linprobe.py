@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from mdistill import optim, sharding
-from mdistill.evaluate.common import FeatureExtractor, load_encoder, load_split, write_results
+from mdistill.evaluate.common import (FeatureExtractor, load_encoder, load_split, to_host, topk_correct,
+                                      validate_downstream, write_results)
 from mdistill.metrics import MetricsWriter, log
 from mdistill.models.vit import Encoder, ViTSpec
 
@@ -56,24 +57,6 @@ class ProbeHead(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.01))(x)
 
 
-def topk_correct(logits, labels, k: int):
-    """Number of rows whose label is among the k highest logits (labels < 0: padding, never)."""
-    top = jax.lax.top_k(logits, k)[1]
-    return jnp.sum(jnp.any(top == labels[:, None], axis=1) & (labels >= 0))
-
-
-def validate_downstream(config, num_devices: int) -> None:
-    from mdistill.validation import ConfigError, validate_eval
-
-    validate_eval(config, num_devices)
-    ViTSpec.parse(config.student.variant)
-    if config.batch_size <= 0 or config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} is invalid: must be a positive multiple of "
-                          f"the device count ({num_devices})")
-    if config.num_classes < 2:
-        raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2")
-
-
 def frozen_encoder(config, mesh):
     """Pretrained encoder params (checked against config.student.variant) or a random one."""
     if config.pretrained:
@@ -89,19 +72,18 @@ def frozen_encoder(config, mesh):
 def run(config, workdir: str, mesh=None) -> dict:
     mesh = mesh or sharding.make_mesh()
     validate_downstream(config, mesh.size)
-    # Labels are checked (and images read) before anything compiles.
-    train_images, train_labels = load_split(config, config.eval.train_split, config.train_examples)
-    test_images, test_labels = load_split(config, config.eval.test_split, config.test_examples)
+    # Labels are checked before anything compiles.
+    train_split = load_split(config, config.eval.train_split, config.train_examples, config.num_classes)
+    test_split = load_split(config, config.eval.test_split, config.test_examples, config.num_classes)
     encoder = frozen_encoder(config, mesh)
     t0 = time.time()
     extractor = FeatureExtractor(config, mesh)
-    train_f, train_ok = extractor.extract(encoder, train_images)
-    test_f, test_ok = extractor.extract(encoder, test_images)
-    test_y = jnp.asarray(np.where(test_ok, np.resize(test_labels, len(test_ok)), -1))
-    log(f"linprobe: features of {len(train_labels)} train and {len(test_labels)} test images "
+    train_f, _ = extractor.extract(encoder, train_split)
+    test_f, test_y = extractor.extract(encoder, test_split)
+    log(f"linprobe: features of {len(train_split)} train and {len(test_split)} test images "
         f"({train_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
 
-    n, b = len(train_labels), config.batch_size
+    n, b = len(train_split), config.batch_size
     if n < b:
         raise ValueError(f"{n} train examples, fewer than config.batch_size={b}")
     per_epoch = n // b
@@ -113,13 +95,13 @@ def run(config, workdir: str, mesh=None) -> dict:
                     trust_ratio_mask=kernels, momentum=0.9)
     head = ProbeHead(config.num_classes)
     variables = head.init(jax.random.PRNGKey(config.seed), jnp.zeros((2, train_f.shape[-1])), train=False)
+    rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     params, stats = variables["params"], variables["batch_stats"]
-    opt_state = tx.init(params)
-    batch_sharding = sharding.batch_sharding(mesh)
-    train_y = jnp.asarray(train_labels)
+    params, stats, opt_state = jax.device_put((params, stats, tx.init(params)), rep)
+    train_y = jax.device_put(train_split.labels, rep)
 
     # Features enter as arguments, not closures: jit would embed closed-over arrays as constants.
-    @jax.jit
+    @jax.jit(in_shardings=(rep, rep, rep, batch_sharding, rep, batch_sharding), out_shardings=rep)
     def step(params, stats, opt_state, feats, labels, idx):
         x, y = feats[idx], labels[idx]
 
@@ -147,8 +129,8 @@ def run(config, workdir: str, mesh=None) -> dict:
                                               jax.device_put(idx, batch_sharding))
         losses.append(loss)
         if (s + 1) % config.log_every == 0 or s + 1 == total:
-            metrics = {k: float(v) for k, v in evaluate(params, stats, test_f, test_y).items()}
-            metrics.update(loss=float(np.mean(jax.device_get(losses))), lr=float(lr(s)), epoch=(s + 1) / per_epoch)
+            metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
+            metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)), epoch=(s + 1) / per_epoch)
             writer.write(s + 1, metrics)
             log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "
                 f"top5 {metrics['top5']:.2f}")
@@ -165,12 +147,12 @@ def main(argv):
     del argv
     from absl import logging
 
-    from mdistill.validation import ConfigError
+    from mdistill.checkpoint import CheckpointError
 
     logging.set_verbosity(logging.WARNING)
     try:
         run(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
+    except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
 
 

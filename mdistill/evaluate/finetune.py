@@ -1,0 +1,322 @@
+"""End-to-end fine-tuning as in MAE (He et al., appendix A.1): the pre-trained encoder plus
+a classifier on the global average of its patch tokens (fc_norm, then a linear head; or
+the cls token after the final norm), layer-wise lr decay, drop path, RandAugment, random
+erasing, mixup / cutmix with label smoothing, AdamW with warm-up and cosine decay.
+
+Top-1 / top-5 on the test split every `eval_every` steps and at the end, in metrics.jsonl;
+the last checkpoint in <workdir>/checkpoints (rerunning the command resumes from it), the
+best by top-1 in <workdir>/best; <workdir>/finetune.json and a table at the end.
+
+Augmentation runs on device, per image, from the step's rng: flip, RandAugment
+(randaugment.py), then normalisation, random erasing and mixup / cutmix (augment.py).
+Not implemented: RandomResizedCrop (MAE's first transform); images come resized and
+centre-cropped by the data source.
+
+  python -m mdistill.evaluate.finetune --config=configs/finetune_fmnist.py \
+      --config.pretrained=runs/demo/dmae --workdir=runs/demo/finetune
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mdistill import checkpoint, optim, sharding
+from mdistill.evaluate import augment
+from mdistill.evaluate.common import (Split, check_labels, global_batches, labelled_source, load_encoder, subset,
+                                      to_host, topk_correct, validate_downstream, write_results)
+from mdistill.evaluate.randaugment import rand_augment
+from mdistill.metrics import MetricsWriter, log
+from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.objectives.common import normalize_images
+from mdistill.objectives.mae import DTYPES
+
+
+def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """MAE's ViT-B fine-tuning recipe on top of base_config()."""
+    c.pretrained = ""        # mdistill workdir / checkpoint / converted release; empty = from scratch
+    c.num_classes = 1000
+    c.batch_size = 1024
+    c.num_epochs, c.warmup_epochs = 100.0, 5.0
+    c.optim.update(blr=5e-4, lr=-1.0, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=0.0)
+    c.finetune = ml_collections.ConfigDict(dict(
+        layer_decay=0.65,    # lr of block i (0-based) scaled by decay^(depth - i); head and fc_norm by 1
+        drop_path=0.1,       # at the last block, linear from 0 at the first
+        flip=True,           # random horizontal flip
+        randaug_layers=2, randaug_magnitude=9.0, randaug_std=0.5,  # timm 'rand-m9-mstd0.5-inc1'; 0 layers: off
+        reprob=0.25,         # random-erasing probability per image
+        mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5,  # Beta alphas; 0 disables
+        smoothing=0.1))      # label smoothing
+    c.eval.update(pool="avg", batch_size=256)  # avg: global pool + fc_norm (MAE); cls: cls token
+    c.train_examples = -1    # -1: the whole split
+    c.test_examples = -1
+    c.eval_every = 1000      # steps; also at the end
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    return c
+
+
+class Classifier(nn.Module):
+    """Encoder -> pooled feature -> linear head. Params {'encoder', 'fc_norm' (avg), 'head'}."""
+
+    spec: ViTSpec
+    num_classes: int
+    pool: str = "avg"
+    drop_path: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        enc = Encoder(self.spec, dtype=self.dtype, drop_path=self.drop_path, name="encoder")
+        if self.pool == "avg":
+            # MAE's global pool: mean of the last block's patch tokens, then a fresh fc_norm
+            # (the encoder's final norm is not used, so its parameters are not created).
+            tokens, _ = enc(images, stop_after=self.spec.depth - 1, deterministic=not train)
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm")(tokens[:, 1:].mean(axis=1))
+        else:
+            tokens, _ = enc(images, deterministic=not train)
+            x = tokens[:, 0]
+        head = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(2e-5), name="head")
+        return head(x).astype(jnp.float32)
+
+
+def layer_id(path, depth: int) -> int:
+    """MAE's layer ids: patch embed and cls token 0, block i -> i + 1, the rest depth + 1."""
+    keys = [getattr(k, "key", str(k)) for k in path]
+    block = next((k for k in keys if k.startswith("block_")), None)
+    if block is not None:
+        return int(block.split("_")[1]) + 1
+    if keys[0] == "encoder" and keys[1] in ("patch_embed", "cls_token"):
+        return 0
+    return depth + 1
+
+
+def layer_decay_multipliers(params, depth: int, decay: float):
+    """lr multiplier per parameter: decay ** (depth + 1 - layer id)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: decay ** (depth + 1 - layer_id(p, depth)), params)
+
+
+class LabelledBatches:
+    """Batch `step` of a split as global (images, labels): each epoch is a permutation seeded
+    by (seed, epoch), so a resumed run sees the batches it would have seen. Each process
+    reads its own slice; the next batch is read in a background thread."""
+
+    def __init__(self, split: Split, batch_size: int, batch_sharding, seed: int, num_classes: int):
+        self.split, self.batch_size, self.sharding, self.seed = split, batch_size, batch_sharding, seed
+        self.num_classes, self.per_epoch = num_classes, len(split) // batch_size
+        self._pool, self._ahead, self._perm = ThreadPoolExecutor(1), None, (None, None)
+
+    def _read(self, step: int):
+        epoch, offset = divmod(step, self.per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.split)))
+        local = self.batch_size // jax.process_count()
+        rows = self._perm[1][offset * self.batch_size:][jax.process_index() * local:][:local]
+        labels = self.split.labels_at(rows)
+        check_labels(labels, self.num_classes, "train")
+        return self.split.images(rows), labels
+
+    def get(self, step: int):
+        ahead, future = self._ahead or (None, None)
+        future = future if ahead == step else self._pool.submit(self._read, step)
+        self._ahead = (step + 1, self._pool.submit(self._read, step + 1))
+        return tuple(jax.make_array_from_process_local_data(self.sharding, a) for a in future.result())
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class FineTuner:
+    """The classifier, its optimizer and the compiled train and eval steps for one config."""
+
+    def __init__(self, config, mesh):
+        validate_downstream(config, mesh.size)
+        self.config, self.mesh = config, mesh
+        self.spec = ViTSpec.parse(config.student.variant)
+        ft = config.finetune
+        self.model = Classifier(self.spec, config.num_classes, config.eval.pool, ft.drop_path, DTYPES[config.dtype])
+        self.replicated, self.batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        # A split without labels fails here, before anything compiles; labels are read per batch.
+        train = labelled_source(config, config.eval.train_split)
+        self.train_split = Split(train, subset(len(train), config.train_examples))
+        if len(self.train_split) < config.batch_size:
+            raise ValueError(f"{len(self.train_split)} train examples, fewer than config.batch_size={config.batch_size}")
+        test = labelled_source(config, config.eval.test_split)
+        self.test_split = Split(test, subset(len(test), config.test_examples))
+        self.per_epoch = len(self.train_split) // config.batch_size
+        self.total_steps = (config.total_steps if config.total_steps >= 0
+                            else round(config.num_epochs * self.per_epoch))
+        warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * self.per_epoch)
+        self.lr = optim.schedule(config.optim, config.batch_size, self.total_steps, min(warmup, self.total_steps))
+        self.rng = jax.random.PRNGKey(config.seed)
+        self.abstract_params = jax.eval_shape(self._init, self.rng)
+        self.tx = self._optimizer(self.abstract_params)
+        rep, batch = self.replicated, self.batch_sharding
+        self.step_fn = jax.jit(self._train_step, in_shardings=(rep, rep, rep, batch, batch),
+                               out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+        self.eval_fn = jax.jit(self._eval_counts, in_shardings=(rep, batch, batch), out_shardings=rep)
+
+    def _init(self, rng):
+        c = self.config
+        return self.model.init(rng, jnp.zeros((1, c.image_size, c.image_size, c.data.channels)))["params"]
+
+    def init_params(self):
+        """A fresh head on the pre-trained encoder (checked against the config first)."""
+        c = self.config
+        if c.pretrained:
+            enc, _ = load_encoder(c.pretrained, self.mesh, c.student.variant, c.image_size, c.data.channels)
+        else:
+            log("WARNING: config.pretrained is empty: fine-tuning from random initialisation (smoke only)")
+        params = jax.jit(self._init, out_shardings=self.replicated)(self.rng)
+        if c.pretrained:  # with global pooling the pre-trained final norm is dropped (fc_norm replaces it)
+            params = dict(params, encoder={k: enc[k] for k in params["encoder"]})
+        return params
+
+    def abstract_state(self):
+        place = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated)  # noqa: E731
+        opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
+        return jax.tree.map(place, self.abstract_params), jax.tree.map(place, opt_state)
+
+    def _optimizer(self, params):
+        c = self.config
+        mults = layer_decay_multipliers(params, self.spec.depth, c.finetune.layer_decay)
+        parts = [optax.clip_by_global_norm(c.optim.grad_clip)] if c.optim.grad_clip > 0 else []
+        parts += [optax.adamw(self.lr, b1=c.optim.b1, b2=c.optim.b2, weight_decay=c.optim.weight_decay,
+                              mask=optim.decay_mask),
+                  # layer decay: a per-parameter lr scale; applied after AdamW it scales the
+                  # decoupled weight decay too, as PyTorch's per-group lr does.
+                  optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, mults))]
+        return optax.chain(*parts)
+
+    def _train_step(self, params, opt_state, step, images, labels):
+        c, ft = self.config, self.config.finetune
+        k_flip, k_ra, k_erase, k_mix, k_drop = jax.random.split(jax.random.fold_in(self.rng, step), 5)
+        x = images.astype(jnp.float32)  # [0, 255]
+        if ft.flip:
+            x = augment.random_flip(k_flip, x)
+        if ft.randaug_layers > 0:
+            fill = tuple(round(255 * m) for m in c.data.mean)
+            x = rand_augment(k_ra, x, ft.randaug_layers, ft.randaug_magnitude, ft.randaug_std, fill)
+        x = augment.random_erasing(k_erase, normalize_images(x, c.data.mean, c.data.std), ft.reprob)
+        x, targets = augment.mixup_cutmix(k_mix, x, labels, c.num_classes, ft.mixup, ft.cutmix, ft.smoothing,
+                                          ft.mixup_switch_prob)
+
+        def loss_fn(p):
+            logits = self.model.apply({"params": p}, x.astype(DTYPES[c.dtype]), train=True, rngs={"dropout": k_drop})
+            return optax.softmax_cross_entropy(logits, targets).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads)}
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    def _eval_counts(self, params, images, labels):
+        x = normalize_images(images, self.config.data.mean, self.config.data.std)
+        logits = self.model.apply({"params": params}, x.astype(DTYPES[self.config.dtype]))
+        return jnp.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5)])
+
+    def evaluate(self, params) -> dict:
+        """Top-1 / top-5 in percent over the test split."""
+        counts = sum(self.eval_fn(params, images, labels)
+                     for images, labels in global_batches(self.test_split, self.config.eval.batch_size,
+                                                          self.batch_sharding))
+        top1, top5 = (100.0 * to_host(counts) / len(self.test_split)).tolist()
+        return {"top1": top1, "top5": top5}
+
+
+def run(config, workdir: str, mesh=None) -> dict:
+    """Fine-tune (or resume) and return the results written to <workdir>/finetune.json."""
+    mesh = mesh or sharding.make_mesh()
+    ft = FineTuner(config, mesh)
+    last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
+    best_mngr = checkpoint.manager(os.path.join(os.path.abspath(workdir), "best"), keep=1)
+    restored = checkpoint.restore_latest_good(last_mngr, *ft.abstract_state())
+    if restored is None:
+        params = ft.init_params()
+        opt_state = jax.jit(ft.tx.init, out_shardings=ft.replicated)(params)
+        start, initial = 0, ft.evaluate(params)
+        best = {"top1": -1.0, "top5": -1.0, "step": 0}
+    else:
+        params, opt_state, meta = restored
+        changes = checkpoint.config_changes(meta["config"], config.to_dict())
+        if changes:
+            raise checkpoint.CheckpointError(f"{last_mngr.directory} holds a fine-tuning run with another config; "
+                                             "use another --workdir, or undo:\n" + "\n".join(changes))
+        start, initial, best = meta["step"], meta["initial"], meta["best"]
+        log(f"finetune: resumed from {last_mngr.directory}/{start}")
+    batches = LabelledBatches(ft.train_split, config.batch_size, ft.batch_sharding, config.seed, config.num_classes)
+    writer = MetricsWriter(workdir)
+    log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
+        f"{optim.peak_learning_rate(config.optim, config.batch_size):.3g}; before: top1 {initial['top1']:.2f}")
+    evals, pending, t0 = {}, [], time.time()
+    try:
+        for step in range(start, ft.total_steps):
+            images, labels = batches.get(step)
+            params, opt_state, metrics = ft.step_fn(params, opt_state, jnp.asarray(step, jnp.int32), images, labels)
+            pending.append(metrics)
+            done = step + 1
+            is_last = done == ft.total_steps
+            eval_now = done % config.eval_every == 0 or is_last
+            if done % config.log_every == 0 or eval_now:
+                fetched = [{k: float(to_host(v)) for k, v in m.items()} for m in pending]
+                line = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                if not np.isfinite(line["loss"]):
+                    raise FloatingPointError(f"finetune: non-finite loss at step {done}: {line}")
+                if eval_now:
+                    evals = ft.evaluate(params)
+                    line.update(evals)
+                    if evals["top1"] > best["top1"]:
+                        best = dict(evals, step=done)
+                        checkpoint.save(best_mngr, done, params, opt_state,
+                                        {"step": done, "config": config.to_dict(), **evals})
+                writer.write(done, line)
+                log(f"step {done}/{ft.total_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in line.items()))
+                pending = []
+            if done % config.checkpoint_every == 0 or is_last:
+                meta = {"step": done, "config": config.to_dict(), "initial": initial, "best": best}
+                checkpoint.save(last_mngr, done, params, opt_state, meta)
+        checkpoint.wait(last_mngr)
+        checkpoint.wait(best_mngr)
+    finally:
+        batches.close()
+        writer.close()
+    if not evals:  # resumed a finished run
+        evals = ft.evaluate(params)
+    results = {"top1": evals["top1"], "top5": evals["top5"], "best_top1": best["top1"], "best_step": best["step"],
+               "initial_top1": initial["top1"], "steps": ft.total_steps, "train_seconds": round(time.time() - t0, 1),
+               "variant": config.student.variant, "pool": config.eval.pool,
+               "pretrained": config.pretrained or "(scratch)"}
+    write_results(workdir, "finetune", results)
+    return results
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    from mdistill.validation import ConfigError
+
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (path[:arg]).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, finetune.json and metrics go.", required=True)
+    flags.mark_flag_as_required("config")
+    app.run(main)
