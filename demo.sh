@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The main job: an MAE teacher on Fashion-MNIST, then a DMAE student distilled from it.
+# The main job: an MAE teacher on Fashion-MNIST, a DMAE student distilled from it, and
+# both evaluated on frozen features.
 #
 #   bash demo.sh
 #
 # Sets up .venv (Python >= 3.11) and the data, then runs
 #   stage 1  configs/fmnist_mae_teacher.py  -> $RUNS/teacher
 #   stage 2  configs/fmnist_dmae.py         -> $RUNS/dmae  (teacher: $RUNS/teacher)
-# and prints a summary of both metrics.jsonl files. Rerunning resumes each stage from its
-# latest checkpoint; a finished stage does nothing.
+#   stage 3  k-NN (k=20, cosine) and a linear probe (configs/linprobe_fmnist.py) of both
+#            encoders, trained on the 60k train images, top-1 on the 10k test images
+#            -> $RUNS/{teacher,dmae}/{knn,linprobe}
+# and prints a table of losses, throughput and accuracies. Rerunning resumes each stage
+# from its latest checkpoint; a finished stage does nothing.
 #
 # Data: the Fashion-MNIST IDX files in $MDISTILL_FMNIST_DIR (default
 # /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts them; the
@@ -16,9 +20,10 @@
 # installed into data/tfds/.venv for that one step).
 #
 # Environment:
-#   MDISTILL_DEMO_STEPS=N    train each stage for N steps only (a quick check); the default
-#                            RUNS then becomes runs/demo-Nsteps, so it never mixes with a
-#                            full run
+#   MDISTILL_DEMO_STEPS=N    train each stage for N steps only (a quick check: the
+#                            evaluations then use 10k/2k images and 2 probe epochs); the
+#                            default RUNS then becomes runs/demo-Nsteps, so it never mixes
+#                            with a full run
 #   RUNS=DIR                 where the two workdirs go (default runs/demo), relative to the
 #                            repository root
 #   MDISTILL_FMNIST_DIR=DIR  folder holding the four Fashion-MNIST *-ubyte.gz files
@@ -30,13 +35,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
 
 steps=${MDISTILL_DEMO_STEPS:-}
-overrides=()
+overrides=()       # the two pre-training stages
+data_overrides=()  # where the data is, for every stage
+knn_examples=(--config.eval.knn_train_examples=-1 --config.eval.knn_test_examples=-1)
+probe_overrides=()
 if [[ -n $steps ]]; then
   [[ $steps =~ ^[1-9][0-9]*$ ]] || mdistill_die "MDISTILL_DEMO_STEPS=$steps: expected a positive integer"
   warmup=$(( steps / 10 > 0 ? steps / 10 : 1 ))
   log_every=$(( steps / 5 > 0 ? (steps / 5 < 50 ? steps / 5 : 50) : 1 ))
   overrides+=("--config.total_steps=$steps" "--config.warmup_steps=$warmup" "--config.log_every=$log_every")
   RUNS=${RUNS:-runs/demo-${steps}steps}
+  knn_examples=(--config.eval.knn_train_examples=10000 --config.eval.knn_test_examples=2000)
+  probe_overrides=(--config.train_examples=10000 --config.test_examples=2000
+                   --config.num_epochs=2 --config.warmup_epochs=0.5)
 fi
 RUNS=${RUNS:-runs/demo}
 
@@ -65,27 +76,41 @@ tfds.builder('fashion_mnist', data_dir=sys.argv[1]).download_and_prepare(file_fo
 
 if mdistill_fmnist_ready; then
   echo "Using Fashion-MNIST from $MDISTILL_FMNIST_DIR"
-  overrides+=("--config.data.path=$MDISTILL_FMNIST_DIR")
+  data_overrides+=("--config.data.path=$MDISTILL_FMNIST_DIR")
 else
   tfds_dir=$PWD/data/tfds
   echo "Fashion-MNIST IDX files not found in $MDISTILL_FMNIST_DIR (as root, demo.sh installs Debian's dataset-fashion-mnist there); falling back to TFDS"
   prepare_tfds "$tfds_dir"
-  overrides+=(--config.data.source=tfds --config.data.name=fashion_mnist "--config.data.data_dir=$tfds_dir")
+  data_overrides+=(--config.data.source=tfds --config.data.name=fashion_mnist "--config.data.data_dir=$tfds_dir")
 fi
 
 start=$SECONDS
 echo
-echo "== Stage 1/2: MAE teacher (configs/fmnist_mae_teacher.py) -> $RUNS/teacher"
-python -m mdistill.main --config=configs/fmnist_mae_teacher.py --workdir="$RUNS/teacher" "${overrides[@]}"
+echo "== Stage 1/3: MAE teacher (configs/fmnist_mae_teacher.py) -> $RUNS/teacher"
+python -m mdistill.main --config=configs/fmnist_mae_teacher.py --workdir="$RUNS/teacher" "${overrides[@]}" "${data_overrides[@]}"
 
 echo
-echo "== Stage 2/2: DMAE student (configs/fmnist_dmae.py) -> $RUNS/dmae"
+echo "== Stage 2/3: DMAE student (configs/fmnist_dmae.py) -> $RUNS/dmae"
 python -m mdistill.main --config=configs/fmnist_dmae.py --workdir="$RUNS/dmae" \
-  --config.teacher.checkpoint="$RUNS/teacher" "${overrides[@]}"
+  --config.teacher.checkpoint="$RUNS/teacher" "${overrides[@]}" "${data_overrides[@]}"
+
+# Evaluations read the data from each run's saved config; a finished one is not redone.
+evaluate() {
+  local run=$1 variant=$2
+  [[ -f $RUNS/$run/knn/knn.json ]] ||
+    python -m mdistill.evaluate.knn --checkpoint="$RUNS/$run" --workdir="$RUNS/$run/knn" "${knn_examples[@]}"
+  [[ -f $RUNS/$run/linprobe/linprobe.json ]] ||
+    python -m mdistill.evaluate.linprobe --config=configs/linprobe_fmnist.py --config.pretrained="$RUNS/$run" \
+      --config.student.variant="$variant" --workdir="$RUNS/$run/linprobe" "${data_overrides[@]}" "${probe_overrides[@]}"
+}
+echo
+echo "== Stage 3/3: k-NN and linear probe of the teacher and the student"
+evaluate teacher xs/4
+evaluate dmae mu/4
 
 echo
 echo "== Summary ($RUNS, $(( SECONDS - start ))s)"
-python - "$RUNS/teacher/metrics.jsonl" "$RUNS/dmae/metrics.jsonl" <<'EOF'
+python - "$RUNS/teacher" "$RUNS/dmae" <<'EOF'
 import json, os, sys
 
 def rows(path):
@@ -102,14 +127,23 @@ def rows(path):
 def span(first, last, key):
     return f"{first[key]:.4f} -> {last[key]:.4f}" if key in last else "-"
 
+def top1(path):
+    if not os.path.exists(path):
+        return "-"
+    with open(path) as f:
+        r = json.load(f)
+    return f"{r.get('knn_top1', r.get('top1')):.2f}"
+
 print(f"{'stage':<16}{'steps':>6}  {'loss first -> last':<20}{'rec_loss first -> last':<24}"
-      f"{'distill_loss first -> last':<28}{'img/s (last log)':>16}")
-for stage, path in zip(("teacher (MAE)", "student (DMAE)"), sys.argv[1:]):
-    r = rows(path)
+      f"{'distill_loss first -> last':<28}{'img/s':>7}{'k-NN top1':>11}{'probe top1':>12}")
+for stage, run in zip(("teacher (MAE)", "student (DMAE)"), sys.argv[1:]):
+    r = rows(os.path.join(run, "metrics.jsonl"))
     if not r:
-        print(f"{stage:<16}  no metrics in {path}")
+        print(f"{stage:<16}  no metrics in {run}")
         continue
     first, last = r[0], r[-1]
     print(f"{stage:<16}{last['step']:>6}  {span(first, last, 'loss'):<20}{span(first, last, 'rec_loss'):<24}"
-          f"{span(first, last, 'distill_loss'):<28}{last['images_per_sec']:>16.0f}")
+          f"{span(first, last, 'distill_loss'):<28}{last['images_per_sec']:>7.0f}"
+          f"{top1(os.path.join(run, 'knn', 'knn.json')):>11}{top1(os.path.join(run, 'linprobe', 'linprobe.json')):>12}")
+print("img/s: pre-training throughput at the last log; accuracies in % on the 10k test images")
 EOF

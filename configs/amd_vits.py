@@ -9,7 +9,7 @@ The paper does not publish its ImageNet pre-training settings, so:
     teacher width / 64 = 16 heads, L2 on raw features, bias-free linear projection
     384 -> 1024 shared by both alignments, loss weights 1/1/1, decoder 192-d x 4 blocks
     with 3 heads, grad clip 0.02;
-  - from the ImageNet MAE/DMAE recipes (ours): norm_pix_loss, global batch 4096,
+  - from the ImageNet MAE recipe (ours): norm_pix_loss, global batch 4096,
     blr 1.5e-4, AdamW (0.9, 0.95), wd 0.05, 40 warm-up epochs.
 
   python -m mdistill.main --config=configs/amd_vits.py --workdir=runs/amd_vits \

@@ -1,7 +1,9 @@
 """DMAE (Bai et al., CVPR 2023) as in its official release: an MAE ViT-L/16 teacher distils
 into a ViT-B/16 student on ImageNet-1k (tfds imagenet2012).
 
-Mask 0.75, norm_pix_loss, global batch 4096 (the release: 8 GPUs x 128 x 4 accumulation
+Mask 0.75, reconstruction of the raw (not per-patch normalised) pixels as the release's
+pretrain.sh does (--student_reconstruction_target original_img, no --norm_pix_loss), global
+batch 4096 (the release: 8 GPUs x 128 x 4 accumulation
 steps), blr 1.5e-4, AdamW (0.9, 0.95), wd 0.05, 100 epochs with 20 warm-up. Distillation:
 student block 8 <-> teacher block 17 (0-based; the teacher runs 18 of its 24 blocks, on the
 student's visible patches only), linear head 768 -> 1024, L1 on L2-normalised features.
@@ -20,6 +22,7 @@ def get_config(arg=None):
     c.student.variant = "B/16"
     c.teacher.variant = "L/16"
     c.teacher.dtype = "bfloat16"
+    c.norm_pix_loss = False
     c.distill.update(pairs=((8, 17),), head="linear", projection=(768, 1024), loss="l1", normalize=True)
     c.batch_size = 4096
     c.num_epochs, c.warmup_epochs = 100.0, 20.0

@@ -12,6 +12,8 @@
 #                                       wheel torch-2.13.0+cpu, if it is not importable and
 #                                       that wheel is in $PIP_FIND_LINKS (default /opt/wheels);
 #                                       never from an index, which would bring the CUDA build
+#   mdistill_apt_install PACKAGE...     apt-get install the Debian packages when we are root
+#                                       (apt-get update once first); fail otherwise
 #   mdistill_fmnist_ready               succeed when the Fashion-MNIST IDX files are in
 #                                       $MDISTILL_FMNIST_DIR (default: where Debian's
 #                                       dataset-fashion-mnist puts them), installing that
@@ -78,6 +80,16 @@ mdistill_install_torch() {
   }
 }
 
+MDISTILL_APT_UPDATED=
+mdistill_apt_install() {
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 1
+  if [[ -z $MDISTILL_APT_UPDATED ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
+    MDISTILL_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 mdistill_fmnist_missing() {
   local f
   for f in "${MDISTILL_FMNIST_FILES[@]}"; do
@@ -88,12 +100,9 @@ mdistill_fmnist_missing() {
 
 mdistill_fmnist_ready() {
   mdistill_fmnist_missing || return 0
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
     echo "Fashion-MNIST is not in $MDISTILL_FMNIST_DIR: installing Debian's dataset-fashion-mnist ..."
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
-      echo "warning: apt-get could not install dataset-fashion-mnist" >&2
-    fi
+    mdistill_apt_install dataset-fashion-mnist || echo "warning: apt-get could not install dataset-fashion-mnist" >&2
   fi
   ! mdistill_fmnist_missing
 }

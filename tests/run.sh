@@ -4,7 +4,8 @@
 # Creates .venv if missing (Python >= 3.11; $PYTHON, default python3), installs
 # mdistill with its test extras and PyTorch's local CPU wheel (for the checkpoint-conversion
 # tests, which skip without it), installs Debian's dataset-fashion-mnist when the files are
-# missing and we are root (tests that need the real data skip without it), then runs
+# missing and we are root (tests that need the real data skip without it), and shellcheck
+# likewise (the shell-script lint test skips without it), then runs
 # `python -m pytest -q tests "$@"`.
 set -euo pipefail
 
@@ -17,5 +18,8 @@ mdistill_install_torch ||
   echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
 mdistill_fmnist_ready ||
   echo "Fashion-MNIST not in $MDISTILL_FMNIST_DIR: tests that need the real data will be skipped"
+
+command -v shellcheck >/dev/null 2>&1 || mdistill_apt_install shellcheck ||
+  echo "shellcheck not installed: tests/test_launch.py's lint of the shell scripts will be skipped"
 
 exec python -m pytest -q tests "$@"
