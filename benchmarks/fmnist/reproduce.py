@@ -2,7 +2,8 @@
 distilled from an MAE teacher (DMAE, AMD) against the same student pre-trained as a plain
 MAE, with the same architecture ('mu/4') and the same number of steps.
 
-  python benchmarks/fmnist/reproduce.py --out=runs/fmnist_repro [--steps=500] [--seeds=0,1,2]
+  python benchmarks/fmnist/reproduce.py --out=runs/fmnist_repro [--steps=500] [--seeds=0,1,2] \
+      [--evals=linprobe,finetune]
 
 Stages (each a subprocess running mdistill's own commands; a finished stage is skipped on
 rerun, so an interrupted reproduction continues):
@@ -12,7 +13,8 @@ rerun, so an interrupted reproduction continues):
   3. for every student: linear probe (configs/linprobe_fmnist.py) and fine-tuning
      (configs/finetune_fmnist.py), top-1 on the 10k test images.
 Writes <out>/results.json, <out>/results.md (mean +- std over seeds), and the plots
-<out>/loss_curves.png, <out>/accuracy.png, <out>/reconstructions.png.
+<out>/loss_curves.png, <out>/accuracy.png, <out>/reconstructions.png, after every seed,
+so an interrupted reproduction still leaves the table of the seeds it finished.
 """
 
 from __future__ import annotations
@@ -93,19 +95,23 @@ def mean_std(values) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
 
 
-def table(results: dict, methods: list[str]) -> str:
-    rows = ["| model | linear probe top-1 (%) | fine-tune top-1 (%) | pre-train wall (s) | step (ms) | final rec. loss |",
-            "|---|---|---|---|---|---|"]
+EVAL_NAMES = {"linprobe": "linear probe", "finetune": "fine-tune"}
+
+
+def table(results: dict, methods: list[str], evals: list[str]) -> str:
+    rows = ["| model | runs | " + "".join(f"{EVAL_NAMES[k]} top-1 (%) | " for k in evals)
+            + "pre-train wall (s) | step (ms) | final rec. loss |",
+            "|---|---|" + "---|" * (len(evals) + 3)]
     for m in ["teacher"] + methods:
         runs = results[m]
-        rows.append(f"| {m if m == 'teacher' else m.upper() + ' student'} | "
-                    f"{mean_std([r['linprobe'] for r in runs])} | {mean_std([r['finetune'] for r in runs])} | "
-                    f"{mean_std([r['wall_seconds'] for r in runs])} | {mean_std([r['step_ms'] for r in runs])} | "
+        rows.append(f"| {m if m == 'teacher' else m.upper() + ' student'} | {len(runs)} | "
+                    + "".join(f"{mean_std([r[k] for r in runs])} | " for k in evals)
+                    + f"{mean_std([r['wall_seconds'] for r in runs])} | {mean_std([r['step_ms'] for r in runs])} | "
                     f"{mean_std([r['final_rec_loss'] for r in runs])} |")
     return "\n".join(rows)
 
 
-def plots(out: str, results: dict, methods: list[str], seeds: list[int]) -> None:
+def plots(out: str, results: dict, methods: list[str], seeds: list[int], evals: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,14 +135,14 @@ def plots(out: str, results: dict, methods: list[str], seeds: list[int]) -> None
 
     fig, ax = plt.subplots(figsize=(7, 4))
     names = ["teacher"] + methods
-    for j, kind in enumerate(("linprobe", "finetune")):
+    for j, kind in enumerate(evals):
         values = [[r[kind] for r in results[n]] for n in names]
         ax.bar(np.arange(len(names)) + 0.38 * j, [np.mean(v) for v in values], 0.38,
                yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=4,
-               label={"linprobe": "linear probe", "finetune": "fine-tune"}[kind])
+               label=EVAL_NAMES[kind])
     ax.set_xticks(np.arange(len(names)) + 0.19, [n if n == "teacher" else n.upper() for n in names])
     ax.set(ylabel="top-1 (%)", title="Fashion-MNIST test accuracy")
-    lows = [min(r[k] for r in results[n] for k in ("linprobe", "finetune")) for n in names]
+    lows = [min(r[k] for r in results[n] for k in evals) for n in names]
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
     ax.legend()
     fig.tight_layout()
@@ -173,34 +179,36 @@ def main():
     parser.add_argument("--steps", type=int, default=500, help="pre-training steps, teacher and every student")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="mae,dmae,amd")
+    parser.add_argument("--evals", default="linprobe,finetune", help="of linprobe, finetune")
     parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    evals = args.evals.split(",")
+    if not evals or set(evals) - set(EVAL_NAMES):
+        parser.error(f"--evals={args.evals!r}: expected a comma-separated subset of {sorted(EVAL_NAMES)}")
     data = [f"--config.data.path={args.data_path}"]
     t0 = time.time()
 
     results = {m: [] for m in ["teacher"] + methods}
     teacher = pretrain(out, "teacher", "configs/fmnist_mae_teacher.py", [], args.steps, data)
     teacher_dir = [f"--config.teacher.checkpoint={os.path.join(out, 'teacher')}"]
-    for s in seeds:
+    teacher.update(seed=seeds[0], **{k: evaluate(out, "teacher", k, "xs/4", seeds[0], data) for k in evals})
+    results["teacher"].append(teacher)
+    for i, s in enumerate(seeds):
         for m in methods:
             config, extra = METHODS[m]
             stats = pretrain(out, f"{m}_s{s}", config, [f"--config.seed={s}", *extra, *teacher_dir], args.steps, data)
-            stats.update(seed=s, **{k: evaluate(out, f"{m}_s{s}", k, "mu/4", s, data) for k in ("linprobe", "finetune")})
+            stats.update(seed=s, **{k: evaluate(out, f"{m}_s{s}", k, "mu/4", s, data) for k in evals})
             results[m].append(stats)
-    teacher.update(seed=seeds[0], **{k: evaluate(out, "teacher", k, "xs/4", seeds[0], data)
-                                     for k in ("linprobe", "finetune")})
-    results["teacher"].append(teacher)
-
-    summary = table(results, methods)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"steps": args.steps, "seeds": seeds, "results": results}, f, indent=2)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(summary + "\n")
-    plots(out, results, methods, seeds)
+        summary = table(results, methods, evals)  # after every seed: an interrupted run keeps its table
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump({"steps": args.steps, "seeds": seeds[:i + 1], "evals": evals, "results": results}, f, indent=2)
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(summary + "\n")
+        plots(out, results, methods, seeds[:i + 1], evals)
     reconstructions(out, methods, seeds[0], args.data_path)
     print(f"\n{summary}\n\n{len(seeds)} seed(s), {args.steps} steps each; {time.time() - t0:.0f}s in all; "
           f"results and plots in {out}")
