@@ -9,6 +9,7 @@
 #   stage 2  configs/fmnist_dmae.py         -> $RUNS/dmae  (teacher: $RUNS/teacher)
 #   stage 3  k-NN (k=20, cosine) and a linear probe (configs/linprobe_fmnist.py) of both
 #            encoders, trained on the 60k train images, top-1 on the 10k test images
+#            (10k/2k with MDISTILL_DEMO_STEPS)
 #            -> $RUNS/{teacher,dmae}/{knn,linprobe}
 # and prints a table of losses, throughput and accuracies. Rerunning resumes each stage
 # from its latest checkpoint; a finished stage does nothing.
@@ -127,11 +128,14 @@ def rows(path):
 def span(first, last, key):
     return f"{first[key]:.4f} -> {last[key]:.4f}" if key in last else "-"
 
+test_sizes = set()
+
 def top1(path):
     if not os.path.exists(path):
         return "-"
     with open(path) as f:
         r = json.load(f)
+    test_sizes.add(r.get("test_examples", "?"))
     return f"{r.get('knn_top1', r.get('top1')):.2f}"
 
 print(f"{'stage':<16}{'steps':>6}  {'loss first -> last':<20}{'rec_loss first -> last':<24}"
@@ -145,5 +149,6 @@ for stage, run in zip(("teacher (MAE)", "student (DMAE)"), sys.argv[1:]):
     print(f"{stage:<16}{last['step']:>6}  {span(first, last, 'loss'):<20}{span(first, last, 'rec_loss'):<24}"
           f"{span(first, last, 'distill_loss'):<28}{last['images_per_sec']:>7.0f}"
           f"{top1(os.path.join(run, 'knn', 'knn.json')):>11}{top1(os.path.join(run, 'linprobe', 'linprobe.json')):>12}")
-print("img/s: pre-training throughput at the last log; accuracies in % on the 10k test images")
+sizes = " / ".join(str(n) for n in sorted(test_sizes, key=str)) or "no"
+print(f"img/s: pre-training throughput at the last log; accuracies: top-1 in % on {sizes} test images")
 EOF

@@ -138,7 +138,8 @@ def run(config, workdir: str, mesh=None) -> dict:
     writer.close()
     results = {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
                "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1),
-               "pool": extractor.pool, "pretrained": config.pretrained or "(random)"}
+               "pool": extractor.pool, "pretrained": config.pretrained or "(random)",
+               "train_examples": len(train_split), "test_examples": len(test_split)}
     write_results(workdir, "linprobe", results)
     return results
 
