@@ -3,7 +3,7 @@ distilled from an MAE teacher (DMAE, AMD) against the same student pre-trained a
 MAE, with the same architecture ('mu/4') and the same number of steps.
 
   python benchmarks/fmnist/reproduce.py --out=runs/fmnist_repro [--steps=500] [--seeds=0,1,2] \
-      [--evals=linprobe,finetune]
+      [--evals=linprobe,finetune] [--finetune_seeds=0]
 
 Stages (each a subprocess running mdistill's own commands; a finished stage is skipped on
 rerun, so an interrupted reproduction continues):
@@ -11,7 +11,8 @@ rerun, so an interrupted reproduction continues):
   2. for every seed: students as plain MAE (configs/fmnist_dmae.py with method=mae), DMAE
      (configs/fmnist_dmae.py) and AMD (configs/fmnist_amd.py);
   3. for every student: linear probe (configs/linprobe_fmnist.py) and fine-tuning
-     (configs/finetune_fmnist.py), top-1 on the 10k test images.
+     (configs/finetune_fmnist.py; --finetune_seeds limits it to some seeds, as it costs
+     several times a probe), top-1 on the 10k test images.
 Writes <out>/results.json, <out>/results.md (mean +- std over seeds), and the plots
 <out>/loss_curves.png, <out>/accuracy.png, <out>/reconstructions.png, after every seed,
 so an interrupted reproduction still leaves the table of the seeds it finished.
@@ -90,9 +91,13 @@ def evaluate(out: str, name: str, kind: str, variant: str, seed: int, data: list
     return json.load(open(result))["top1"]
 
 
-def mean_std(values) -> str:
+def mean_std(values, runs: int | None = None) -> str:
+    """mean ± std (ddof 1); '(n=K)' when only K of the model's `runs` have a value."""
     values = np.asarray(values, float)
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    if not len(values):
+        return "-"
+    cell = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    return cell + (f" (n={len(values)})" if runs is not None and len(values) != runs else "")
 
 
 EVAL_NAMES = {"linprobe": "linear probe", "finetune": "fine-tune"}
@@ -105,7 +110,7 @@ def table(results: dict, methods: list[str], evals: list[str]) -> str:
     for m in ["teacher"] + methods:
         runs = results[m]
         rows.append(f"| {m if m == 'teacher' else m.upper() + ' student'} | {len(runs)} | "
-                    + "".join(f"{mean_std([r[k] for r in runs])} | " for k in evals)
+                    + "".join(f"{mean_std([r[k] for r in runs if k in r], len(runs))} | " for k in evals)
                     + f"{mean_std([r['wall_seconds'] for r in runs])} | {mean_std([r['step_ms'] for r in runs])} | "
                     f"{mean_std([r['final_rec_loss'] for r in runs])} |")
     return "\n".join(rows)
@@ -136,13 +141,13 @@ def plots(out: str, results: dict, methods: list[str], seeds: list[int], evals: 
     fig, ax = plt.subplots(figsize=(7, 4))
     names = ["teacher"] + methods
     for j, kind in enumerate(evals):
-        values = [[r[kind] for r in results[n]] for n in names]
+        values = [[r[kind] for r in results[n] if kind in r] or [np.nan] for n in names]
         ax.bar(np.arange(len(names)) + 0.38 * j, [np.mean(v) for v in values], 0.38,
                yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=4,
                label=EVAL_NAMES[kind])
     ax.set_xticks(np.arange(len(names)) + 0.19, [n if n == "teacher" else n.upper() for n in names])
     ax.set(ylabel="top-1 (%)", title="Fashion-MNIST test accuracy")
-    lows = [min(r[k] for r in results[n] for k in evals) for n in names]
+    lows = [min((r[k] for r in results[n] for k in evals if k in r), default=100.0) for n in names]
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
     ax.legend()
     fig.tight_layout()
@@ -180,6 +185,8 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="mae,dmae,amd")
     parser.add_argument("--evals", default="linprobe,finetune", help="of linprobe, finetune")
+    parser.add_argument("--finetune_seeds", default=None,
+                        help="fine-tune only the students of these seeds (default: every seed)")
     parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
     args = parser.parse_args()
     out = os.path.abspath(args.out)
@@ -189,23 +196,30 @@ def main():
     evals = args.evals.split(",")
     if not evals or set(evals) - set(EVAL_NAMES):
         parser.error(f"--evals={args.evals!r}: expected a comma-separated subset of {sorted(EVAL_NAMES)}")
+    finetune_seeds = seeds if args.finetune_seeds is None else [int(s) for s in args.finetune_seeds.split(",")]
+    if set(finetune_seeds) - set(seeds):
+        parser.error(f"--finetune_seeds={args.finetune_seeds!r}: expected seeds among --seeds={args.seeds!r}")
     data = [f"--config.data.path={args.data_path}"]
+
+    def evals_of(seed: int) -> list[str]:
+        return [k for k in evals if k != "finetune" or seed in finetune_seeds]
     t0 = time.time()
 
     results = {m: [] for m in ["teacher"] + methods}
     teacher = pretrain(out, "teacher", "configs/fmnist_mae_teacher.py", [], args.steps, data)
     teacher_dir = [f"--config.teacher.checkpoint={os.path.join(out, 'teacher')}"]
-    teacher.update(seed=seeds[0], **{k: evaluate(out, "teacher", k, "xs/4", seeds[0], data) for k in evals})
+    teacher.update(seed=seeds[0], **{k: evaluate(out, "teacher", k, "xs/4", seeds[0], data) for k in evals_of(seeds[0])})
     results["teacher"].append(teacher)
     for i, s in enumerate(seeds):
         for m in methods:
             config, extra = METHODS[m]
             stats = pretrain(out, f"{m}_s{s}", config, [f"--config.seed={s}", *extra, *teacher_dir], args.steps, data)
-            stats.update(seed=s, **{k: evaluate(out, f"{m}_s{s}", k, "mu/4", s, data) for k in evals})
+            stats.update(seed=s, **{k: evaluate(out, f"{m}_s{s}", k, "mu/4", s, data) for k in evals_of(s)})
             results[m].append(stats)
         summary = table(results, methods, evals)  # after every seed: an interrupted run keeps its table
         with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "seeds": seeds[:i + 1], "evals": evals, "results": results}, f, indent=2)
+            json.dump({"steps": args.steps, "seeds": seeds[:i + 1], "evals": evals, "finetune_seeds": finetune_seeds,
+                       "results": results}, f, indent=2)
         with open(os.path.join(out, "results.md"), "w") as f:
             f.write(summary + "\n")
         plots(out, results, methods, seeds[:i + 1], evals)
