@@ -1,10 +1,12 @@
 """Fine-tuning on Fashion-MNIST of a small pre-trained encoder (default: the DMAE student
-`mu/4` of demo.sh; --config.student.variant=xs/4 for the MAE teacher). MAE's recipe,
-scaled down: global pool + fc_norm, AdamW blr 5e-4 (lr 1e-3 at batch 512), weight decay
-0.05, layer decay 0.75 (4 blocks), drop path 0.1, RandAugment m9, random erasing 0.25,
-mixup 0.8, cutmix 1.0, smoothing 0.1; 2 epochs (234 steps) with 1 warm-up, evaluated on
-the 10k test images every 117 steps (each epoch). No flip: garments here are centred and
-upright, flips add little. A few minutes on 2 CPU cores (see README, Evaluation).
+`mu/4` of demo.sh; --config.student.variant=xs/4 for the MAE teacher). MAE's recipe cut
+down to a 2-epoch schedule (234 steps of batch 512, warm-up half an epoch, evaluated on the
+10k test images after each epoch): global pool + fc_norm, AdamW blr 1e-3 (lr 2e-3), weight
+decay 0.05, layer decay 0.75 (4 blocks), drop path 0.1, random erasing 0.25, smoothing 0.1.
+Without mixup, cutmix and RandAugment: over 2 epochs they keep the model from fitting (the
+MAE teacher of benchmarks/fmnist with MAE's full regularisation, blr 5e-4 and 1 warm-up
+epoch: 61.4% top-1, below its linear probe's 72.4%). No flip: garments here are centred and
+upright. About 4.5 minutes for `mu/4` on 2 CPU cores.
 
   python -m mdistill.evaluate.finetune --config=configs/finetune_fmnist.py \
       --config.pretrained=runs/demo/dmae --workdir=runs/demo/finetune
@@ -19,8 +21,9 @@ def get_config(arg=None):
     c.student.variant = "mu/4"
     c.num_classes = 10
     c.batch_size = 512
-    c.num_epochs, c.warmup_epochs = 2.0, 1.0
-    c.finetune.update(layer_decay=0.75, flip=False)
+    c.num_epochs, c.warmup_epochs = 2.0, 0.5
+    c.optim.update(blr=1e-3)
+    c.finetune.update(layer_decay=0.75, flip=False, mixup=0.0, cutmix=0.0, randaug_layers=0)
     c.eval.update(batch_size=1024)
     c.log_every, c.eval_every, c.checkpoint_every = 39, 117, 117
     if arg == "smoke":
