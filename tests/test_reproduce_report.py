@@ -35,13 +35,14 @@ def test_mean_std_marks_partial_columns(reproduce):
     assert reproduce.mean_std([88.0], runs=3) == "88.00 ± 0.00 (n=1)"
     assert reproduce.mean_std([88.0], runs=1) == "88.00 ± 0.00"
     assert reproduce.mean_std([], runs=3) == "-"
+    assert reproduce.mean_std([0.51234, 0.5], digits=4) == "0.5062 ± 0.0087"
 
 
 def test_table_rows(reproduce):
     lines = reproduce.table(RESULTS, ["mae", "dmae"], ["linprobe", "finetune"]).splitlines()
     assert lines[0].startswith("| model | runs | linear probe top-1 (%) | fine-tune top-1 (%) |")
-    assert lines[2] == "| teacher | 1 | 80.00 ± 0.00 | 90.00 ± 0.00 | 100.00 ± 0.00 | 50.00 ± 0.00 | 0.50 ± 0.00 |"
-    assert lines[3].startswith("| MAE student | 3 | 72.00 ± 2.00 | 88.00 ± 0.00 (n=1) | 101.00 ± 1.00 |")
+    assert lines[2] == "| teacher | 1 | 80.00 ± 0.00 | 90.00 ± 0.00 | 100 ± 0 | 50 ± 0 | 0.5000 ± 0.0000 |"
+    assert lines[3].startswith("| MAE student | 3 | 72.00 ± 2.00 | 88.00 ± 0.00 (n=1) | 101 ± 1 |")
     assert lines[4].startswith("| DMAE student | 3 | 75.00 ± 0.00 | 89.00 ± 0.00 (n=1) |")
 
 

@@ -91,12 +91,12 @@ def evaluate(out: str, name: str, kind: str, variant: str, seed: int, data: list
     return json.load(open(result))["top1"]
 
 
-def mean_std(values, runs: int | None = None) -> str:
+def mean_std(values, runs: int | None = None, digits: int = 2) -> str:
     """mean ± std (ddof 1); '(n=K)' when only K of the model's `runs` have a value."""
     values = np.asarray(values, float)
     if not len(values):
         return "-"
-    cell = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    cell = f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
     return cell + (f" (n={len(values)})" if runs is not None and len(values) != runs else "")
 
 
@@ -111,8 +111,9 @@ def table(results: dict, methods: list[str], evals: list[str]) -> str:
         runs = results[m]
         rows.append(f"| {m if m == 'teacher' else m.upper() + ' student'} | {len(runs)} | "
                     + "".join(f"{mean_std([r[k] for r in runs if k in r], len(runs))} | " for k in evals)
-                    + f"{mean_std([r['wall_seconds'] for r in runs])} | {mean_std([r['step_ms'] for r in runs])} | "
-                    f"{mean_std([r['final_rec_loss'] for r in runs])} |")
+                    + f"{mean_std([r['wall_seconds'] for r in runs], digits=0)} | "
+                    f"{mean_std([r['step_ms'] for r in runs], digits=0)} | "
+                    f"{mean_std([r['final_rec_loss'] for r in runs], digits=4)} |")
     return "\n".join(rows)
 
 
@@ -148,7 +149,8 @@ def plots(out: str, results: dict, methods: list[str], seeds: list[int], evals: 
     ax.set_xticks(np.arange(len(names)) + 0.19, [n if n == "teacher" else n.upper() for n in names])
     ax.set(ylabel="top-1 (%)", title="Fashion-MNIST test accuracy")
     lows = [min((r[k] for r in results[n] for k in evals if k in r), default=100.0) for n in names]
-    ax.set_ylim(max(0.0, min(lows) - 5), 100)
+    highs = [max((r[k] for r in results[n] for k in evals if k in r), default=0.0) for n in names]
+    ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(highs) + 3))
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "accuracy.png"), dpi=120)
