@@ -133,7 +133,7 @@ def plots(out: str, results: dict, methods: list[str], seeds: list[int], evals: 
             ax[1].plot(steps, [r["loss"] for r in records], color=f"C{methods.index(m)}",
                        alpha=0.8, label=m.upper() if i == 0 else None)
     ax[0].set(title="reconstruction loss (hidden patches)", xlabel="step")
-    ax[1].set(title="total loss", xlabel="step")
+    ax[1].set(title="total loss (AMD adds two feature losses)", xlabel="step", yscale="log")
     for a in ax:
         a.legend()
     fig.tight_layout()
