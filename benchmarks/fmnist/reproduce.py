@@ -158,26 +158,38 @@ def plots(out: str, results: dict, methods: list[str], seeds: list[int], evals: 
 
 
 def reconstructions(out: str, methods: list[str], seed: int, data_path: str) -> None:
-    """One picture: for each student (first seed), 6 test images through visualize's grid."""
+    """One figure: for each student (first seed), 6 test images through visualize's grid, titled."""
     import jax
+    import matplotlib
     import ml_collections
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     from mdistill import checkpoint, visualize
     from mdistill.data.fashion_mnist import FashionMNISTSource
     from mdistill.objectives import build_objective
-    from mdistill.visualize import save_png
 
     images = FashionMNISTSource("test", data_path, 1).images(np.arange(6))
-    pictures = []
+    columns = ["original", "masked", "recon.", "pasted"]
+    grids = []
     for m in methods:
         params, meta = checkpoint.load_params(os.path.join(out, f"{m}_s{seed}"), None)
         objective = build_objective(ml_collections.ConfigDict(meta["config"]))
-        grid = visualize.reconstruction_grid(objective, params, images, jax.random.PRNGKey(0), scale=3)
-        pictures.append(np.pad(grid, ((0, 0), (0, 12), (0, 0)), constant_values=255))
-    width = max(p.shape[1] for p in pictures)
-    save_png(os.path.join(out, "reconstructions.png"),
-             np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-                             for p in pictures], axis=1))
+        grids.append(visualize.reconstruction_grid(objective, params, images, jax.random.PRNGKey(0), scale=3))
+    n_columns = [g.shape[1] * len(images) // g.shape[0] for g in grids]  # AMD adds a column of both masks
+    fig, axes = plt.subplots(1, len(methods), figsize=(0.95 * sum(n_columns) + 1, 6.8),
+                             gridspec_kw={"width_ratios": n_columns}, squeeze=False)
+    for ax, m, grid, n in zip(axes[0], methods, grids, n_columns):
+        ax.imshow(grid)
+        for c in range(1, n):
+            ax.axvline(c * grid.shape[1] / n - 0.5, color="white", linewidth=1.5)
+        ax.set_title(f"{m.upper()} student (seed {seed})")
+        ax.set_xticks((np.arange(n) + 0.5) * grid.shape[1] / n, (columns + ["both masks"])[:n], fontsize=8)
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "reconstructions.png"), dpi=120)
+    plt.close(fig)
 
 
 def main():
