@@ -255,3 +255,23 @@ def test_fashion_mnist_configs_read_labelled_splits():
         assert (len(train_split), len(test_split)) == (60000, 10000)
         assert set(np.unique(test_split.labels)) == set(range(10))
         assert train_split.images([0, 1]).shape == (2, 28, 28, 1)
+
+
+def test_linprobe_reports_the_same_knn_as_the_standalone_knn(pretrained, tmp_path):
+    """--config.knn=True: k-NN from the probe's own forward pass, on the same examples as
+    mdistill.evaluate.knn with the run's settings (avg pool, k=20), gives its accuracy."""
+    from configs.linprobe_fmnist import get_config
+
+    c = get_config("smoke")
+    c.pretrained, c.num_epochs, c.knn = pretrained, 1.0, True
+    c.train_examples, c.test_examples = 128, 64  # the run's knn_train_examples / knn_test_examples
+    results = linprobe.run(c, str(tmp_path / "lp"))
+    standalone = knn.evaluate_checkpoint(pretrained, str(tmp_path / "knn"))
+    assert results["knn_pool"] == standalone["pool"] == "avg" and results["test_examples"] == 64
+    assert results["knn_top1"] == pytest.approx(standalone["knn_top1"], abs=1e-4)
+    assert results["knn_top5"] == pytest.approx(standalone["knn_top5"], abs=1e-4)
+    c.knn = False  # the probe itself is unchanged by the extra pooling
+    assert linprobe.run(c, str(tmp_path / "lp_only"))["top1"] == results["top1"]
+    c.knn, c.eval.knn_pool = True, "max"
+    with pytest.raises(ValueError, match="config.eval.knn_pool='max' is invalid: expected one of"):
+        linprobe.run(c, str(tmp_path / "bad"))

@@ -190,7 +190,8 @@ class FeatureExtractor:
     pool 'avg' is the mean of the patch tokens, 'cls' the cls token, both after the final
     norm. The parameters keep whatever sharding they have (a training state's included).
     extract() returns the features of all batches, padding rows included, as one global
-    array sharded over examples, and their labels (-1 for padding)."""
+    array sharded over examples, and their labels (-1 for padding); with all_pools=True the
+    features are a dict {pool: array} of every pooling from the same forward pass."""
 
     def __init__(self, config, mesh, pool: str | None = None):
         self.config, self.pool = config, pool or config.eval.pool
@@ -199,19 +200,22 @@ class FeatureExtractor:
         self.encoder = Encoder(ViTSpec.parse(config.student.variant))
         self.batch_size = config.eval.batch_size
         self.batch_sharding = sharding.batch_sharding(mesh)
-        self._fn = jax.jit(self._features, out_shardings=self.batch_sharding)
+        self._one = jax.jit(lambda params, images: self._pooled(params, images)[self.pool],
+                            out_shardings=self.batch_sharding)
+        self._all = jax.jit(self._pooled, out_shardings=self.batch_sharding)
 
-    def _features(self, params, images):
+    def _pooled(self, params, images) -> dict:
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
         tokens, _ = self.encoder.apply({"params": params}, x)
-        return tokens[:, 1:].mean(axis=1) if self.pool == "avg" else tokens[:, 0]
+        return {"avg": tokens[:, 1:].mean(axis=1), "cls": tokens[:, 0]}
 
-    def extract(self, params, split: Split) -> tuple[jax.Array, jax.Array]:
+    def extract(self, params, split: Split, all_pools: bool = False):
+        fn = self._all if all_pools else self._one
         feats, labels = [], []
         for images, y in global_batches(split, self.batch_size, self.batch_sharding):
-            feats.append(self._fn(params, images))
+            feats.append(fn(params, images))
             labels.append(y)
-        return jnp.concatenate(feats), jnp.concatenate(labels)
+        return jax.tree.map(lambda *f: jnp.concatenate(f), *feats), jnp.concatenate(labels)
 
 
 def topk_correct(logits, labels, k: int):

@@ -10,7 +10,9 @@ RandomResizedCrop + flip on ImageNet, so expect numbers slightly off the paper's
   python -m mdistill.evaluate.linprobe --config=configs/linprobe_fmnist.py \
       --config.pretrained=runs/demo/dmae --workdir=runs/demo/linprobe
 
-writes <workdir>/linprobe.json and metrics.jsonl.
+writes <workdir>/linprobe.json and metrics.jsonl. --config.knn=True adds k-NN accuracy on
+the same examples from the same forward pass (demo.sh uses it: the features of 70k images
+are the bulk of both evaluations' time).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import numpy as np
 import optax
 
 from mdistill import optim, sharding
-from mdistill.evaluate.common import (FeatureExtractor, load_encoder, load_split, to_host, topk_correct,
+from mdistill.evaluate.common import (POOLS, FeatureExtractor, load_encoder, load_split, to_host, topk_correct,
                                       validate_downstream, write_results)
+from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
 from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.validation import ConfigError
 
 
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -43,6 +47,10 @@ def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train_examples = -1      # -1: the whole train split
     c.test_examples = -1
     c.log_every = 100
+    # Also k-NN (config.eval.knn_k, knn_temperature) on the same examples, from the same
+    # forward pass, pooled by knn_pool; the results go into linprobe.json as knn_*.
+    c.knn = False
+    c.eval.knn_pool = "avg"  # as the k-NN monitor and mdistill.evaluate.knn pool by default
     return c
 
 
@@ -72,16 +80,31 @@ def frozen_encoder(config, mesh):
 def run(config, workdir: str, mesh=None) -> dict:
     mesh = mesh or sharding.make_mesh()
     validate_downstream(config, mesh.size)
+    if config.knn and config.eval.knn_pool not in POOLS:
+        raise ConfigError(f"config.eval.knn_pool={config.eval.knn_pool!r} is invalid: expected one of {POOLS}")
     # Labels are checked before anything compiles.
     train_split = load_split(config, config.eval.train_split, config.train_examples, config.num_classes)
     test_split = load_split(config, config.eval.test_split, config.test_examples, config.num_classes)
     encoder = frozen_encoder(config, mesh)
     t0 = time.time()
     extractor = FeatureExtractor(config, mesh)
-    train_f, _ = extractor.extract(encoder, train_split)
-    test_f, test_y = extractor.extract(encoder, test_split)
+    knn = {}
+    if config.knn:
+        train_all, train_y = extractor.extract(encoder, train_split, all_pools=True)
+        test_all, test_y = extractor.extract(encoder, test_split, all_pools=True)
+        train_f, test_f = train_all[extractor.pool], test_all[extractor.pool]
+    else:
+        train_f, _ = extractor.extract(encoder, train_split)
+        test_f, test_y = extractor.extract(encoder, test_split)
     log(f"linprobe: features of {len(train_split)} train and {len(test_split)} test images "
         f"({train_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
+    if config.knn:
+        ev = config.eval
+        knn = knn_accuracy(train_all[ev.knn_pool], train_y, test_all[ev.knn_pool], test_y, ev.knn_k,
+                           ev.knn_temperature, config.num_classes, chunk=extractor.batch_size)
+        knn.update(knn_pool=ev.knn_pool, knn_k=ev.knn_k)
+        del train_all, test_all
+        log(f"linprobe: k-NN (k={ev.knn_k}, pool {ev.knn_pool}) top1 {knn['knn_top1']:.2f}")
 
     n, b = len(train_split), config.batch_size
     if n < b:
@@ -139,7 +162,7 @@ def run(config, workdir: str, mesh=None) -> dict:
     results = {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
                "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1),
                "pool": extractor.pool, "pretrained": config.pretrained or "(random)",
-               "train_examples": len(train_split), "test_examples": len(test_split)}
+               "train_examples": len(train_split), "test_examples": len(test_split), **knn}
     write_results(workdir, "linprobe", results)
     return results
 
