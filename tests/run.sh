@@ -6,14 +6,17 @@
 # tests, which skip without it), installs Debian's dataset-fashion-mnist when the files are
 # missing and we are root (tests that need the real data skip without it), and shellcheck
 # likewise (the shell-script lint test skips without it), then runs
-# `python -m pytest -q tests "$@"`.
+# `python -m pytest -q -n 2 --dist loadfile tests "$@"`: two pytest-xdist workers, each
+# test file on one of them (module fixtures are built once). Most of the suite's time is
+# single-threaded (XLA compiling, processes starting), so two workers share 2 cores well;
+# MDISTILL_TEST_WORKERS sets their number (0: no workers, everything in this process).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/setup_env.sh
 source scripts/setup_env.sh
 
-mdistill_setup_venv '.[test]' mdistill pytest nbclient matplotlib
+mdistill_setup_venv '.[test]' mdistill pytest xdist nbclient matplotlib
 mdistill_install_torch ||
   echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
 mdistill_fmnist_ready ||
@@ -22,4 +25,4 @@ mdistill_fmnist_ready ||
 command -v shellcheck >/dev/null 2>&1 || mdistill_apt_install shellcheck ||
   echo "shellcheck not installed: tests/test_launch.py's lint of the shell scripts will be skipped"
 
-exec python -m pytest -q tests "$@"
+exec python -m pytest -q -n "${MDISTILL_TEST_WORKERS:-2}" --dist loadfile tests "$@"

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(*args, devices=1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
     return subprocess.run([sys.executable, "-m", "mdistill.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 

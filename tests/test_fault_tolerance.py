@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from mdistill import checkpoint
 
@@ -25,7 +26,7 @@ def command(workdir, *extra):
 
 
 def env():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONUNBUFFERED="1")
+    return dict(os.environ, XLA_FLAGS=xla_flags(2), PYTHONUNBUFFERED="1")
 
 
 def run(workdir, *extra, check=True):

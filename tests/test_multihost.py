@@ -12,6 +12,7 @@ import sys
 
 import jax
 import numpy as np
+from conftest import xla_flags
 
 from mdistill import checkpoint, sharding
 from mdistill.train import train
@@ -39,7 +40,7 @@ def run_in_process(config_file, workdir, fsdp):
 
 def run_two_processes(config_file, workdir, fsdp):
     """The CLI as 2 processes with 4 CPU devices each; returns their stdouts."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4))
     port = free_port()
     args = [f"--config=configs/{config_file}.py:smoke", f"--workdir={workdir}",
             *(f"--config.{k}={v}" for k, v in overrides(fsdp).items() if k != "mesh"),

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from conftest import xla_flags
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -14,6 +15,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") and \
             not os.environ.get("MDISTILL_FMNIST_DIR"):
         pytest.skip("Fashion-MNIST IDX files absent (the notebook would fetch TFDS's over the network)")
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(1))  # one device, as on Colab's CPU runtime
     monkeypatch.setenv("MDISTILL_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("MDISTILL_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
     monkeypatch.setenv("MAE_CHECKPOINT", str(tmp_path / "absent.pth"))

@@ -1,0 +1,96 @@
+"""Where does a train step's time go? Times the parts of one method's step separately.
+
+For one (method, model) of benchmarks/step.py it compiles and times, each on its own:
+the whole step, the loss's gradients (forward + backward, no optimizer), the loss alone
+(forward), the optimizer update with the gradient norm, and for distillation methods the
+teacher's partial forward. Each is the median of --steps runs after one warm-up; one JSON
+line per part, with the model's FLOPs for it where mdistill.flops names them.
+
+  python benchmarks/step_parts.py --method=dmae --model=B --batch=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+import optax
+
+import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
+from mdistill import flops as flops_model  # noqa: E402
+from mdistill import sharding, train  # noqa: E402
+
+
+def median_time(fn, *args, steps: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="dmae", choices=step_bench.METHODS)
+    p.add_argument("--model", default="B", choices=step_bench.MODELS)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+
+    config = step_bench.build_config(args.method, args.model, args)
+    if config is None:
+        p.error(f"{args.method} is not defined for model {args.model}")
+    trainer = train.Trainer(config, sharding.make_mesh())
+    objective = trainer.objective
+    state = trainer.init_state()
+    teacher = jax.jit(trainer._teacher_init)(jax.random.PRNGKey(1)) if objective.uses_teacher else None
+    images = jax.device_put(np.random.default_rng(0).integers(0, 256, trainer.batch_shape().shape, dtype=np.uint8),
+                            trainer.batch_sharding)
+    rng = jax.random.PRNGKey(3)
+    terms = flops_model.step_flops(config)
+
+    def report(part, seconds, flops=None):
+        record = dict(bench="step_part", method=args.method, model=args.model, batch=args.batch, part=part,
+                      seconds=round(seconds, 4))
+        if flops:
+            record.update(model_flops=flops, useful_flops_per_s=flops / seconds)
+        step_bench.emit(args.out, **record)
+
+    loss = lambda params, teacher_params, x: objective.loss(params, teacher_params, x, rng)[0]  # noqa: E731
+    grads = jax.jit(jax.grad(loss))
+    forward_flops = terms["total"] - terms.get("backward", 0.0)
+
+    report("step", median_time(jax.jit(trainer._train_step), state, teacher, images, steps=args.steps),
+           terms["total"])
+    report("forward_and_backward", median_time(grads, state.params, teacher, images, steps=args.steps),
+           terms["total"])
+    report("forward", median_time(jax.jit(loss), state.params, teacher, images, steps=args.steps), forward_flops)
+
+    def update(state, g):
+        updates, opt_state = trainer.tx.update(g, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state, optax.tree.norm(g)
+
+    g = grads(state.params, teacher, images)
+    report("optimizer_update", median_time(jax.jit(update), state, g, steps=args.steps))
+    if teacher is not None:
+        x = objective.prepare_images(images)
+        if args.method == "amd":  # the teacher sees its own, larger visible set
+            ids = objective.sample_masks(rng, x.shape[0]).teacher_ids
+        else:
+            ids = objective.sample_mask(rng, x.shape[0]).ids_keep
+        teacher_forward = jax.jit(lambda t, x: objective.teacher.features(t, x, ids, objective.teacher_blocks))
+        report("teacher_forward", median_time(teacher_forward, teacher, x, steps=args.steps),
+               terms.get("teacher_forward"))
+
+
+if __name__ == "__main__":
+    main()
