@@ -153,6 +153,19 @@ def peak_memory(compiled, device) -> dict:
     return {"peak_memory_bytes": est, "peak_memory_source": "xla_estimate", "process_max_rss_bytes": rss}
 
 
+def step_inputs(trainer):
+    """(state, teacher, images) for one step: fresh random weights, one random uint8 batch."""
+    state = trainer.init_state()
+    teacher = None
+    if trainer.objective.uses_teacher:
+        init = jax.jit(trainer._teacher_init, out_shardings=trainer.teacher_sharding)
+        teacher = init(jax.random.PRNGKey(1))
+    shape = trainer.batch_shape().shape
+    images = jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
+                            trainer.batch_sharding)
+    return state, teacher, images
+
+
 def bench_one(method: str, model: str, args, mesh) -> dict | None:
     config = build_config(method, model, args)
     if config is None:
@@ -164,14 +177,7 @@ def bench_one(method: str, model: str, args, mesh) -> dict | None:
                                      trainer.batch_shape()).compile()
     compile_s = time.perf_counter() - t0
 
-    state = trainer.init_state()
-    teacher = None
-    if trainer.objective.uses_teacher:
-        init = jax.jit(trainer._teacher_init, out_shardings=trainer.teacher_sharding)
-        teacher = init(jax.random.PRNGKey(1))
-    shape = trainer.batch_shape().shape
-    images = jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
-                            trainer.batch_sharding)
+    state, teacher, images = step_inputs(trainer)
 
     ref_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     for _ in range(args.warmup):

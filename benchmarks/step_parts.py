@@ -16,12 +16,11 @@ import statistics
 import time
 
 import jax
-import numpy as np
 import optax
 
 import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
-from mdistill import flops as flops_model  # noqa: E402
-from mdistill import sharding, train  # noqa: E402
+from mdistill import flops as flops_model
+from mdistill import sharding, train, validation
 
 
 def median_time(fn, *args, steps: int) -> float:
@@ -49,12 +48,11 @@ def main(argv=None):
     config = step_bench.build_config(args.method, args.model, args)
     if config is None:
         p.error(f"{args.method} is not defined for model {args.model}")
-    trainer = train.Trainer(config, sharding.make_mesh())
+    mesh = sharding.make_mesh()
+    validation.validate(config, mesh.size)
+    trainer = train.Trainer(config, mesh)
     objective = trainer.objective
-    state = trainer.init_state()
-    teacher = jax.jit(trainer._teacher_init)(jax.random.PRNGKey(1)) if objective.uses_teacher else None
-    images = jax.device_put(np.random.default_rng(0).integers(0, 256, trainer.batch_shape().shape, dtype=np.uint8),
-                            trainer.batch_sharding)
+    state, teacher, images = step_bench.step_inputs(trainer)
     rng = jax.random.PRNGKey(3)
     terms = flops_model.step_flops(config)
 
@@ -67,7 +65,7 @@ def main(argv=None):
 
     loss = lambda params, teacher_params, x: objective.loss(params, teacher_params, x, rng)[0]  # noqa: E731
     grads = jax.jit(jax.grad(loss))
-    forward_flops = terms["total"] - terms.get("backward", 0.0)
+    forward_flops = terms["total"] - terms["backward"]
 
     report("step", median_time(jax.jit(trainer._train_step), state, teacher, images, steps=args.steps),
            terms["total"])
@@ -89,7 +87,7 @@ def main(argv=None):
             ids = objective.sample_mask(rng, x.shape[0]).ids_keep
         teacher_forward = jax.jit(lambda t, x: objective.teacher.features(t, x, ids, objective.teacher_blocks))
         report("teacher_forward", median_time(teacher_forward, teacher, x, steps=args.steps),
-               terms.get("teacher_forward"))
+               terms["teacher_forward"])
 
 
 if __name__ == "__main__":
