@@ -267,6 +267,7 @@ def main(argv=None):
     emit(args.out, bench="env", backend=jax.default_backend(), device_kind=device.device_kind,
          devices=mesh.size, jax=jax.__version__, cpu_count=os.cpu_count(),
          loadavg=[round(x, 2) for x in os.getloadavg()], xla_flags=os.environ.get("XLA_FLAGS", ""),
+         glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
          argv=sys.argv[1:])
     if jax.default_backend() == "cpu":
         log("CPU backend: no MFU (no device peak); fraction_of_matmul compares with the matmul reference")
@@ -289,4 +290,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from mdistill import hugepages
+
+    hugepages.ensure()  # as mdistill.main does (MDISTILL_HUGEPAGES=0: off)
     main()

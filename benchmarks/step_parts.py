@@ -91,4 +91,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from mdistill import hugepages
+
+    hugepages.ensure()  # as mdistill.main does (MDISTILL_HUGEPAGES=0: off)
     main()

@@ -46,6 +46,9 @@ def main(argv):
 
 
 def run():
+    from mdistill import hugepages
+
+    hugepages.ensure()  # re-executes once with huge-page malloc; before JAX is imported
     flags.mark_flag_as_required("config")
     app.run(main)
 

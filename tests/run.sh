@@ -25,4 +25,7 @@ mdistill_fmnist_ready ||
 command -v shellcheck >/dev/null 2>&1 || mdistill_apt_install shellcheck ||
   echo "shellcheck not installed: tests/test_launch.py's lint of the shell scripts will be skipped"
 
+# huge-page malloc for the test processes and the CLI runs they start, set once here so that
+# each `python -m mdistill.main` does not re-execute itself for it (mdistill/hugepages.py)
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 exec python -m pytest -q -n "${MDISTILL_TEST_WORKERS:-2}" --dist loadfile tests "$@"

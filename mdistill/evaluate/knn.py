@@ -163,6 +163,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from mdistill import hugepages
+
+    hugepages.ensure()  # before any large allocation; see mdistill/hugepages.py
     from absl import app, flags
     from ml_collections import config_flags
 

@@ -1,0 +1,182 @@
+"""Times the official DMAE release's training step (PyTorch) on this machine, for comparison
+with benchmarks/step.py's DMAE step on the same models and batch.
+
+The release's code is not part of this repository: point --repo at a checkout of
+https://github.com/UCSC-VLAA/DMAE (measured at commit a0f4959). This script imports its
+models_mae_distill.py, builds the student and teacher as its pretrain.sh does
+(mae_vit_base_patch16_dec512d8b <- mae_vit_large_patch16_dec512d8b, student block 8 aligned
+with teacher block 17, 'fc-1layer' projection 768 -> 1024, L1 feature loss, 'original_img'
+pixel target, mask ratio 0.75), the optimizer as its main_distill.py does (AdamW, betas
+0.9/0.95, weight decay 0.05 except biases and norms) and times the body of
+engine_distill.train_one_epoch with accum_iter=1: the teacher's forward_encoder_customized
+and forward_decoder under no_grad, the student's forward, the summed losses, backward, the
+gradient norm its loss scaler computes, and the optimizer step. float32 on CPU (the
+release's torch.cuda.amp.autocast does nothing there), random weights, one random batch.
+
+  pip install timm==0.4.9   # a timm whose Block still takes qk_scale, as the release calls it
+  python benchmarks/official_dmae.py --repo=/path/to/DMAE --batch=8 --steps=5
+
+One JSON line: step times, images/s, and the FLOPs of what the release computes per step
+by mdistill.flops' model (it runs all 24 teacher blocks and the teacher's decoder, whose
+prediction the 'original_img' loss never uses) next to mdistill's for the same method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _placeholder(attr: str):
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return type(attr, (), {"__init__": lambda self, *args, **kwargs: None})
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Stands in for torchvision when it cannot be imported (PyPI's torchvision builds for a
+    CPU-only torch may not load). timm imports it for its data transforms, which this timing
+    never calls; any attribute of the stub is a placeholder class."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = _placeholder
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def check_repo(repo: str) -> None:
+    if not os.path.isfile(os.path.join(repo, "models_mae_distill.py")):
+        sys.exit(f"--repo={repo!r}: no models_mae_distill.py there; expected a checkout of "
+                 "https://github.com/UCSC-VLAA/DMAE")
+
+
+def import_release(repo: str):
+    try:
+        import torchvision  # noqa: F401
+        stubbed = False
+    except Exception:  # ImportError, or a build that fails to load its operators
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.meta_path.insert(0, _StubFinder())
+        stubbed = True
+    import numpy as np
+
+    if not hasattr(np, "float"):  # the release's util/pos_embed.py uses np.float (gone since NumPy 1.24)
+        np.float = float
+    sys.path.insert(0, repo)
+    import models_mae_distill  # the release's module
+    return models_mae_distill, stubbed
+
+
+def release_flops(batch: int) -> tuple[float, float]:
+    """(FLOPs of the release's step, FLOPs of mdistill's DMAE step), same models and batch."""
+    import step as step_bench  # benchmarks/step.py, beside this file
+    from mdistill import flops, masking
+    from mdistill.models.vit import ViTSpec
+
+    config = step_bench.load_config_file("dmae_vitb")
+    config.batch_size = batch
+    ours = flops.step_flops(config)
+    student, teacher = ViTSpec.parse(config.student.variant), ViTSpec.parse(config.teacher.variant)
+    num_patches = (config.image_size // student.patch_size) ** 2
+    visible = masking.num_visible(num_patches, config.mask_ratio)
+    channels = config.data.channels
+    patch_dim = student.patch_size ** 2 * channels
+    full_teacher = flops.encoder_flops(teacher, channels, visible)  # all its blocks
+    teacher_decoder = flops.decoder_flops(teacher.width, 512, 8, num_patches, visible, patch_dim)
+    release = ours["total"] - ours["teacher_forward"] + batch * (full_teacher + teacher_decoder)
+    return release, ours["total"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", required=True, help="checkout of UCSC-VLAA/DMAE")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--out", default="", help="also append the JSON line to this file")
+    args = p.parse_args(argv)
+    check_repo(args.repo)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models, stubbed = import_release(args.repo)
+    import timm.optim.optim_factory as optim_factory
+
+    torch.manual_seed(0)
+    student = models.mae_vit_base_patch16_dec512d8b(
+        norm_pix_loss=False, img_size=224, embedding_distillation_func="L1", aligned_blks_indices=[8],
+        distillation_disentangled_target=None, student_reconstruction_target="original_img",
+        aligned_feature_projection_mode="fc-1layer", aligned_feature_projection_dim=[768, 1024])
+    teacher = models.mae_vit_large_patch16_dec512d8b(
+        norm_pix_loss=False, img_size=224, embedding_distillation_func="L1", aligned_blks_indices=[17])
+    student.train(True)
+    teacher.eval()
+    groups = optim_factory.add_weight_decay(student, 0.05)
+    optimizer = torch.optim.AdamW(groups, lr=1.5e-4 * args.batch / 256, betas=(0.9, 0.95))
+    images = torch.randn(args.batch, 3, 224, 224)
+
+    def step():
+        with torch.no_grad():
+            latents_teacher, mask, ids_restore, ids_keep = teacher.forward_encoder_customized(images, 0.75)
+            teacher_prediction = teacher.forward_decoder(latents_teacher[-1], ids_restore)
+        loss, distill, _, _ = student(images, ids_keep, ids_restore, mask, teacher_prediction, None,
+                                      latents_teacher)
+        loss_value = loss.item()
+        for value in distill.values():
+            loss = loss + value
+        loss.backward()
+        grads = [q.grad for q in student.parameters() if q.grad is not None]
+        norm = torch.norm(torch.stack([torch.norm(g.detach(), 2.0) for g in grads]), 2.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss_value, float(norm)
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        loss, _ = step()
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
+    flops_release, flops_mdistill = release_flops(args.batch)
+    record = dict(
+        bench="official_dmae_step", torch=torch.__version__, threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(), machine=platform.processor() or platform.machine(),
+        glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), torchvision_stubbed=stubbed,
+        batch=args.batch, step_s_median=round(seconds, 4), step_s_all=[round(t, 4) for t in times],
+        images_per_s=args.batch / seconds, loss=loss, release_flops=flops_release,
+        release_flops_per_s=flops_release / seconds, mdistill_dmae_flops=flops_mdistill)
+    line = json.dumps(record)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
