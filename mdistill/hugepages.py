@@ -3,14 +3,14 @@
 XLA:CPU allocates a step's outputs and temporaries afresh on every call, and glibc's malloc
 serves blocks that large straight from mmap and returns them to the kernel when freed. So
 each step touches its whole working set anew and the kernel zero-fills it 4 KiB at a time:
-about 387,000 page faults per DMAE ViT-L -> ViT-B step at batch 8 on CPU, a second or two
-of kernel time (benchmarks/RESULTS.md). With the tunable glibc.malloc.hugetlb=1 malloc
+about 387,000 page faults per DMAE ViT-L -> ViT-B step at batch 8 on CPU, about 2 s
+of kernel CPU time (benchmarks/RESULTS.md). With the tunable glibc.malloc.hugetlb=1 malloc
 marks those blocks MADV_HUGEPAGE, the kernel backs them with 2 MiB pages, and the same step
-takes about 1,100 faults.
+takes about 1,100 faults and about 1 s of kernel CPU time.
 
 Tunables are read once, when a process starts, so `ensure()` re-executes the interpreter
 with the tunable added to GLIBC_TUNABLES (same PID, same arguments). The command-line
-entry points call it before JAX is imported. It does nothing off Linux/glibc, when the
+entry points call it first, before any large allocation. It does nothing off Linux/glibc, when the
 kernel's transparent huge pages are off, when the tunable is already set, or when
 MDISTILL_HUGEPAGES=0.
 """
@@ -23,7 +23,6 @@ import sys
 
 TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-_REEXEC_MARK = "MDISTILL_HUGEPAGES_REEXEC"
 
 
 def thp_mode(path: str = THP_MODE_FILE) -> str:
@@ -51,16 +50,15 @@ def glibc_supports_tunable() -> bool:
 
 def wanted_environment(environ: dict, mode: str, glibc_ok: bool) -> dict | None:
     """The environment to re-execute with, or None when nothing should change."""
-    if environ.get("MDISTILL_HUGEPAGES", "1") == "0" or environ.get(_REEXEC_MARK):
+    if environ.get("MDISTILL_HUGEPAGES", "1") == "0":
         return None
     if not glibc_ok or mode not in ("always", "madvise"):
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables:
+    if TUNABLE in tunables:  # set by the user, or by our own re-execution: never a second time
         return None
     env = dict(environ)
     env["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1"
-    env[_REEXEC_MARK] = "1"
     return env
 
 

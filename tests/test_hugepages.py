@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "glibc.malloc.trim_threshold=1:glibc.malloc.hugetlb=1"),
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", True, None),  # the user's choice stands
     ({"MDISTILL_HUGEPAGES": "0"}, "madvise", True, None),
-    ({"MDISTILL_HUGEPAGES_REEXEC": "1"}, "madvise", True, None),  # never a second time
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "madvise", True, None),  # never a second time
     ({}, "never", True, None),
     ({}, "", True, None),
     ({}, "madvise", False, None),
@@ -30,7 +30,6 @@ def test_wanted_environment(environ, mode, glibc_ok, expected):
         assert env is None
     else:
         assert env["GLIBC_TUNABLES"] == expected
-        assert env["MDISTILL_HUGEPAGES_REEXEC"] == "1"
         assert all(env[k] == v for k, v in environ.items() if k != "GLIBC_TUNABLES")  # the rest kept
 
 
@@ -70,7 +69,7 @@ def test_ensure_reexecutes_once_and_large_allocations_get_huge_pages(tmp_path):
     (tmp_path / "hugepage_probe.py").write_text(SCRIPT)
     cmd = [sys.executable, "-m", "hugepage_probe", "--some=arg"]
     env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "MDISTILL_HUGEPAGES", "MDISTILL_HUGEPAGES_REEXEC")}
+           if k not in ("GLIBC_TUNABLES", "MDISTILL_HUGEPAGES")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), ROOT])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.split("\n")
