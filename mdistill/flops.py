@@ -24,13 +24,18 @@ from mdistill import masking
 from mdistill.models.vit import ViTSpec
 
 
+def attention_flops(tokens: int, width: int) -> float:
+    """Attention's two [tokens x tokens] products, q k^T and probabilities x v, per sample
+    (summed over heads, whose channels add up to `width`)."""
+    return float(2 * 2 * tokens * tokens * width)
+
+
 def block_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
     """One pre-norm transformer block on `tokens` tokens, per sample: qkv, proj, the MLP's
     two layers, and attention's two [tokens x tokens] products."""
     hidden = int(width * mlp_ratio)
     dense = 2 * tokens * (3 * width * width + width * width + 2 * width * hidden)
-    attention = 2 * 2 * tokens * tokens * width
-    return float(dense + attention)
+    return float(dense) + attention_flops(tokens, width)
 
 
 def patch_embed_flops(patches: int, patch_size: int, channels: int, width: int) -> float:

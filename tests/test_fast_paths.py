@@ -21,6 +21,23 @@ def test_attention_matches_jax_dot_product_attention():
     np.testing.assert_allclose(multi_head_attention(qkv, 4), expected, atol=2e-6)
 
 
+def test_attention_gradients_match_jax_dot_product_attention():
+    # Large logits check that the max shift keeps exp finite; the row max has no gradient
+    # in mdistill's formulation, and the gradients must still be softmax's.
+    qkv = 6.0 * jax.random.normal(jax.random.PRNGKey(2), (2, 13, 3 * 4 * 8))
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), (2, 13, 32))
+
+    def reference(qkv):
+        q, k, v = (t.reshape(2, 13, 4, 8) for t in jnp.split(qkv, 3, axis=-1))
+        return jax.nn.dot_product_attention(q, k, v).reshape(2, 13, 32)
+
+    loss = lambda f: lambda qkv: jnp.vdot(f(qkv), cotangent)  # noqa: E731
+    expected = jax.grad(loss(reference))(qkv)
+    got = jax.grad(loss(lambda qkv: multi_head_attention(qkv, 4)))(qkv)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5 * float(jnp.abs(expected).max()))
+
+
 def test_gelu_is_the_exact_one():
     x = jnp.linspace(-8, 8, 10001)
     np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)

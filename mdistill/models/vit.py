@@ -86,7 +86,10 @@ def multi_head_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
 
     On GPU and TPU this is jax.nn.dot_product_attention (cuDNN's flash attention on NVIDIA
     GPUs for bf16/f16). XLA:CPU runs the same two products about twice as fast with the
-    heads moved in front of the tokens first, so there it is written out in that layout.
+    heads moved in front of the tokens first, so there it is written out in that layout, and
+    the softmax is normalised after the product with v, as flash attention does: the
+    division then touches [T, d] per head instead of [T, T], and the backward pass needs no
+    row sum over the [T, T] gradient (benchmarks/attention.py times both).
     """
     backend = jax.default_backend()
     if backend != "cpu":
@@ -102,8 +105,11 @@ def multi_head_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
         return einops.rearrange(out, "b t h d -> b t (h d)")
     q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=num_heads)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits * np.float32(q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    logits = logits * np.float32(q.shape[-1] ** -0.5)
+    # Softmax does not change when a row is shifted, so the row max needs no gradient.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = (out / weights.sum(axis=-1, keepdims=True)).astype(v.dtype)
     return einops.rearrange(out, "b h t d -> b t (h d)")
 
 

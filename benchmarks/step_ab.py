@@ -1,0 +1,125 @@
+"""Paired A/B of one train step compiled with different XLA compiler options.
+
+On a shared CPU host the same step varies by 10-15% from one run to the next, which is
+more than most changes one wants to measure. This script compiles the step once per variant
+in one process and then alternates the variants call by call (A B, then B A, ...), so that
+each round compares them under the same conditions. It prints one JSON line per variant:
+its median step time, and the median over rounds of the first variant's time divided by its
+own (the paired speed-up), with the rounds it won. The first step's loss is checked to be
+the same for every variant.
+
+  python benchmarks/step_ab.py --method=dmae --model=B --batch=8 --rounds=12 \\
+      --variant= --variant=xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT
+
+A variant is a comma-separated list of XLA option=value pairs, given to the compiler for
+the train step as `jax.jit(...).lower(...).compile(compiler_options=...)` would; the empty
+variant is XLA's defaults, what mdistill.main runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
+from mdistill import sharding, train, validation
+
+
+def parse_variant(text: str) -> dict:
+    """'a=1,b=true,c=NAME' -> {'a': 1, 'b': True, 'c': 'NAME'}; '' -> {}."""
+    options = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--variant item {item!r}: expected option=value")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                options[key] = value
+    return options
+
+
+def paired_summary(times: dict[str, list[float]]) -> list[dict]:
+    """Per variant: median seconds, and the first variant's time over its own, round by round."""
+    names = list(times)
+    base = times[names[0]]
+    out = []
+    for name in names:
+        ratios = [b / t for b, t in zip(base, times[name])]
+        out.append({"variant": name, "step_s_median": round(statistics.median(times[name]), 4),
+                    "step_s_all": [round(t, 4) for t in times[name]],
+                    "speedup_vs_first_median": round(statistics.median(ratios), 4),
+                    "rounds_faster_than_first": sum(r > 1.0 for r in ratios), "rounds": len(ratios)})
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="dmae", choices=step_bench.METHODS)
+    p.add_argument("--model", default="B", choices=step_bench.MODELS)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--variant", action="append", default=None,
+                   help="option=value[,option=value...]; repeat for each variant (at least two; --variant= is XLA's defaults)")
+    args = p.parse_args(argv)
+    variants = args.variant or []
+    if len(variants) < 2:
+        p.error("give at least two --variant (the empty one, --variant=, is XLA's defaults)")
+    if len(set(variants)) != len(variants):
+        p.error(f"--variant given twice: {variants}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be positive, got {args.rounds}")
+    try:
+        options = {v: parse_variant(v) for v in variants}
+    except ValueError as e:
+        p.error(str(e))
+
+    config = step_bench.build_config(args.method, args.model, args)
+    if config is None:
+        p.error(f"{args.method} is not defined for model {args.model}")
+    mesh = sharding.make_mesh()
+    validation.validate(config, mesh.size)
+    trainer = train.Trainer(config, mesh)
+    lowered = trainer.step_fn.lower(trainer.abstract_state(), trainer.abstract_teacher(), trainer.batch_shape())
+    compiled = {v: lowered.compile(compiler_options=options[v] or None) for v in variants}
+    state, teacher, images = step_bench.step_inputs(trainer)
+    # the step donates its state: every variant advances a copy of its own
+    states = {v: jax.tree.map(lambda x: x.copy(), state) for v in variants}
+    losses = {}
+    for v in variants:  # first call of each: warm-up, and the losses must agree
+        states[v], metrics = compiled[v](states[v], teacher, images)
+        losses[v] = float(metrics["loss"])
+    first = losses[variants[0]]
+    for v, loss in losses.items():
+        if not np.isclose(loss, first, rtol=1e-4):
+            raise SystemExit(f"variant {v!r} gives loss {loss} on the first step, the first variant {first}")
+
+    times = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            t = time.perf_counter()
+            states[v], metrics = compiled[v](states[v], teacher, images)
+            jax.block_until_ready((states[v], metrics))
+            times[v].append(time.perf_counter() - t)
+    for record in paired_summary(times):
+        record.update(bench="step_ab", method=args.method, model=args.model, batch=args.batch,
+                      options=options[record["variant"]], first_step_loss=losses[record["variant"]],
+                      backend=jax.default_backend())
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    from mdistill import hugepages
+    hugepages.ensure()
+    main()
