@@ -153,6 +153,28 @@ def peak_memory(compiled, device) -> dict:
     return {"peak_memory_bytes": est, "peak_memory_source": "xla_estimate", "process_max_rss_bytes": rss}
 
 
+def add_one_step_args(p: argparse.ArgumentParser) -> None:
+    """The options that pick one (method, model) step, for the scripts that study one step
+    (step_parts.py, step_ab.py)."""
+    p.add_argument("--method", default="dmae", choices=METHODS)
+    p.add_argument("--model", default="B", choices=MODELS)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none")
+
+
+def one_step_trainer(p: argparse.ArgumentParser, args) -> train.Trainer:
+    """The validated trainer of the step add_one_step_args picked; a parser error when the
+    method is not defined for the model."""
+    config = build_config(args.method, args.model, args)
+    if config is None:
+        p.error(f"{args.method} is not defined for model {args.model}")
+    mesh = sharding.make_mesh()
+    validation.validate(config, mesh.size)
+    return train.Trainer(config, mesh)
+
+
 def step_inputs(trainer):
     """(state, teacher, images) for one step: fresh random weights, one random uint8 batch."""
     state = trainer.init_state()

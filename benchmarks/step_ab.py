@@ -27,7 +27,6 @@ import jax
 import numpy as np
 
 import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
-from mdistill import sharding, train, validation
 
 
 def parse_variant(text: str) -> dict:
@@ -63,12 +62,7 @@ def paired_summary(times: dict[str, list[float]]) -> list[dict]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="dmae", choices=step_bench.METHODS)
-    p.add_argument("--model", default="B", choices=step_bench.MODELS)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--remat", default="none")
+    step_bench.add_one_step_args(p)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--variant", action="append", default=None,
                    help="option=value[,option=value...]; repeat for each variant (at least two; --variant= is XLA's defaults)")
@@ -85,12 +79,7 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
 
-    config = step_bench.build_config(args.method, args.model, args)
-    if config is None:
-        p.error(f"{args.method} is not defined for model {args.model}")
-    mesh = sharding.make_mesh()
-    validation.validate(config, mesh.size)
-    trainer = train.Trainer(config, mesh)
+    trainer = step_bench.one_step_trainer(p, args)
     lowered = trainer.step_fn.lower(trainer.abstract_state(), trainer.abstract_teacher(), trainer.batch_shape())
     compiled = {v: lowered.compile(compiler_options=options[v] or None) for v in variants}
     state, teacher, images = step_bench.step_inputs(trainer)

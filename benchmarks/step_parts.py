@@ -20,7 +20,6 @@ import optax
 
 import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
 from mdistill import flops as flops_model
-from mdistill import sharding, train, validation
 
 
 def median_time(fn, *args, steps: int) -> float:
@@ -35,26 +34,16 @@ def median_time(fn, *args, steps: int) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="dmae", choices=step_bench.METHODS)
-    p.add_argument("--model", default="B", choices=step_bench.MODELS)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--remat", default="none")
+    step_bench.add_one_step_args(p)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
-    config = step_bench.build_config(args.method, args.model, args)
-    if config is None:
-        p.error(f"{args.method} is not defined for model {args.model}")
-    mesh = sharding.make_mesh()
-    validation.validate(config, mesh.size)
-    trainer = train.Trainer(config, mesh)
+    trainer = step_bench.one_step_trainer(p, args)
     objective = trainer.objective
     state, teacher, images = step_bench.step_inputs(trainer)
     rng = jax.random.PRNGKey(3)
-    terms = flops_model.step_flops(config)
+    terms = flops_model.step_flops(trainer.config)
 
     def report(part, seconds, flops=None):
         record = dict(bench="step_part", method=args.method, model=args.model, batch=args.batch, part=part,
