@@ -19,6 +19,11 @@ from mdistill.models.vit import SIZES, Encoder, ViTSpec
 from mdistill.objectives.common import normalize_images
 
 POOLS = ("avg", "cls")
+# Reference "encoders" printed beside every pre-trained one: the model's normalised input
+# pixels, flattened, and a randomly initialised encoder of the evaluated architecture. A
+# learned representation is worth something only where it beats both.
+BASELINES = ("pixels", "random")
+RANDOM_ENCODER_SEED = 0  # fixed, so every table's 'random' row is the same encoder
 
 
 def encoder_params(params: dict) -> dict:
@@ -101,6 +106,23 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
             raise ValueError(f"checkpoint {path} was trained as {config.student.variant!r} ({saved.num_heads} heads), "
                              f"the config asks for {variant!r} ({ViTSpec.parse(variant).num_heads} heads)")
     return enc, config
+
+
+def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED) -> dict:
+    """Parameters of a freshly initialised encoder (the 'random' baseline), replicated."""
+    images = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+    init = jax.jit(Encoder(ViTSpec.parse(variant)).init, out_shardings=sharding.replicated(mesh))
+    return init(jax.random.PRNGKey(seed), images)["params"]
+
+
+def baseline_params(name: str, config, mesh):
+    """What FeatureExtractor.extract takes for baseline `name`: None (pixels) or the random
+    encoder of config.student.variant."""
+    if name not in BASELINES:
+        raise ValueError(f"baseline {name!r}: expected one of {BASELINES}")
+    if name == "pixels":
+        return None
+    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh)
 
 
 def labelled_source(config, split: str):
@@ -188,7 +210,8 @@ class FeatureExtractor:
     """Frozen encoder -> pooled features [N, width], jitted, batches sharded over the mesh.
 
     pool 'avg' is the mean of the patch tokens, 'cls' the cls token, both after the final
-    norm. The parameters keep whatever sharding they have (a training state's included).
+    norm. The parameters keep whatever sharding they have (a training state's included);
+    params None gives the raw-pixel baseline: the normalised images, flattened (every pool).
     extract() returns the features of all batches, padding rows included, as one global
     array sharded over examples, and their labels (-1 for padding); with all_pools=True the
     features are a dict {pool: array} of every pooling from the same forward pass."""
@@ -206,6 +229,9 @@ class FeatureExtractor:
 
     def _pooled(self, params, images) -> dict:
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
+        if params is None:
+            flat = x.reshape(x.shape[0], -1)
+            return {"avg": flat, "cls": flat}
         tokens, _ = self.encoder.apply({"params": params}, x)
         return {"avg": tokens[:, 1:].mean(axis=1), "cls": tokens[:, 0]}
 
@@ -237,16 +263,30 @@ def validate_downstream(config, num_devices: int) -> None:
             raise ConfigError(f"config.{name}={config[name]} is invalid: must be >= 1, or -1 for the whole split")
 
 
+def comparison_table(rows: dict, columns: tuple) -> str:
+    """Markdown table: one row per encoder ({name: results}), the given result columns."""
+    lines = ["| encoder | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if c in r else "-" for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def write_results(workdir: str, name: str, results: dict) -> str:
-    """<workdir>/<name>.json, and the same as a two-column table on the console."""
+    """<workdir>/<name>.json, and the same as a two-column table on the console (with a
+    'baselines' entry, {baseline: results}, also a table of the encoder beside them)."""
     path = os.path.join(workdir, f"{name}.json")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
+        baselines = results.get("baselines", {})
+        results = {k: v for k, v in results.items() if k != "baselines"}
         cells = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in results.items()}
         w1, w2 = max(map(len, cells)), max(map(len, cells.values()))
         rows = [f"| {'metric':<{w1}} | {'value':>{w2}} |", f"|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|"]
         rows += [f"| {k:<{w1}} | {v:>{w2}} |" for k, v in cells.items()]
         log("\n".join([f"{name} results ({path})"] + rows))
+        if baselines:
+            columns = tuple(k for k in ("knn_top1", "top1") if k in results)
+            log("beside the baselines:\n" + comparison_table({"encoder": results, **baselines}, columns))
     return path

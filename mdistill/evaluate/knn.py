@@ -13,7 +13,8 @@ field, e.g. the data or the k-NN settings in config.eval:
   python -m mdistill.evaluate.knn --checkpoint=runs/demo/dmae --workdir=runs/demo/knn \
       --config.eval.knn_train_examples=-1 --config.eval.knn_test_examples=-1
 
-writes <workdir>/knn.json and prints it as a table. During pre-training, KNNMonitor runs
+writes <workdir>/knn.json and prints it as a table; --baselines adds raw pixels and a
+randomly initialised encoder of the same architecture, evaluated the same way. During pre-training, KNNMonitor runs
 it every config.eval.knn_every steps on the live student encoder.
 """
 
@@ -28,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdistill.checkpoint import CheckpointError
-from mdistill.evaluate.common import FeatureExtractor, encoder_params, load_encoder, load_split, to_host, write_results
+from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, encoder_params, load_encoder,
+                                      load_split, to_host, write_results)
 from mdistill.metrics import log
 
 
@@ -112,8 +114,11 @@ class KNNMonitor:
 
     def run(self, params) -> dict:
         """k-NN accuracy of the encoder in `params` (a training state's, or an encoder's own)."""
+        return self.run_encoder(encoder_params(params))
+
+    def run_encoder(self, enc) -> dict:
+        """k-NN accuracy of encoder parameters `enc` (None: the raw-pixel baseline)."""
         t0 = time.time()
-        enc = encoder_params(params)
         train_f, train_y = self.extractor.extract(enc, self.train_split)
         test_f, test_y = self.extractor.extract(enc, self.test_split)
         ev = self.config.eval
@@ -122,9 +127,11 @@ class KNNMonitor:
         return dict(out, knn_seconds=time.time() - t0)
 
 
-def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, mesh=None) -> dict:
+def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, mesh=None,
+                        baselines: bool = False) -> dict:
     """k-NN of the encoder in checkpoint `path` on its run's labelled splits; `overrides`
-    {'eval.knn_k': 10, ...} replace fields of that config. Writes <workdir>/knn.json."""
+    {'eval.knn_k': 10, ...} replace fields of that config. With `baselines`, also raw pixels
+    and a random encoder of the same architecture, under 'baselines'. Writes <workdir>/knn.json."""
     from mdistill import sharding, validation
 
     mesh = mesh or sharding.make_mesh()
@@ -144,6 +151,8 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
     results.update(checkpoint=path, variant=config.student.variant, data=config.data.source, pool=ev.pool,
                    k=ev.knn_k, temperature=ev.knn_temperature, train_examples=len(monitor.train_split),
                    test_examples=len(monitor.test_split))
+    if baselines:
+        results["baselines"] = {name: monitor.run_encoder(baseline_params(name, config, mesh)) for name in BASELINES}
     write_results(workdir, "knn", results)
     return results
 
@@ -157,7 +166,8 @@ def main(argv):
     # Only the fields given on the command line replace the run's own settings.
     overrides = config_flags.get_override_values(_FLAGS["config"])
     try:
-        evaluate_checkpoint(_CHECKPOINT.value or _WORKDIR.value, _WORKDIR.value, overrides)
+        evaluate_checkpoint(_CHECKPOINT.value or _WORKDIR.value, _WORKDIR.value, overrides,
+                            baselines=_BASELINES.value)
     except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
 
@@ -176,5 +186,7 @@ if __name__ == "__main__":
                                    "when --checkpoint is not given.", required=True)
     _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "The checkpoint to evaluate: a workdir, its "
                                       "checkpoints/ folder, one step folder, or a converted release.")
+    _BASELINES = flags.DEFINE_bool("baselines", False, "Also k-NN on raw pixels and on a randomly initialised "
+                                   "encoder of the checkpoint's architecture, printed beside it.")
     _CONFIG = config_flags.DEFINE_config_dict("config", base_config(), "Overrides of the run's saved config.")
     app.run(main)

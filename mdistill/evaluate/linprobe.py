@@ -12,7 +12,8 @@ RandomResizedCrop + flip on ImageNet, so expect numbers slightly off the paper's
 
 writes <workdir>/linprobe.json and metrics.jsonl. --config.knn=True adds k-NN accuracy on
 the same examples from the same forward pass (demo.sh uses it: the features of 70k images
-are the bulk of both evaluations' time).
+are the bulk of both evaluations' time). --config.baselines=True evaluates raw pixels and a
+random encoder of the same architecture the same way and prints them beside the encoder.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import numpy as np
 import optax
 
 from mdistill import optim, sharding
-from mdistill.evaluate.common import (POOLS, FeatureExtractor, load_encoder, load_split, to_host, topk_correct,
-                                      validate_downstream, write_results)
+from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, load_encoder, load_split,
+                                      random_encoder, to_host, topk_correct, validate_downstream, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
-from mdistill.models.vit import Encoder, ViTSpec
 from mdistill.validation import ConfigError
 
 
@@ -51,6 +51,9 @@ def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # forward pass, pooled by knn_pool; the results go into linprobe.json as knn_*.
     c.knn = False
     c.eval.knn_pool = "avg"  # as the k-NN monitor and mdistill.evaluate.knn pool by default
+    # Also evaluate the baselines (raw pixels; a random encoder of config.student.variant,
+    # seed RANDOM_ENCODER_SEED) the same way; they go into linprobe.json under 'baselines'.
+    c.baselines = False
     return c
 
 
@@ -72,12 +75,13 @@ def frozen_encoder(config, mesh):
                                  config.data.channels)
         return params
     log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
-    images = jnp.zeros((1, config.image_size, config.image_size, config.data.channels), jnp.float32)
-    init = jax.jit(Encoder(ViTSpec.parse(config.student.variant)).init, out_shardings=sharding.replicated(mesh))
-    return init(jax.random.PRNGKey(config.seed), images)["params"]
+    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed)
 
 
 def run(config, workdir: str, mesh=None) -> dict:
+    """Probe (and with config.knn, k-NN) the encoder of config.pretrained, and with
+    config.baselines the raw pixels and a random encoder too (under 'baselines' in the
+    results). Writes <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe."""
     mesh = mesh or sharding.make_mesh()
     validate_downstream(config, mesh.size)
     if config.knn and config.eval.knn_pool not in POOLS:
@@ -85,10 +89,23 @@ def run(config, workdir: str, mesh=None) -> dict:
     # Labels are checked before anything compiles.
     train_split = load_split(config, config.eval.train_split, config.train_examples, config.num_classes)
     test_split = load_split(config, config.eval.test_split, config.test_examples, config.num_classes)
-    encoder = frozen_encoder(config, mesh)
-    t0 = time.time()
     extractor = FeatureExtractor(config, mesh)
-    knn = {}
+    results = evaluate_encoder(config, mesh, extractor, frozen_encoder(config, mesh), train_split, test_split,
+                               MetricsWriter(workdir))
+    results["pretrained"] = config.pretrained or "(random)"
+    if config.baselines:
+        results["baselines"] = {}
+        for name in BASELINES:
+            log(f"linprobe: baseline '{name}'")
+            results["baselines"][name] = evaluate_encoder(config, mesh, extractor, baseline_params(name, config, mesh),
+                                                          train_split, test_split)
+    write_results(workdir, "linprobe", results)
+    return results
+
+
+def evaluate_encoder(config, mesh, extractor, encoder, train_split, test_split, writer=None) -> dict:
+    """Features of both splits from one forward pass, then k-NN (config.knn) and the probe."""
+    t0 = time.time()
     if config.knn:
         train_all, train_y = extractor.extract(encoder, train_split, all_pools=True)
         test_all, test_y = extractor.extract(encoder, test_split, all_pools=True)
@@ -98,6 +115,7 @@ def run(config, workdir: str, mesh=None) -> dict:
         test_f, test_y = extractor.extract(encoder, test_split)
     log(f"linprobe: features of {len(train_split)} train and {len(test_split)} test images "
         f"({train_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
+    knn = {}
     if config.knn:
         ev = config.eval
         knn = knn_accuracy(train_all[ev.knn_pool], train_y, test_all[ev.knn_pool], test_y, ev.knn_k,
@@ -105,8 +123,14 @@ def run(config, workdir: str, mesh=None) -> dict:
         knn.update(knn_pool=ev.knn_pool, knn_k=ev.knn_k)
         del train_all, test_all
         log(f"linprobe: k-NN (k={ev.knn_k}, pool {ev.knn_pool}) top1 {knn['knn_top1']:.2f}")
+    probe = train_probe(config, mesh, train_f, train_split.labels, test_f, test_y, writer)
+    return {**probe, "pool": extractor.pool, "train_examples": len(train_split), "test_examples": len(test_split),
+            **knn}
 
-    n, b = len(train_split), config.batch_size
+
+def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None) -> dict:
+    """The probe head trained on precomputed features; top-1/top-5 on the test features."""
+    n, b = len(train_labels), config.batch_size
     if n < b:
         raise ValueError(f"{n} train examples, fewer than config.batch_size={b}")
     per_epoch = n // b
@@ -121,7 +145,7 @@ def run(config, workdir: str, mesh=None) -> dict:
     rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     params, stats = variables["params"], variables["batch_stats"]
     params, stats, opt_state = jax.device_put((params, stats, tx.init(params)), rep)
-    train_y = jax.device_put(train_split.labels, rep)
+    train_y = jax.device_put(train_labels, rep)
 
     # Features enter as arguments, not closures: jit would embed closed-over arrays as constants.
     @jax.jit(in_shardings=(rep, rep, rep, batch_sharding, rep, batch_sharding), out_shardings=rep)
@@ -142,7 +166,6 @@ def run(config, workdir: str, mesh=None) -> dict:
         count = jnp.sum(test_y >= 0)
         return {f"top{k}": 100.0 * topk_correct(logits, test_y, k) / count for k in (1, 5)}
 
-    writer = MetricsWriter(workdir)
     log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, peak lr {optim.peak_learning_rate(config.optim, b):.3g}")
     losses, metrics, t0 = [], {}, time.time()
     for s in range(total):
@@ -154,17 +177,15 @@ def run(config, workdir: str, mesh=None) -> dict:
         if (s + 1) % config.log_every == 0 or s + 1 == total:
             metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
             metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)), epoch=(s + 1) / per_epoch)
-            writer.write(s + 1, metrics)
+            if writer:
+                writer.write(s + 1, metrics)
             log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "
                 f"top5 {metrics['top5']:.2f}")
             losses = []
-    writer.close()
-    results = {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
-               "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1),
-               "pool": extractor.pool, "pretrained": config.pretrained or "(random)",
-               "train_examples": len(train_split), "test_examples": len(test_split), **knn}
-    write_results(workdir, "linprobe", results)
-    return results
+    if writer:
+        writer.close()
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
+            "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1)}
 
 
 def main(argv):
