@@ -45,9 +45,10 @@ def validate(config, num_devices: int | None = None) -> None:
     _require(config.image_size > 0 and config.image_size % p == 0, "image_size", config.image_size,
              f"must be a positive multiple of the student's patch size {p}")
     num_patches = (config.image_size // p) ** 2
-    _require(0.0 <= config.mask_ratio < 1.0 and masking.num_visible(num_patches, config.mask_ratio) >= 1,
+    # the loss is a mean over masked patches: none masked makes it 0/0
+    _require(0.0 < config.mask_ratio < 1.0 and 1 <= masking.num_visible(num_patches, config.mask_ratio) < num_patches,
              "mask_ratio", config.mask_ratio,
-             f"must be in [0, 1) and leave at least one of the {num_patches} patches visible")
+             f"must be in (0, 1) and mask at least one of the {num_patches} patches while leaving one visible")
     dec = config.student
     _require(dec.decoder_width % 4 == 0 and dec.decoder_width % dec.decoder_heads == 0,
              "student.decoder_width", dec.decoder_width,
@@ -70,8 +71,16 @@ def validate(config, num_devices: int | None = None) -> None:
              f"must divide batch_size={config.batch_size} into micro-batches divisible by {num_devices} devices")
     _require(config.total_steps >= 0 or config.num_epochs > 0, "num_epochs", config.num_epochs,
              "must be > 0 when total_steps < 0")
+    _require(config.warmup_steps >= 0 or config.warmup_epochs >= 0, "warmup_epochs",
+             config.warmup_epochs, "must be >= 0 when warmup_steps < 0")
     _require(config.log_every >= 1, "log_every", config.log_every, "must be >= 1")
     _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "must be >= 1")
+    # LatestN(0) keeps nothing: every checkpoint, old ones included, would be deleted
+    _require(config.keep_checkpoints >= 1, "keep_checkpoints", config.keep_checkpoints, "must be >= 1")
+    _validate_best_metric(config)
+    # PRNGKey keeps only 32 bits (and the teacher's init uses seed + 1); grain needs seed >= 0
+    _require(0 <= config.seed < 2 ** 31, "seed", config.seed, "must be in [0, 2**31)")
+    _validate_optim(config.optim)
 
     d = config.data
     _require(d.source in SOURCES, "data.source", d.source, f"expected one of {SOURCES}")
@@ -92,6 +101,30 @@ def validate(config, num_devices: int | None = None) -> None:
         _validate_distill(config, student)
     if config.method == "amd":
         _validate_amd(config, student, num_patches)
+
+
+def _validate_optim(o) -> None:
+    _require(o.lr > 0 or o.lr == -1, "optim.lr", o.lr,
+             "must be > 0 (the peak learning rate), or -1 for optim.blr * batch_size / 256")
+    _require(o.blr > 0, "optim.blr", o.blr, "must be > 0 (peak lr = blr * batch_size / 256 when optim.lr is -1)")
+    _require(o.min_lr >= 0, "optim.min_lr", o.min_lr, "must be >= 0")
+    for name in ("b1", "b2"):
+        _require(0 <= o[name] < 1, f"optim.{name}", o[name], "must be in [0, 1) (Adam's decay rate)")
+    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _require(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables clipping)")
+
+
+BEST_METRIC_FORM = "'' (none), '<metric>' (lowest is best), 'min:<metric>' or 'max:<metric>'"
+
+
+def _validate_best_metric(config) -> None:
+    """Its form here; whether the run logs that metric is checked by train.check_best_metric."""
+    value = config.best_metric
+    mode, _, name = value.rpartition(":")
+    _require(not value or (mode in ("", "min", "max") and name), "best_metric", value, f"expected {BEST_METRIC_FORM}")
+    # the k-NN monitor's metrics exist only with the monitor on (mdistill.evaluate.knn)
+    _require(not name.startswith("knn_") or config.get("eval", {}).get("knn_every", 0) > 0, "best_metric", value,
+             "needs the k-NN monitor (config.eval.knn_every > 0)")
 
 
 def _validate_pipeline(d) -> None:

@@ -60,6 +60,23 @@ BAD = [
     ("patch", lambda c: c.teacher.update(variant="xs/8"), "student's patch size 4"),
     ("accum", lambda c: c.optim.update(accum_steps=4), "config.optim.accum_steps=4"),
     ("source", lambda c: c.data.update(source="webdataset"), "config.data.source='webdataset'"),
+    # issue 19: values that trained with a negative lr, crashed later or deleted checkpoints
+    ("keep 0", lambda c: c.update(keep_checkpoints=0), "config.keep_checkpoints=0 is invalid: must be >= 1"),
+    ("keep -1", lambda c: c.update(keep_checkpoints=-1), "config.keep_checkpoints=-1"),
+    ("lr", lambda c: c.optim.update(lr=-0.5), "config.optim.lr=-0.5 is invalid: must be > 0"),
+    ("lr 0", lambda c: c.optim.update(lr=0.0), "config.optim.lr=0.0"),
+    ("blr", lambda c: c.optim.update(lr=-1.0, blr=-0.5), "config.optim.blr=-0.5 is invalid: must be > 0"),
+    ("b1", lambda c: c.optim.update(b1=1.0), "config.optim.b1=1.0 is invalid: must be in [0, 1)"),
+    ("b2", lambda c: c.optim.update(b2=2.0), "config.optim.b2=2.0 is invalid: must be in [0, 1)"),
+    ("weight decay", lambda c: c.optim.update(weight_decay=-0.1), "config.optim.weight_decay=-0.1"),
+    ("min lr", lambda c: c.optim.update(min_lr=-1e-6), "config.optim.min_lr=-1e-06"),
+    ("grad clip", lambda c: c.optim.update(grad_clip=-1.0), "config.optim.grad_clip=-1.0"),
+    ("mask ratio 0", lambda c: c.update(mask_ratio=0.0), "config.mask_ratio=0.0 is invalid: must be in (0, 1)"),
+    ("seed", lambda c: c.update(seed=-1), "config.seed=-1 is invalid: must be in [0, 2**31)"),
+    ("warmup", lambda c: c.update(warmup_steps=-1, warmup_epochs=-1.0), "config.warmup_epochs=-1.0"),
+    ("best metric mode", lambda c: c.update(best_metric="top:loss"), "config.best_metric='top:loss' is invalid"),
+    ("best metric knn", lambda c: c.update(best_metric="max:knn_top1"),
+     "config.best_metric='max:knn_top1' is invalid: needs the k-NN monitor (config.eval.knn_every > 0)"),
 ]
 
 
