@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
-from mdistill.data import BatchIterator, SyntheticSource
+from mdistill.data import BatchIterator, DataError, Pipeline, SyntheticSource
 from mdistill.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource, read_idx
+from mdistill.data.transforms import Transform
 
 
 def write_idx(path, array):
@@ -43,6 +44,45 @@ def test_truncated_idx_file_is_named(tiny_fmnist):
         f.write(raw[:1000])
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz: header says"):
         FashionMNISTSource("train", str(path))
+
+
+def test_cut_gzip_stream_is_named(tiny_fmnist):
+    path, _, _ = tiny_fmnist
+    packed = (path / "train-images-idx3-ubyte.gz").read_bytes()
+    (path / "train-images-idx3-ubyte.gz").write_bytes(packed[: len(packed) // 2])  # no end-of-stream marker
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: cannot be read .*EOFError"):
+        FashionMNISTSource("train", str(path))
+
+
+def test_image_and_label_counts_must_agree(tiny_fmnist):
+    path, _, labels = tiny_fmnist
+    write_idx(path / "train-labels-idx1-ubyte.gz", labels[:15])
+    with pytest.raises(DataError, match="20 images in .*train-images-idx3-ubyte.gz but 15 labels in "
+                                        ".*train-labels-idx1-ubyte.gz"):
+        FashionMNISTSource("train", str(path))
+
+
+def test_fingerprint_follows_the_content(tiny_fmnist):
+    """Other images of the same count (inverted, reordered) are other data: a resume on them
+    must be refused, so the fingerprint changes; the same data unpacked keeps it."""
+    path, images, labels = tiny_fmnist
+    original = FashionMNISTSource("train", str(path)).fingerprint()
+    write_idx(path / "train-images-idx3-ubyte.gz", 255 - images)
+    inverted = FashionMNISTSource("train", str(path)).fingerprint()
+    write_idx(path / "train-images-idx3-ubyte.gz", images[::-1])
+    reordered = FashionMNISTSource("train", str(path)).fingerprint()
+    assert len({original, inverted, reordered}) == 3
+    write_idx(path / "train-images-idx3-ubyte.gz", images)
+    os.remove(path / "train-labels-idx1-ubyte.gz")
+    (path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (20).to_bytes(4, "big") + labels.tobytes())
+    assert FashionMNISTSource("train", str(path)).fingerprint() == original
+    # a resume on other content is refused; a checkpoint from before the digest names the count only
+    pipeline = Pipeline(FashionMNISTSource("train", str(path)), Transform(28, 1), 4)
+    state = dict(pipeline.state(), next_step=2)
+    with pytest.raises(DataError, match=f"fingerprint: '{inverted}' in the checkpoint"):
+        pipeline.restore(dict(state, fingerprint=inverted))
+    pipeline.restore(dict(state, fingerprint="fashion_mnist:train:20"))
+    assert pipeline.step == 2
 
 
 def test_missing_files_say_how_to_get_them(tmp_path):

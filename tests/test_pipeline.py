@@ -201,6 +201,33 @@ def test_missing_folder_and_layout_errors_say_what_to_do(tmp_path):
         ImageFolderSource(str(tmp_path), "val", 32)
 
 
+def test_symlink_loops_are_listed_and_skipped_like_corrupt_files(image_folder):
+    """Image files symlinked to each other used to stop the listing with OSError: [Errno 40]."""
+    cat = image_folder / "train" / "cat"
+    os.symlink(cat / "loop_b.png", cat / "loop_a.png")
+    os.symlink(cat / "loop_a.png", cat / "loop_b.png")
+    os.symlink(cat / "nowhere", image_folder / "train" / "dog")  # a dangling class folder: not a class
+    src = build_source(folder_config(image_folder))
+    assert len(src) == 15 and src.classes == ("ant", "bee", "cat")
+    loop = next(i for i in range(15) if src.path(i).endswith("loop_a.png"))
+    p = Pipeline.from_config(folder_config(image_folder, max_bad_fraction=0.0), start_step=0)
+    with p, pytest.raises(DataError, match="loop_a.png|loop_b.png"):
+        for _ in range(10):
+            next(p)
+    with pytest.raises(DataError, match=f"cannot decode image .*{src.path(loop)}"):
+        src.images([loop])
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped_to_white(tmp_path):
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    gray = np.asarray(load_image(str(tmp_path / "deep.png"), 1))
+    np.testing.assert_array_equal(gray, (ramp >> 8).astype(np.uint8))
+    rgb = np.asarray(load_image(str(tmp_path / "deep.png"), 3))
+    np.testing.assert_array_equal(rgb[..., 1], (ramp >> 8).astype(np.uint8))
+
+
 # ---- Fashion-MNIST and TFDS -------------------------------------------------------------------
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz")),

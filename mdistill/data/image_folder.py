@@ -15,6 +15,13 @@ EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff",
 LAYOUT = "<path>/<split>/<class>/<image> (ImageNet layout: train/n01440764/n01440764_10026.JPEG)"
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop (ELOOP): no folder
+        return False
+
+
 @functools.lru_cache(maxsize=4)
 def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """(class names, relative paths as bytes, labels), sorted; cached so that planning and
@@ -26,11 +33,14 @@ def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray
             f"image folder {split_dir!r} does not exist"
             + (f" ({parent!r} holds {there[:10]})" if there is not None else f" (nor does {parent!r})")
             + f". Expected {LAYOUT}; set config.data.path to <path> and config.data.split to <split>.")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in os.scandir(split_dir) if _is_dir(e) and not e.name.startswith("."))
     paths, labels = [], []
     for label, name in enumerate(classes):
+        # links that lead nowhere (dangling, or a loop) are listed too: reading them fails by
+        # name in the pipeline, which skips and counts them like corrupt files
         files = sorted(e.name for e in os.scandir(os.path.join(split_dir, name))
-                       if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(EXTENSIONS))
+                       if (e.is_symlink() or e.is_file()) and not _is_dir(e) and not e.name.startswith(".")
+                       and e.name.lower().endswith(EXTENSIONS))
         paths += [f"{name}/{f}" for f in files]
         labels += [label] * len(files)
     if not paths:
@@ -73,6 +83,7 @@ class ImageFolderSource:
     def images(self, indices) -> np.ndarray:
         """Evaluation view: resized and centre-cropped to image_size. A file that cannot be
         decoded is an error here, naming it (training skips such files instead)."""
+        from mdistill.data.pipeline import DataError
         from mdistill.data.transforms import Transform, load_image
 
         transform = Transform(self.image_size, self.channels, "none")
@@ -81,6 +92,6 @@ class ImageFolderSource:
             try:
                 img = load_image(self.path(i), self.channels, transform.min_side())
             except Exception as e:
-                raise ValueError(f"cannot decode image {self.path(i)!r} ({type(e).__name__}: {e})") from e
+                raise DataError(f"cannot decode image {self.path(i)!r} ({type(e).__name__}: {e})") from e
             out.append(transform(img))
         return np.stack(out)

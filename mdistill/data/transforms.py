@@ -77,6 +77,9 @@ def load_image(raw, channels: int, min_side: int = 0):
     with Image.open(src) as img:
         if min_side and img.format == "JPEG":
             img.draft("L" if channels == 1 else "RGB", (min_side, min_side))
+        if img.mode.startswith("I;16") or img.mode == "I":
+            # 16-bit grayscale (PNG, TIFF): convert() would clip every value above 255 to white
+            img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
         return img.convert("L" if channels == 1 else "RGB")  # decodes; raises if corrupt
 
 
