@@ -9,11 +9,15 @@ identifies the data), which the resumed pipeline checks (mdistill/data/pipeline.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -33,6 +37,57 @@ class CheckpointError(RuntimeError):
     pass
 
 
+LOCK_FILE = ".lock"  # in the workdir; names the run holding it: "pid <pid> on <host> since <time>"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Hold the workdir for one run while the block runs: an exclusive flock on
+    <workdir>/.lock, so a second run fails at once, naming the holder, instead of mixing its
+    metrics and checkpoints into this one. The kernel drops the lock when its holder dies,
+    however it dies (SIGKILL included), so it is never left stuck. Only the primary process
+    takes it; on multi-host runs the others learn from it whether it got it."""
+    fd, held, holder = None, True, "another run"
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held, holder = False, _lock_holder(fd)
+        except OSError as e:  # a filesystem without locks (some network mounts): run, but say so
+            log(f"WARNING: cannot lock {path} ({e}): nothing stops a second run from using this workdir")
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      "\n".encode(), 0)
+    if jax.process_count() > 1:  # the other processes stop too, rather than wait for process 0
+        from jax.experimental import multihost_utils
+
+        held = bool(multihost_utils.broadcast_one_to_all(np.int32(held)))
+    if not held:
+        if fd is not None:
+            os.close(fd)
+        raise CheckpointError(f"workdir {workdir} is in use by {holder}: two runs in one workdir would mix their "
+                              "metrics and delete each other's checkpoints. Wait for it to end, or use another "
+                              "--workdir.")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """The holder's line in the lock file (it writes it just after locking: wait a little)."""
+    for _ in range(20):
+        text = os.pread(fd, 300, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "another run"
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -47,7 +102,11 @@ def manager(directory: str, keep: int | None = None, best_metric: str = "", crea
     if best_metric:
         mode, _, name = best_metric.rpartition(":")
         policies.append(pp.BestN(get_metric_fn=lambda m: m[name], reverse=mode != "max", n=1))
-    options = ocp.CheckpointManagerOptions(create=create, preservation_policy=pp.AnyPreservationPolicy(policies))
+    # Folders are created inside save(), so a failure to create them raises there. Created in
+    # the background, a failure left Orbax's other threads waiting 5 minutes for its signal,
+    # and the process could not exit until then.
+    options = ocp.CheckpointManagerOptions(create=create, preservation_policy=pp.AnyPreservationPolicy(policies),
+                                           async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
@@ -88,21 +147,69 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
     return out["params"], out["opt_state"], out["meta"]
 
 
-def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_opt_state):
-    """The newest checkpoint that restores, or None. One that fails to read (truncated,
-    corrupt) is moved aside to checkpoints/corrupt-<step>-<time>, never deleted, and the
-    previous one is tried."""
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_opt_state,
+                        config: dict | None = None):
+    """The newest checkpoint that restores, or None.
+
+    Only a checkpoint proven unreadable (its files do not read back even as they were saved:
+    truncated, corrupt) is moved aside, to checkpoints/corrupt-<step>-<time>, never deleted,
+    and the previous one is tried. Anything else is refused with a CheckpointError and
+    nothing is moved: a `config` that differs from the checkpoint's in a field outside
+    RESUMABLE_CHANGES (listed), a checkpoint that reads but does not fit the abstract state
+    (the code changed), an error of the environment (permissions, memory)."""
     for step in sorted(mngr.all_steps(), reverse=True):
+        where = f"checkpoint {step} in {mngr.directory}"
+        try:
+            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            _set_aside_if_unreadable(mngr, step, e)
+            continue
+        changes = config_changes(meta.get("config", {}), config) if config is not None else []
+        if changes:
+            raise CheckpointError(f"{where} was saved by a run with a different config; resuming would mix two "
+                                  "experiments, so nothing was resumed and nothing was changed. Use another "
+                                  "--workdir, or undo these changes:\n" + "\n".join(changes))
         try:
             return restore(mngr, step, abstract_params, abstract_opt_state)
-        except Exception as e:  # Orbax/TensorStore raise many types for damaged files
-            if jax.process_index() == 0:
-                aside = os.path.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
-                os.rename(os.path.join(str(mngr.directory), str(step)), aside)
-                log(f"WARNING: checkpoint {step} could not be read ({type(e).__name__}: {str(e)[:200]}); "
-                    f"moved to {aside}, trying the previous one")
-            mngr.reload()
+        except Exception as e:  # Orbax/TensorStore raise many types, for damaged files and for mismatches
+            unreadable = _read_as_saved(mngr, step)
+            if unreadable is None:
+                raise CheckpointError(f"{where} is readable but does not fit this run's model and optimizer (did "
+                                      "the code change since it was saved?); nothing was changed. Use another "
+                                      f"--workdir, or the version that wrote it. ({type(e).__name__}: "
+                                      f"{str(e)[:500]})") from e
+            _set_aside_if_unreadable(mngr, step, unreadable)
     return None
+
+
+def _environmental(error: Exception) -> bool:
+    """An error that says nothing about the files' content."""
+    return isinstance(error, (PermissionError, MemoryError)) or "PERMISSION_DENIED" in str(error)
+
+
+def _read_as_saved(mngr, step: int) -> Exception | None:
+    """Read the step's arrays into host memory in their own saved structure: None if they
+    read, else the error (the proof that the files, not the target, are at fault)."""
+    try:
+        saved = mngr.item_metadata(step)
+        as_saved = {k: ocp.args.StandardRestore(jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved[k]))
+                    for k in ("params", "opt_state")}
+        mngr.restore(step, args=ocp.args.Composite(**as_saved))
+        return None
+    except Exception as e:
+        return e
+
+
+def _set_aside_if_unreadable(mngr, step: int, error: Exception) -> None:
+    if _environmental(error):
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} could not be read ({type(error).__name__}: "
+                              f"{str(error)[:300]}); nothing was changed. Fix the cause and rerun.") from error
+    if jax.process_index() == 0:
+        aside = os.path.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
+        os.rename(os.path.join(str(mngr.directory), str(step)), aside)
+        log(f"WARNING: checkpoint {step} could not be read ({type(error).__name__}: {str(error)[:200]}); "
+            f"moved to {aside}, trying the previous one")
+    mngr.reload()
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:

@@ -485,6 +485,9 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
                     num_classes: int = 1000, posemb: str = "interpolate") -> dict:
     """Write the student encoder of an mdistill checkpoint as {'model': state_dict} (.pth),
     pos_embed for `image_size` (default: the run's; see export_state_dict)."""
+    if os.path.isdir(out):  # checked first: torch.save would fail on it only after the reading
+        raise ValueError(f"--output {out!r} is a folder: name the file to write, e.g. "
+                         f"{os.path.join(out, 'student.pth')}")
     import jax
     import torch
 
@@ -541,6 +544,8 @@ def main(argv=None) -> None:
     ap.add_argument("--global_pool", action="store_true", help="export: fc_norm for average pooling")
     ap.add_argument("--num_classes", type=int, default=1000, help="export: zero head rows (0: no head)")
     args = ap.parse_args(argv)
+    from mdistill.checkpoint import CheckpointError
+
     try:
         if args.export:
             sd = export_to_torch(args.input, args.output, args.image_size, args.global_pool, args.num_classes,
@@ -549,7 +554,7 @@ def main(argv=None) -> None:
         else:
             arch = convert_to_orbax(args.input, args.output, args.variant, args.ignore, args.decoder_heads)
             print(f"wrote {args.output}: {arch.describe()}, {arch.spec.num_heads} heads, {arch.image_size}px")
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -6,6 +6,8 @@ no training) and prints a JSON summary as its last line."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -41,16 +43,40 @@ def main(argv):
         raise app.UsageError("--workdir is required for training")
     try:
         train.train(config, _WORKDIR.value, mesh)
-    except (CheckpointError, DataError, FloatingPointError, FileNotFoundError) as e:
+    except (validation.ConfigError, CheckpointError, DataError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
 
 
-def run():
-    from mdistill import hugepages
+def parse_flags(argv):
+    """absl's parsing, with an unknown --config.<field> as one line instead of a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:  # what ml_collections raises for a field it lacks
+        text = e
+        while isinstance(text, BaseException):  # AttributeError(KeyError(message))
+            text = text.args[0] if text.args else ""
+        text = str(text)
+        for arg in (a for a in argv[1:] if a.startswith("--config.")):
+            path = arg.partition("=")[0].removeprefix("--config.")
+            missing = next((name for name in path.split(".") if f"'{name}'" in text), None)
+            if missing or f"lookup: {path}" in text:
+                hint = re.search(r'Did you mean "([^"]+)"', text)
+                sys.exit(f"error: {arg}: the config has no field {missing or path!r}"
+                         + (f" (did you mean {hint[1]!r}?)" if hint else ""))
+        raise
 
+
+def run():
+    from mdistill import hugepages, preemption
+
+    # A SIGTERM from now on stops the run cleanly (mdistill.preemption). It waits, blocked,
+    # while hugepages may re-execute the process: the mask survives execve, a handler does not.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     hugepages.ensure()  # re-executes once with huge-page malloc; before JAX is imported
+    preemption.catch_early()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

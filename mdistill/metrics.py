@@ -19,6 +19,7 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
+        self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         from tensorboardX import SummaryWriter
@@ -40,6 +41,14 @@ class MetricsWriter:
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+        """Close both files, even when one fails (a full disk); the first failure is raised."""
+        if not self.enabled:
+            return
+        errors = []
+        for close in (self._jsonl.close, self._tb.close):
+            try:
+                close()
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise OSError(f"could not finish writing the metrics in {self.workdir}: {errors[0]}") from errors[0]

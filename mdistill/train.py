@@ -19,6 +19,7 @@ from mdistill.evaluate.knn import KNNMonitor
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
+from mdistill.validation import BEST_METRIC_FORM, ConfigError
 
 
 @flax.struct.dataclass
@@ -163,6 +164,12 @@ class Trainer:
         metrics = dict(metrics, lr=self.lr_schedule(state.step), grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, opt_state), metrics
 
+    def metric_names(self) -> set[str]:
+        """The metrics each step returns (the objective's, lr, grad_norm): traced, not run."""
+        _, metrics = jax.eval_shape(self._train_step, self.abstract_state(), self.abstract_teacher(),
+                                    self.batch_shape())
+        return set(metrics)
+
     def compiled_step(self):
         """The step compiled abstractly (no data, no parameters in memory)."""
         return self.step_fn.lower(self.abstract_state(), self.abstract_teacher(), self.batch_shape()).compile()
@@ -237,29 +244,47 @@ def memory_of(compiled) -> dict:
 
 
 def ensure_writable(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
+    """The workdir and its checkpoints/ folder exist and take files: found now, not at the
+    first save after all the training."""
+    ckpt = checkpoint.checkpoint_dir(workdir)
+    if os.path.lexists(ckpt) and not os.path.isdir(ckpt):
+        kind = "a dangling symlink" if os.path.islink(ckpt) else "a file"
+        raise checkpoint.CheckpointError(f"{ckpt} is not a folder ({kind}): checkpoints cannot be saved there. "
+                                         "Move it away, or use another --workdir.")
+    for folder in (workdir, ckpt):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".write-test-{os.getpid()}")  # one per process, wherever it runs
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+def check_best_metric(config, trainer: Trainer, knn: KNNMonitor) -> None:
+    """config.best_metric must name a metric every checkpoint is saved with: the step's, and
+    the k-NN monitor's when it runs."""
+    name = config.best_metric.rpartition(":")[2]
+    if not name:
+        return
+    logged = trainer.metric_names()  # traced: seconds for large models, so only when asked
+    if knn.every:  # top-5 only with at least 5 classes (mdistill.evaluate.knn)
+        logged |= {"knn_top1", "knn_seconds"} | ({"knn_top5"} if knn.num_classes >= 5 else set())
+    if name not in logged:
+        raise ConfigError(f"config.best_metric={config.best_metric!r} is invalid: this run logs no {name!r} at "
+                          f"its checkpoints; expected one of {sorted(logged)}, as {BEST_METRIC_FORM}")
 
 
 def resume_or_init(trainer: Trainer, mngr) -> tuple[TrainState, dict | None]:
     """The latest readable checkpoint's state and its input-pipeline state, or a fresh state
-    and None. Refuses a checkpoint whose config differs in anything that changes the model,
-    optimizer or data."""
+    and None. Refuses (moving nothing) a checkpoint whose config differs in anything that
+    changes the model, optimizer or data, or that does not fit the model."""
     abstract = trainer.abstract_state()
-    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state)
+    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict())
     if restored is None:
         return trainer.init_state(), None
     params, opt_state, meta = restored
-    changes = checkpoint.config_changes(meta["config"], trainer.config.to_dict())
-    if changes:
-        raise checkpoint.CheckpointError(f"{mngr.directory} holds a run with a different config; resuming would mix "
-                         "two experiments. Use another --workdir, or undo these changes:\n" + "\n".join(changes))
     log(f"resumed from {mngr.directory}/{meta['step']}")
     return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state), meta.get("data")
 
@@ -277,26 +302,38 @@ def check_finite(records: list[dict], mngr) -> None:
 
 def train(config, workdir: str, mesh=None) -> dict:
     """Run (or resume) training; returns the last logged metrics."""
-    mesh = mesh or sharding.make_mesh()
+    preemption = PreemptionWatcher()  # first: a SIGTERM during set-up ends the run before its first step
+    try:
+        ensure_writable(workdir)
+        with checkpoint.workdir_lock(workdir):  # one run per workdir
+            return _train(config, workdir, mesh or sharding.make_mesh(), preemption)
+    finally:
+        preemption.close()
+
+
+def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
     trainer = Trainer(config, mesh)
     plan = trainer.plan
-    ensure_writable(workdir)
     knn = KNNMonitor(config, mesh)  # k-NN of the student every eval.knn_every steps (labels read now)
+    check_best_metric(config, trainer, knn)
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
     state, data_state = resume_or_init(trainer, mngr)
     start = int(state.step)
+    if preemption.requested:
+        log("SIGTERM before the first step: nothing to save, stopping; rerun the same command to resume")
+        return {}
     # grain workers start decoding now, while the step compiles
     batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
     pictures = (visualize.ReconstructionWriter(trainer, workdir, data.build_source(config).images(np.arange(8)),
                                                tensorboard=writer.tensorboard) if config.visualize_every else None)
-    preemption = PreemptionWatcher()
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
 
     pending, window, last = [], [], {}
     t_log, step_log = time.time(), start
+    error = None
     try:
         for step in range(start, plan.total_steps):
             state, metrics = trainer.step_fn(state, teacher_params, next(batches))
@@ -332,19 +369,34 @@ def train(config, workdir: str, mesh=None) -> dict:
             if stop and not is_last:
                 log(f"SIGTERM: saved step {done}, stopping; rerun the same command to resume")
                 break
-    except BaseException:
+        checkpoint.wait(mngr)  # the last save completes (or fails, named) before we return
+    except BaseException as e:
+        error = e
         try:  # let the last good save complete, without hiding the error that stopped us
             mngr.wait_until_finished()
         except Exception:
             pass
         raise
-    else:
-        checkpoint.wait(mngr)  # the last save completes (or fails, named) before we return
     finally:
-        writer.close()
-        preemption.close()
-        batches.close()
+        close_all((writer.close, batches.close), error)
     return last
+
+
+def close_all(closers, error: BaseException | None) -> None:
+    """Run every closer. When `error` stops the run, a closer's failure (often of the same
+    cause: a full disk) is logged, never raised over it: the first error wins. Otherwise the
+    first failure is raised once all have run."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            if error is None and first is None:
+                first = e
+            else:
+                log(f"WARNING: {getattr(close, '__qualname__', close)} failed too ({type(e).__name__}: {e})")
+    if first is not None:
+        raise first
 
 
 def format_line(step: int, total: int, m: dict, eta: float) -> str:
