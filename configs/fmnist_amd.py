@@ -22,5 +22,6 @@ def get_config(arg=None):
     c.amd.update(teacher_mask_ratio=0.75, pairs=((1, 2), (3, 5)), generator_depth=2, generator_heads=2,
                  loss="l2", normalize=False)
     c.optim.grad_clip = 0.02
-    c.total_steps, c.warmup_steps = 500, 50
+    c.batch_size = 128
+    c.total_steps, c.warmup_steps = 400, 40
     return apply_smoke(c) if arg == "smoke" else c

@@ -1,0 +1,398 @@
+"""Does distillation pay? The Fashion-MNIST study: one MAE teacher, then the same small
+student pre-trained alone (MAE) and with the teacher (DMAE, AMD) at equal budgets and
+paired seeds, every encoder beside raw pixels and a random encoder of its architecture.
+
+  python benchmarks/fmnist/study.py run [--groups=teacher,core,sweeps] [--max_minutes=M]
+  python benchmarks/fmnist/study.py report        # tables and plots from results.json only
+  python benchmarks/fmnist/study.py plan          # the runs, and which are recorded
+
+`run` executes the planned runs that results.json does not hold yet (a run is recorded
+with its settings; changed settings make it run again), each through mdistill's own
+commands: pre-training (`python -m mdistill.main`), then k-NN and the linear probe from one
+feature pass (`python -m mdistill.evaluate.linprobe --config.knn=True`, all 60k train and
+10k test images). Every finished run is written to results.json at once, with its
+settings, seed, code revision and wall times, so an interrupted study, or one spread over
+several sessions, continues where it stopped; `report` regenerates results.md and the plots
+from results.json alone, so committed numbers come from committed code.
+
+The teacher is trained once (with the k-NN monitor, for its curve) in <out>/teacher; a
+later session without that folder trains it again, and its parameters' digest is compared
+with the recorded one (XLA on CPU is deterministic: same machine type, same teacher). The
+students of one results.json must share one teacher: a different digest stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+HERE = os.path.join(ROOT, "benchmarks", "fmnist")
+TEACHER_VARIANT, STUDENT_VARIANT = "xs/4", "mu/4"
+BUDGETS = (100, 200, 400)  # student pre-training steps (batch 128): 0.2, 0.4 and 0.9 epochs
+SEEDS = (0, 1, 2)
+SWEEP_BUDGET = 200
+METHOD_CONFIGS = {"mae": ("configs/fmnist_dmae.py", ("--config.method=mae",)),
+                  "dmae": ("configs/fmnist_dmae.py", ()),
+                  "amd": ("configs/fmnist_amd.py", ())}
+# One-factor sweeps at SWEEP_BUDGET, each against the MAE student of the same seed:
+# name -> (method, overrides). The core configs' settings are the reference point.
+SWEEPS = {
+    "dmae_weight1": ("dmae", ("--config.distill.weight=1.0",)),    # the paper's weight
+    "dmae_weight3": ("dmae", ("--config.distill.weight=3.0",)),
+    "dmae_weight30": ("dmae", ("--config.distill.weight=30.0",)),
+    "dmae_last_blocks": ("dmae", ("--config.distill.pairs=((3,5),)",)),  # last <-> last
+    "dmae_mask0.9": ("dmae", ("--config.mask_ratio=0.9",)),          # DMAE's high-mask claim
+    "dmae_mask0.95": ("dmae", ("--config.mask_ratio=0.95",)),
+    "amd_weights0.3": ("amd", ("--config.amd.dir_weight=0.3", "--config.amd.gen_weight=0.3")),
+    "amd_weights3": ("amd", ("--config.amd.dir_weight=3.0", "--config.amd.gen_weight=3.0")),
+}
+EVAL = ("--config.knn=True", "--config.train_examples=-1", "--config.test_examples=-1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    group: str          # teacher | core | sweeps
+    method: str
+    config: str
+    overrides: tuple
+    seed: int
+    steps: int          # -1: the config's own
+    variant: str
+
+    def settings(self) -> dict:
+        return {"group": self.group, "method": self.method, "config": self.config, "overrides": list(self.overrides),
+                "seed": self.seed, "steps": self.steps, "variant": self.variant, "eval": list(EVAL)}
+
+
+def plan() -> list[Run]:
+    runs = [Run("teacher", "teacher", "mae", "configs/fmnist_mae_teacher.py", (), 0, -1, TEACHER_VARIANT)]
+    for steps in BUDGETS:
+        for seed in SEEDS:
+            for method, (config, extra) in METHOD_CONFIGS.items():
+                runs.append(Run(f"{method}_b{steps}_s{seed}", "core", method, config, extra, seed, steps,
+                                STUDENT_VARIANT))
+    for seed in SEEDS:
+        for name, (method, extra) in SWEEPS.items():
+            config, base = METHOD_CONFIGS[method]
+            runs.append(Run(f"{name}_b{SWEEP_BUDGET}_s{seed}", "sweeps", method, config, base + extra, seed,
+                            SWEEP_BUDGET, STUDENT_VARIANT))
+    return runs
+
+
+# ---- running ------------------------------------------------------------------------------
+def revision() -> tuple[str, list[str]]:
+    """The code's git revision ('+dirty' when tracked files differ from it) and those files."""
+    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.split("\n")
+    dirty = sorted(line[3:] for line in dirty if line.strip())
+    return (rev.stdout.strip() or "unknown") + ("+dirty" if dirty else ""), dirty
+
+
+def execute(cmd: list[str], log_path: str) -> float:
+    """Run a command from the repository root, its output appended to log_path; seconds."""
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+    return time.time() - t0
+
+
+def params_digest(workdir: str) -> str:
+    """sha256 of the encoder's parameters in the run's latest checkpoint."""
+    from mdistill import checkpoint
+    from mdistill.evaluate.common import encoder_params
+
+    params, _ = checkpoint.load_params(workdir, None)
+    h = hashlib.sha256()
+    for leaf in _leaves(encoder_params(params)):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for k in sorted(tree):
+            yield from _leaves(tree[k])
+    else:
+        yield tree
+
+
+def metrics_of(workdir: str) -> list[dict]:
+    by_step = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                by_step.setdefault(r["step"], {}).update(r)  # a resumed run may log a step twice
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bool) -> dict:
+    workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
+    cmd = [sys.executable, "-m", "mdistill.main", f"--config={run.config}", f"--workdir={workdir}",
+           f"--config.seed={run.seed}", *data, *run.overrides]
+    if run.steps > 0:
+        cmd += [f"--config.total_steps={run.steps}", f"--config.warmup_steps={max(run.steps // 10, 1)}",
+                f"--config.log_every={max(run.steps // 10, 1)}", f"--config.checkpoint_every={run.steps}"]
+    if run.group == "teacher":
+        cmd += ["--config.eval.knn_every=100"]  # the curve: k-NN on 10k/2k every 100 steps
+    else:
+        cmd += [f"--config.teacher.checkpoint={teacher_dir}"]
+    pretrain_seconds = execute(cmd, log)
+    eval_dir = os.path.join(workdir, "linprobe")
+    eval_seconds = execute([sys.executable, "-m", "mdistill.evaluate.linprobe", "--config=configs/linprobe_fmnist.py",
+                            f"--config.pretrained={workdir}", f"--config.student.variant={run.variant}",
+                            f"--config.baselines={baselines}", f"--workdir={eval_dir}", *data, *EVAL], log)
+    with open(os.path.join(eval_dir, "linprobe.json")) as f:
+        ev = json.load(f)
+    records = metrics_of(workdir)
+    last = [r for r in records if "loss" in r][-1]
+    rev, dirty = revision()
+    record = {**run.settings(), "revision": rev, "dirty_files": dirty, "pretrain_seconds": round(pretrain_seconds, 1),
+              "eval_seconds": round(eval_seconds, 1), "knn_top1": ev["knn_top1"], "probe_top1": ev["top1"],
+              "final": {k: v for k, v in last.items() if k.endswith("loss")}, "digest": params_digest(workdir),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if run.group == "teacher":
+        record["knn_curve"] = [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r]
+    if baselines:
+        record["baselines"] = {name: {"knn_top1": b["knn_top1"], "probe_top1": b["top1"]}
+                               for name, b in ev["baselines"].items()}
+    return record
+
+
+def load_results(path: str) -> dict:
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"runs": {}}
+
+
+def save_results(path: str, results: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)  # never a half-written results.json
+
+
+def is_recorded(results: dict, run: Run) -> bool:
+    r = results["runs"].get(run.name)
+    return r is not None and all(r.get(k) == v for k, v in run.settings().items())
+
+
+def cmd_run(args) -> None:
+    groups = args.groups.split(",")
+    todo = [r for r in plan() if r.group in groups or r.group == "teacher"]
+    results = load_results(args.results)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    data = [f"--config.data.path={args.data_path}"]
+    teacher_dir = os.path.join(out, "teacher")
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes > 0 else math.inf
+    for run in todo:
+        if time.time() > deadline:
+            print(f"--max_minutes={args.max_minutes} reached; rerun to continue")
+            break
+        if is_recorded(results, run):
+            if run.group == "teacher":
+                teacher = results["runs"]["teacher"]
+                if not os.path.isdir(os.path.join(teacher_dir, "checkpoints")):
+                    print("recorded teacher, but no checkpoint here: training it again for the students")
+                    run_one(run, out, data, teacher_dir, baselines=False)
+                digest = params_digest(teacher_dir)
+                if digest != teacher["digest"]:
+                    sys.exit(f"the teacher in {teacher_dir} (digest {digest}) is not the one the recorded students "
+                             f"learnt from ({teacher['digest']}); use another --results file or delete its runs")
+            continue
+        # The baselines are evaluated with the teacher (pixels, random xs/4) and with the first
+        # student of the core grid (random mu/4).
+        baselines = run.group == "teacher" or run.name == f"mae_b{BUDGETS[0]}_s{SEEDS[0]}"
+        if run.group != "teacher" and results["runs"].get("teacher", {}).get("digest") != params_digest(teacher_dir):
+            sys.exit("the teacher checkpoint does not match the recorded teacher; rerun with the teacher's group")
+        results["runs"][run.name] = run_one(run, out, data, teacher_dir, baselines)
+        save_results(args.results, results)
+        r = results["runs"][run.name]
+        print(f"{run.name}: k-NN {r['knn_top1']:.2f}, probe {r['probe_top1']:.2f} "
+              f"({r['pretrain_seconds']:.0f}s + {r['eval_seconds']:.0f}s)", flush=True)
+    cmd_report(args)
+
+
+# ---- reporting ------------------------------------------------------------------------------
+METRICS = (("knn_top1", "k-NN"), ("probe_top1", "linear probe"))
+
+
+def mean_std(values, digits: int = 2) -> str:
+    v = np.asarray(values, float)
+    if not len(v):
+        return "-"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+
+
+def diff_cell(diff: dict) -> str:
+    """'+1.23 [0.40, 2.06]' with the paired t interval, or '-' without pairs."""
+    from mdistill.evaluate import stats
+
+    if diff["n"] == 0:
+        return "-"
+    low, high = diff["t_ci"]
+    ci = "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
+    return f"{diff['mean']:+.2f}{ci} (n={diff['n']}, {stats.verdict(diff)})"
+
+
+def paired(runs: dict, a_prefix: str, b_prefix: str, metric: str):
+    """Values of a_prefix_s{seed} and b_prefix_s{seed} for the seeds both have."""
+    seeds = [s for s in SEEDS if f"{a_prefix}_s{s}" in runs and f"{b_prefix}_s{s}" in runs]
+    return ([runs[f"{a_prefix}_s{s}"][metric] for s in seeds], [runs[f"{b_prefix}_s{s}"][metric] for s in seeds])
+
+
+def report_text(results: dict) -> str:
+    from mdistill.evaluate import stats
+
+    runs = results["runs"]
+    lines = ["# Fashion-MNIST study: does distillation pay?", "",
+             "Generated by `python benchmarks/fmnist/study.py report` from results.json. Accuracies: top-1 (%) "
+             "on the 10k test images, k-NN (k=20, cosine, T=0.07, avg pool) and linear probe (cls token) "
+             "trained on all 60k train images; students `mu/4`, teacher `xs/4`; mean ± std over seeds; "
+             "differences are paired by seed, with their 95% t interval.", ""]
+    teacher = runs.get("teacher")
+    if teacher:
+        base = {**teacher.get("baselines", {})}
+        first = runs.get(f"mae_b{BUDGETS[0]}_s{SEEDS[0]}", {})
+        lines += ["## Baselines and the teacher", "", "| encoder | k-NN | linear probe |", "|---|---:|---:|"]
+        rows = [("raw pixels", base.get("pixels")), (f"random {TEACHER_VARIANT}", base.get("random")),
+                (f"random {STUDENT_VARIANT}", first.get("baselines", {}).get("random")),
+                (f"teacher {TEACHER_VARIANT} ({teacher['steps'] if teacher['steps'] > 0 else 'config'} steps)",
+                 teacher)]
+        lines += [f"| {name} | {r['knn_top1']:.2f} | {r['probe_top1']:.2f} |" for name, r in rows if r]
+        curve = ", ".join(f"{s}: {v:.1f}" for s, v in teacher.get("knn_curve", []))
+        lines += ["", f"Teacher k-NN monitor (10k/2k) by step: {curve}.", ""]
+
+    lines += ["## Students at equal budgets", "",
+              "| budget (steps) | method | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE |",
+              "|---:|---|---:|---:|---:|---|---|"]
+    for steps in BUDGETS:
+        for method in METHOD_CONFIGS:
+            done = [runs[f"{method}_b{steps}_s{s}"] for s in SEEDS if f"{method}_b{steps}_s{s}" in runs]
+            if not done:
+                continue
+            cells = [mean_std([r[m] for r in done]) for m, _ in METRICS]
+            diffs = ["" if method == "mae" else diff_cell(stats.paired_difference(
+                *paired(runs, f"{method}_b{steps}", f"mae_b{steps}", m))) for m, _ in METRICS]
+            lines.append(f"| {steps} | {method.upper()} | {len(done)} | {' | '.join(cells)} | {' | '.join(diffs)} |")
+
+    sweep_rows = []
+    for name, (method, extra) in SWEEPS.items():
+        prefix = f"{name}_b{SWEEP_BUDGET}"
+        done = [runs[f"{prefix}_s{s}"] for s in SEEDS if f"{prefix}_s{s}" in runs]
+        if done:
+            reference = f"{'mae' if method == 'mae' else method}_b{SWEEP_BUDGET}"
+            diffs = [diff_cell(stats.paired_difference(*paired(runs, prefix, f"mae_b{SWEEP_BUDGET}", m)))
+                     for m, _ in METRICS]
+            vs_core = diff_cell(stats.paired_difference(*paired(runs, prefix, reference, "knn_top1")))
+            sweep_rows.append(f"| {name} | {' '.join(extra)} | {len(done)} | "
+                              f"{' | '.join(mean_std([r[m] for r in done]) for m, _ in METRICS)} | "
+                              f"{' | '.join(diffs)} | {vs_core} |")
+    if sweep_rows:
+        lines += ["", f"## One-factor sweeps at {SWEEP_BUDGET} steps", "",
+                  "| variant | overrides | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE | "
+                  "k-NN vs the core config |", "|---|---|---:|---:|---:|---|---|---|", *sweep_rows]
+    revisions = sorted({r["revision"] for r in runs.values()})
+    digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"})
+    lines += ["", f"Runs recorded: {len(runs)} of {len(plan())} planned; code revisions: {', '.join(revisions)}; "
+              f"teacher digest: {', '.join(digests) or '-'}."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    teacher = runs.get("teacher")
+    if teacher and teacher.get("knn_curve"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        steps, values = zip(*teacher["knn_curve"])
+        ax.plot(steps, values, "o-", label=f"MAE teacher {TEACHER_VARIANT}")
+        for name, style in (("pixels", "--"), ("random", ":")):
+            b = teacher.get("baselines", {}).get(name)
+            if b:
+                ax.axhline(b["knn_top1"], linestyle=style, color="gray",
+                           label=f"{'raw pixels' if name == 'pixels' else 'random ' + TEACHER_VARIANT} (60k/10k)")
+        ax.set(xlabel="pre-training step (batch 128)", ylabel="k-NN top-1 (%), 10k/2k",
+               title="Fashion-MNIST teacher: k-NN during pre-training")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "teacher_curve.png"), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, title) in zip(axes, METRICS):
+        for i, method in enumerate(METHOD_CONFIGS):
+            xs, means, stds = [], [], []
+            for steps in BUDGETS:
+                v = [runs[f"{method}_b{steps}_s{s}"][metric] for s in SEEDS if f"{method}_b{steps}_s{s}" in runs]
+                if v:
+                    xs.append(steps), means.append(np.mean(v)), stds.append(np.std(v, ddof=1) if len(v) > 1 else 0)
+            if xs:
+                ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{i}",
+                            label=f"{method.upper()} student {STUDENT_VARIANT}")
+        if teacher:
+            ax.axhline(teacher[metric], color="k", linewidth=1, label="teacher")
+            for name, style in (("pixels", "--"), ("random", ":")):
+                b = teacher.get("baselines", {}).get(name)
+                if b:
+                    ax.axhline(b[metric], color="gray", linestyle=style,
+                               label="raw pixels" if name == "pixels" else f"random {TEACHER_VARIANT}")
+        ax.set(xscale="log", xlabel="student pre-training steps (batch 128)", ylabel=f"{title} top-1 (%)",
+               title=title)
+        ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "budget_curve.png"), dpi=120)
+    plt.close("all")
+
+
+def cmd_report(args) -> None:
+    results = load_results(args.results)
+    text = report_text(results)
+    out_dir = os.path.dirname(os.path.abspath(args.results))
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(text)
+    plots(results, out_dir)
+    print(text)
+
+
+def cmd_plan(args) -> None:
+    results = load_results(args.results)
+    for r in plan():
+        print(f"{'done' if is_recorded(results, r) else 'todo'}  {r.name:<28} {r.config} {' '.join(r.overrides)}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report", "plan"))
+    parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--out", default="runs/fmnist_study", help="workdirs (checkpoints, logs)")
+    parser.add_argument("--groups", default="teacher,core,sweeps", help="of teacher, core, sweeps")
+    parser.add_argument("--max_minutes", type=float, default=0, help="start no run after this long (0: no limit)")
+    parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    args = parser.parse_args()
+    {"run": cmd_run, "report": cmd_report, "plan": cmd_plan}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The Fashion-MNIST study's driver (benchmarks/fmnist/study.py): its plan, its cache of
+finished runs, and the tables and plots it regenerates from results.json alone."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from mdistill.evaluate import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "benchmarks/fmnist/study.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(study, run, knn, probe):
+    return {**run.settings(), "revision": "abc123", "pretrain_seconds": 60.0, "eval_seconds": 30.0,
+            "knn_top1": knn, "probe_top1": probe, "final": {"loss": 0.5}, "digest": "d1", "finished": "now"}
+
+
+def fake_results(study):
+    runs = {r.name: r for r in study.plan()}
+    out = {"teacher": {**record(study, runs["teacher"], 80.0, 78.0), "knn_curve": [[100, 60.0], [200, 70.0]],
+                       "baselines": {"pixels": {"knn_top1": 85.0, "probe_top1": 83.0},
+                                     "random": {"knn_top1": 62.0, "probe_top1": 70.0}}}}
+    b = study.BUDGETS[0]
+    for seed, (mae, dmae) in enumerate([(70.0, 72.1), (71.0, 72.4), (69.5, 71.0)]):
+        out[f"mae_b{b}_s{seed}"] = record(study, runs[f"mae_b{b}_s{seed}"], mae, mae - 1)
+        out[f"dmae_b{b}_s{seed}"] = record(study, runs[f"dmae_b{b}_s{seed}"], dmae, dmae - 1)
+    out[f"mae_b{b}_s0"]["baselines"] = {"pixels": {"knn_top1": 85.0, "probe_top1": 83.0},
+                                        "random": {"knn_top1": 61.0, "probe_top1": 69.0}}
+    return {"runs": out}
+
+
+def test_plan_pairs_every_student_with_its_mae_twin(study):
+    runs = study.plan()
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) and names[0] == "teacher"
+    for r in runs[1:]:
+        twin = f"mae_b{r.steps}_s{r.seed}"
+        assert twin in names, r.name
+        assert r.variant == study.STUDENT_VARIANT and r.steps > 0
+    assert {r.steps for r in runs if r.group == "core"} == set(study.BUDGETS)
+    assert len([r for r in runs if r.group == "core"]) == len(study.BUDGETS) * len(study.SEEDS) * 3
+    for r in runs:  # every config file the plan names exists
+        assert os.path.exists(os.path.join(ROOT, r.config)), r.config
+
+
+def test_recorded_runs_are_skipped_unless_their_settings_changed(study):
+    results = fake_results(study)
+    run = next(r for r in study.plan() if r.name == f"dmae_b{study.BUDGETS[0]}_s0")
+    assert study.is_recorded(results, run)
+    results["runs"][run.name]["overrides"] = ["--config.distill.weight=1.0"]
+    assert not study.is_recorded(results, run)
+    assert not study.is_recorded(results, next(r for r in study.plan() if r.group == "sweeps"))
+
+
+def test_report_shows_baselines_and_paired_differences(study, tmp_path):
+    results = fake_results(study)
+    text = study.report_text(results)
+    assert "| raw pixels | 85.00 | 83.00 |" in text and "| random xs/4 | 62.00 | 70.00 |" in text
+    assert "| random mu/4 | 61.00 | 69.00 |" in text
+    diff = stats.paired_difference([72.1, 72.4, 71.0], [70.0, 71.0, 69.5])
+    low, high = diff["t_ci"]
+    b = study.BUDGETS[0]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {b} | DMAE |"))
+    assert f"{diff['mean']:+.2f} [{low:+.2f}, {high:+.2f}] (n=3, {stats.verdict(diff)})" in row
+    assert "Teacher k-NN monitor (10k/2k) by step: 100: 60.0, 200: 70.0." in text
+    pytest.importorskip("matplotlib")
+    study.plots(results, str(tmp_path))
+    for name in ("teacher_curve.png", "budget_curve.png"):
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_save_results_is_atomic_and_round_trips(study, tmp_path):
+    path = str(tmp_path / "results.json")
+    study.save_results(path, fake_results(study))
+    assert study.load_results(path) == fake_results(study)
+    assert not os.path.exists(path + ".tmp")
+    assert study.load_results(str(tmp_path / "none.json")) == {"runs": {}}
