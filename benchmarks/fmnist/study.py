@@ -150,7 +150,7 @@ def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bo
         cmd += [f"--config.total_steps={run.steps}", f"--config.warmup_steps={max(run.steps // 10, 1)}",
                 f"--config.log_every={max(run.steps // 10, 1)}", f"--config.checkpoint_every={run.steps}"]
     if run.group == "teacher":
-        cmd += ["--config.eval.knn_every=100"]  # the curve: k-NN on 10k/2k every 100 steps
+        cmd += ["--config.eval.knn_every=200"]  # the curve: k-NN on 10k/2k every 200 steps
     else:
         cmd += [f"--config.teacher.checkpoint={teacher_dir}"]
     pretrain_seconds = execute(cmd, log)
