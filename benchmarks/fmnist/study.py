@@ -78,11 +78,15 @@ class Run:
 
 def plan() -> list[Run]:
     runs = [Run("teacher", "teacher", "mae", "configs/fmnist_mae_teacher.py", (), 0, -1, TEACHER_VARIANT)]
-    for steps in BUDGETS:
-        for seed in SEEDS:
-            for method, (config, extra) in METHOD_CONFIGS.items():
-                runs.append(Run(f"{method}_b{steps}_s{seed}", "core", method, config, extra, seed, steps,
-                                STUDENT_VARIANT))
+    # MAE and DMAE over every budget and seed first, then AMD: an interrupted study has
+    # complete pairs for the main comparison first.
+    for methods in (("mae", "dmae"), ("amd",)):
+        for steps in BUDGETS:
+            for seed in SEEDS:
+                for method in methods:
+                    config, extra = METHOD_CONFIGS[method]
+                    runs.append(Run(f"{method}_b{steps}_s{seed}", "core", method, config, extra, seed, steps,
+                                    STUDENT_VARIANT))
     for seed in SEEDS:
         for name, (method, extra) in SWEEPS.items():
             config, base = METHOD_CONFIGS[method]
