@@ -71,7 +71,7 @@ def contested(tmp_path_factory):
         seconds = time.time() - t0
     finally:
         first.send_signal(signal.SIGCONT)
-    out, err = first.communicate(timeout=600)
+    _, err = first.communicate(timeout=600)
     return workdir, first, err, second, seconds
 
 
