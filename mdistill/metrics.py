@@ -14,6 +14,21 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
+def read_metrics(workdir: str) -> list[dict]:
+    """<workdir>/metrics.jsonl as one record per step, in step order ([] without the file).
+    A resumed run may log a step twice, and the k-NN monitor logs on its own line: the
+    lines of one step are merged, later values winning."""
+    by_step = {}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    by_step.setdefault(record["step"], {}).update(record)
+    return [by_step[s] for s in sorted(by_step)]
+
+
 class MetricsWriter:
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0

@@ -15,21 +15,16 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+from mdistill.metrics import read_metrics  # noqa: E402
+
 MODELS = (("teacher", "teacher", "xs/4"), ("student_mae", "student_mae", "mu/4"),
           ("student_dmae", "student_dmae", "mu/4"))
 
 
 def last_metrics(workdir: str) -> dict:
-    """The last logged training metrics (a resumed run may log a step twice: the later wins)."""
-    by_step = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    r = json.loads(line)
-                    by_step.setdefault(r["step"], {}).update(r)
-    return by_step[max(by_step)] if by_step else {}
+    records = read_metrics(workdir)
+    return records[-1] if records else {}
 
 
 def evaluation(workdir: str) -> dict:

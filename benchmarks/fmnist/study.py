@@ -136,17 +136,9 @@ def _leaves(tree):
         yield tree
 
 
-def metrics_of(workdir: str) -> list[dict]:
-    by_step = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                by_step.setdefault(r["step"], {}).update(r)  # a resumed run may log a step twice
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bool) -> dict:
+    from mdistill.metrics import read_metrics
+
     workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
     cmd = [sys.executable, "-m", "mdistill.main", f"--config={run.config}", f"--workdir={workdir}",
            f"--config.seed={run.seed}", *data, *run.overrides]
@@ -164,7 +156,7 @@ def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bo
                             f"--config.baselines={baselines}", f"--workdir={eval_dir}", *data, *EVAL], log)
     with open(os.path.join(eval_dir, "linprobe.json")) as f:
         ev = json.load(f)
-    records = metrics_of(workdir)
+    records = read_metrics(workdir)
     last = [r for r in records if "loss" in r][-1]
     rev, dirty = revision()
     record = {**run.settings(), "revision": rev, "dirty_files": dirty, "pretrain_seconds": round(pretrain_seconds, 1),
