@@ -277,46 +277,40 @@ def test_linprobe_reports_the_same_knn_as_the_standalone_knn(pretrained, tmp_pat
         linprobe.run(c, str(tmp_path / "bad"))
 
 
-def test_knn_baselines_are_pixels_and_a_fixed_random_encoder(pretrained, tmp_path):
-    """--baselines: the pixel row is k-NN on the normalised, flattened images (computed here
-    with numpy), the random row a freshly initialised encoder of the run's architecture,
-    the same one every time."""
-    results = knn.evaluate_checkpoint(pretrained, str(tmp_path), baselines=True)
+def test_baselines_are_pixels_and_a_fixed_random_encoder_in_both_evaluators(pretrained, tmp_path):
+    """k-NN --baselines: the pixel row is k-NN on the normalised, flattened images (computed
+    here with numpy), the random row a freshly initialised encoder of the run's architecture,
+    the same one every time; the linear probe's baselines give the same k-NN."""
+    from configs.linprobe_fmnist import get_config
+
+    results = knn.evaluate_checkpoint(pretrained, str(tmp_path / "knn"), baselines=True)
     base = results["baselines"]
     c = common.run_config(common.checkpoint.load_params(pretrained, None)[1])
     c.eval.knn_every = 1
-    monitor = knn.KNNMonitor(c, sharding.make_mesh())
+    mesh = sharding.make_mesh()
+    monitor = knn.KNNMonitor(c, mesh)
     pixels = lambda split: ((split.images(np.arange(len(split))) / 255.0 - np.asarray(c.data.mean))  # noqa: E731
                             / np.asarray(c.data.std)).reshape(len(split), -1).astype(np.float32)
     expected = knn.knn_accuracy(pixels(monitor.train_split), monitor.train_split.labels,
                                 pixels(monitor.test_split), monitor.test_split.labels, c.eval.knn_k,
                                 c.eval.knn_temperature)
     assert base["pixels"]["knn_top1"] == pytest.approx(expected["knn_top1"], abs=1e-4)
-    again = monitor.run_encoder(common.baseline_params("random", c, sharding.make_mesh()))
+    again = monitor.run_encoder(common.baseline_params("random", c, mesh))
     assert base["random"]["knn_top1"] == again["knn_top1"] and base["random"]["knn_top5"] == again["knn_top5"]
-    mesh = sharding.make_mesh()
     other_seed = common.random_encoder(c.student.variant, c.image_size, c.data.channels, mesh, seed=1)
     assert not np.allclose(other_seed["cls_token"], common.baseline_params("random", c, mesh)["cls_token"])
-    saved = json.load(open(tmp_path / "knn.json"))
+    saved = json.load(open(tmp_path / "knn" / "knn.json"))
     assert set(saved["baselines"]) == {"pixels", "random"} and saved["knn_top1"] == results["knn_top1"]
     with pytest.raises(ValueError, match="baseline 'noise': expected one of"):
-        common.baseline_params("noise", c, None)
-
-
-def test_linprobe_baselines_beside_the_encoder(pretrained, tmp_path):
-    from configs.linprobe_fmnist import get_config
+        common.baseline_params("noise", c, mesh)
 
     c = get_config("smoke")
     c.pretrained, c.num_epochs, c.knn, c.baselines = pretrained, 1.0, True, True
-    c.train_examples, c.test_examples = 128, 64
-    results = linprobe.run(c, str(tmp_path))
-    assert set(results["baselines"]) == {"pixels", "random"}
-    for r in (results, *results["baselines"].values()):
+    c.train_examples, c.test_examples = 128, 64  # the run's knn_train_examples / knn_test_examples
+    probe = linprobe.run(c, str(tmp_path / "lp"))
+    assert set(probe["baselines"]) == {"pixels", "random"}
+    for r in (probe, *probe["baselines"].values()):
         assert 0.0 <= r["top1"] <= 100.0 and 0.0 <= r["knn_top1"] <= 100.0 and r["test_examples"] == 64
-    # the pixel row's k-NN is the standalone evaluator's on the same examples
-    standalone = knn.evaluate_checkpoint(pretrained, str(tmp_path / "knn"), baselines=True)
-    assert results["baselines"]["pixels"]["knn_top1"] == pytest.approx(
-        standalone["baselines"]["pixels"]["knn_top1"], abs=1e-4)
-    assert results["baselines"]["random"]["knn_top1"] == pytest.approx(
-        standalone["baselines"]["random"]["knn_top1"], abs=1e-4)
-    assert "| pixels |" in common.comparison_table(results["baselines"], ("knn_top1", "top1"))
+    for name in ("pixels", "random"):
+        assert probe["baselines"][name]["knn_top1"] == pytest.approx(base[name]["knn_top1"], abs=1e-4)
+    assert "| pixels |" in common.comparison_table(probe["baselines"], ("knn_top1", "top1"))
