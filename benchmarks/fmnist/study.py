@@ -255,6 +255,13 @@ def paired(runs: dict, a_prefix: str, b_prefix: str, metric: str):
     return ([runs[f"{a_prefix}_s{s}"][metric] for s in seeds], [runs[f"{b_prefix}_s{s}"][metric] for s in seeds])
 
 
+def teacher_steps(teacher: dict):
+    """The teacher's training steps: its own setting, else the last step its curve logged."""
+    if teacher["steps"] > 0:
+        return teacher["steps"]
+    return teacher["knn_curve"][-1][0] if teacher.get("knn_curve") else "the config's"
+
+
 def report_text(results: dict) -> str:
     from mdistill.evaluate import stats
 
@@ -271,8 +278,7 @@ def report_text(results: dict) -> str:
         lines += ["## Baselines and the teacher", "", "| encoder | k-NN | linear probe |", "|---|---:|---:|"]
         rows = [("raw pixels", base.get("pixels")), (f"random {TEACHER_VARIANT}", base.get("random")),
                 (f"random {STUDENT_VARIANT}", first.get("baselines", {}).get("random")),
-                (f"teacher {TEACHER_VARIANT} ({teacher['steps'] if teacher['steps'] > 0 else 'config'} steps)",
-                 teacher)]
+                (f"teacher {TEACHER_VARIANT} ({teacher_steps(teacher)} steps)", teacher)]
         lines += [f"| {name} | {r['knn_top1']:.2f} | {r['probe_top1']:.2f} |" for name, r in rows if r]
         curve = ", ".join(f"{s}: {v:.1f}" for s, v in teacher.get("knn_curve", []))
         lines += ["", f"Teacher k-NN monitor (10k/2k) by step: {curve}.", ""]
