@@ -54,8 +54,10 @@ SWEEPS = {
     "dmae_last_blocks": ("dmae", ("--config.distill.pairs=((3,5),)",)),  # last <-> last
     "dmae_mask0.9": ("dmae", ("--config.mask_ratio=0.9",)),          # DMAE's high-mask claim
     "dmae_mask0.95": ("dmae", ("--config.mask_ratio=0.95",)),
-    "amd_weights0.3": ("amd", ("--config.amd.dir_weight=0.3", "--config.amd.gen_weight=0.3")),
-    "amd_weights3": ("amd", ("--config.amd.dir_weight=3.0", "--config.amd.gen_weight=3.0")),
+    # AMD's L2 on raw features starts near 10 per alignment against a pixel loss of 0.65:
+    # weights that bring them to the pixel loss's scale
+    "amd_weights0.1": ("amd", ("--config.amd.dir_weight=0.1", "--config.amd.gen_weight=0.1")),
+    "amd_weights0.03": ("amd", ("--config.amd.dir_weight=0.03", "--config.amd.gen_weight=0.03")),
 }
 EVAL = ("--config.knn=True", "--config.train_examples=-1", "--config.test_examples=-1")
 
@@ -355,14 +357,16 @@ def plots(results: dict, out_dir: str) -> None:
                             label=f"{method.upper()} student {STUDENT_VARIANT}")
         if teacher:
             ax.axhline(teacher[metric], color="k", linewidth=1, label="teacher")
-            for name, style in (("pixels", "--"), ("random", ":")):
-                b = teacher.get("baselines", {}).get(name)
-                if b:
-                    ax.axhline(b[metric], color="gray", linestyle=style,
-                               label="raw pixels" if name == "pixels" else f"random {TEACHER_VARIANT}")
+            pixels = teacher.get("baselines", {}).get("pixels")
+            if pixels:
+                ax.axhline(pixels[metric], color="gray", linestyle="--", label="raw pixels")
+        random_student = runs.get(f"mae_b{BUDGETS[0]}_s{SEEDS[0]}", {}).get("baselines", {}).get("random")
+        if random_student:  # the students' own architecture, randomly initialised
+            ax.axhline(random_student[metric], color="gray", linestyle=":", label=f"random {STUDENT_VARIANT}")
         ax.set(xscale="log", xlabel="student pre-training steps (batch 128)", ylabel=f"{title} top-1 (%)",
                title=title)
         ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "budget_curve.png"), dpi=120)
