@@ -103,7 +103,9 @@ def revision() -> tuple[str, list[str]]:
     rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.split("\n")
-    dirty = sorted(line[3:] for line in dirty if line.strip())
+    outputs = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png")  # the study's own
+    dirty = sorted(line[3:] for line in dirty
+                   if line.strip() and not line[3:].startswith(tuple(f"benchmarks/fmnist/{o}" for o in outputs)))
     return (rev.stdout.strip() or "unknown") + ("+dirty" if dirty else ""), dirty
 
 
