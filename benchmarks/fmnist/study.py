@@ -305,7 +305,7 @@ def report_text(results: dict) -> str:
         prefix = f"{name}_b{SWEEP_BUDGET}"
         done = [runs[f"{prefix}_s{s}"] for s in SEEDS if f"{prefix}_s{s}" in runs]
         if done:
-            reference = f"{'mae' if method == 'mae' else method}_b{SWEEP_BUDGET}"
+            reference = f"{method}_b{SWEEP_BUDGET}"  # the core config of the same method
             diffs = [diff_cell(stats.paired_difference(*paired(runs, prefix, f"mae_b{SWEEP_BUDGET}", m)))
                      for m, _ in METRICS]
             vs_core = diff_cell(stats.paired_difference(*paired(runs, prefix, reference, "knn_top1")))
