@@ -45,13 +45,21 @@ def test_plan_pairs_every_student_with_its_mae_twin(study):
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) and names[0] == "teacher"
     for r in runs[1:]:
-        twin = f"mae_b{r.steps}_s{r.seed}"
+        twin = f"mae_b{r.steps or study.FINETUNE_BUDGET}_s{r.seed}"
         assert twin in names, r.name
-        assert r.variant == study.STUDENT_VARIANT and r.steps > 0
+        assert r.variant == study.STUDENT_VARIANT and (r.steps > 0 or r.method == "scratch")
+    finetune = [r for r in runs if r.group == "finetune"]
+    assert sorted(r.name for r in finetune) == sorted(study.finetune_name(m, s) for m in study.FINETUNE_METHODS
+                                                      for s in study.SEEDS)
+    # the students pre-trained again for fine-tuning run the core runs' own command
+    for r in finetune:
+        if r.method != "scratch":
+            core = next(c for c in runs if c.name == f"{r.method}_b{r.steps}_s{r.seed}")
+            assert study.pretrain_cmd(r, "w", [], "t") == study.pretrain_cmd(core, "w", [], "t")
     assert {r.steps for r in runs if r.group == "core"} == set(study.BUDGETS)
     assert len([r for r in runs if r.group == "core"]) == len(study.BUDGETS) * len(study.SEEDS) * 3
     for r in runs:  # every config file the plan names exists
-        assert os.path.exists(os.path.join(ROOT, r.config)), r.config
+        assert os.path.exists(os.path.join(ROOT, r.config.split(":")[0])), r.config
 
 
 def test_recorded_runs_are_skipped_unless_their_settings_changed(study):
@@ -87,3 +95,62 @@ def test_save_results_is_atomic_and_round_trips(study, tmp_path):
     assert study.load_results(path) == fake_results(study)
     assert not os.path.exists(path + ".tmp")
     assert study.load_results(str(tmp_path / "none.json")) == {"runs": {}}
+
+
+def test_report_shows_fine_tuning_against_mae_and_scratch(study):
+    results = fake_results(study)
+    runs = {r.name: r for r in study.plan()}
+    tuned = {"scratch": (80.0, 81.0, 79.0), "mae": (85.0, 86.5, 84.0), "dmae": (86.0, 87.0, 85.5)}
+    for method, values in tuned.items():
+        for seed, top1 in enumerate(values):
+            name = study.finetune_name(method, seed)
+            results["runs"][name] = {**runs[name].settings(), "revision": "abc", "top1": top1, "top5": 99.0,
+                                     "initial_top1": 10.0, "finetune_steps": 700, "pretrain_seconds": 0.0,
+                                     "curve": [[100, top1 - 10], [700, top1]]}
+    text = study.report_text(results)
+    row = next(line for line in text.splitlines() if line.startswith("| DMAE student"))
+    vs_mae = stats.paired_difference([86.0, 87.0, 85.5], [85.0, 86.5, 84.0])
+    vs_scratch = stats.paired_difference([86.0, 87.0, 85.5], [80.0, 81.0, 79.0])
+    assert row.startswith("| DMAE student, 400 steps | 3 | 86.17 ± 0.76 | 10.00 ± 0.00 |")
+    assert f"{vs_mae['mean']:+.2f} [{vs_mae['t_ci'][0]:+.2f}, {vs_mae['t_ci'][1]:+.2f}]" in row
+    assert f"{vs_scratch['mean']:+.2f} [{vs_scratch['t_ci'][0]:+.2f}, {vs_scratch['t_ci'][1]:+.2f}]" in row
+    assert "| scratch (random init) | 3 | 80.00 ± 1.00 |" in text
+
+
+def test_a_teacher_trained_again_is_recorded_as_another_instance(study, tmp_path, monkeypatch):
+    """A session without the teacher's checkpoint trains it again; where the result is not
+    bit-identical, the driver keeps both teachers and goes on (it used to stop)."""
+    results = fake_results(study)
+    teacher = next(r for r in study.plan() if r.group == "teacher")
+    (tmp_path / "teacher" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(study, "params_digest", lambda workdir: "d2")
+    monkeypatch.setattr(study, "linprobe_record", lambda *a, **k: {"eval_seconds": 1.0, "knn_top1": 81.0,
+                                                                   "probe_top1": 79.0})
+    monkeypatch.setattr(study, "revision", lambda: ("abc", []))
+    with open(tmp_path / "teacher" / "metrics.jsonl", "w") as f:
+        f.write('{"step": 200, "loss": 0.5, "knn_top1": 71.0}\n')
+    saved = []
+    digest = study.current_teacher(results, teacher, str(tmp_path), [], str(tmp_path / "teacher"),
+                                   lambda: saved.append(True))
+    assert digest == "d2" and saved and results["teachers"]["d2"]["knn_top1"] == 81.0
+    assert results["teachers"]["d2"]["knn_curve"] == [[200, 71.0]]
+    assert results["runs"]["teacher"]["digest"] == "d1"  # the recorded teacher stays
+    assert "teacher xs/4, trained again (d2) | 81.00 | 79.00 |" in study.report_text(results)
+    saved.clear()
+    assert study.current_teacher(results, teacher, str(tmp_path), [], str(tmp_path / "teacher"),
+                                 lambda: saved.append(True)) == "d2" and not saved
+
+
+def test_the_fine_tuning_config_is_the_recipe_the_study_states(study):
+    path, arg = study.FINETUNE_CONFIG.split(":")
+    spec = importlib.util.spec_from_file_location("finetune_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arg)
+    from mdistill.validation import validate
+
+    validate(c, num_devices=1)
+    assert (c.train_examples, c.batch_size, c.num_epochs, c.student.variant) == (6000, 256, 40.0, study.STUDENT_VARIANT)
+    assert c.total_steps < 0 and c.test_examples < 0  # the schedule from the epochs; all 10k test images
+    with pytest.raises(ValueError, match="unknown variant 'labels11'"):
+        module.get_config("labels11")

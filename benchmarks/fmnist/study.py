@@ -2,7 +2,7 @@
 student pre-trained alone (MAE) and with the teacher (DMAE, AMD) at equal budgets and
 paired seeds, every encoder beside raw pixels and a random encoder of its architecture.
 
-  python benchmarks/fmnist/study.py run [--groups=teacher,core,sweeps] [--max_minutes=M]
+  python benchmarks/fmnist/study.py run [--groups=teacher,core,finetune,sweeps] [--max_minutes=M]
   python benchmarks/fmnist/study.py report        # tables and plots from results.json only
   python benchmarks/fmnist/study.py plan          # the runs, and which are recorded
 
@@ -60,17 +60,24 @@ SWEEPS = {
     "amd_weights0.03": ("amd", ("--config.amd.dir_weight=0.03", "--config.amd.gen_weight=0.03")),
 }
 EVAL = ("--config.knn=True", "--config.train_examples=-1", "--config.test_examples=-1")
+# Fine-tuning: the students of FINETUNE_BUDGET steps, and the same architecture from random
+# initialisation ("scratch"), fine-tuned end to end on 10% of the train labels until the test
+# accuracy has flattened (the config says how that was measured).
+FINETUNE_BUDGET = 400
+FINETUNE_CONFIG = "configs/finetune_fmnist.py:labels10"
+FINETUNE_METHODS = ("scratch", "mae", "dmae", "amd")
+TEACHER_METHODS = ("dmae", "amd")  # students that learn from the teacher
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     name: str
-    group: str          # teacher | core | sweeps
+    group: str          # teacher | core | finetune | sweeps
     method: str
     config: str
     overrides: tuple
     seed: int
-    steps: int          # -1: the config's own
+    steps: int          # pre-training steps; -1: the config's own; 0: none (fine-tuned from scratch)
     variant: str
 
     def settings(self) -> dict:
@@ -90,6 +97,11 @@ def plan() -> list[Run]:
                     runs.append(Run(f"{method}_b{steps}_s{seed}", "core", method, config, extra, seed, steps,
                                     STUDENT_VARIANT))
     for seed in SEEDS:
+        for method in FINETUNE_METHODS:
+            steps = 0 if method == "scratch" else FINETUNE_BUDGET
+            runs.append(Run(f"ft_{method}" + (f"_b{steps}" if steps else "") + f"_s{seed}", "finetune", method,
+                            FINETUNE_CONFIG, (), seed, steps, STUDENT_VARIANT))
+    for seed in SEEDS:
         for name, (method, extra) in SWEEPS.items():
             config, base = METHOD_CONFIGS[method]
             runs.append(Run(f"{name}_b{SWEEP_BUDGET}_s{seed}", "sweeps", method, config, base + extra, seed,
@@ -103,7 +115,7 @@ def revision() -> tuple[str, list[str]]:
     rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.split("\n")
-    outputs = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png")  # the study's own
+    outputs = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png", "finetune_curve.png")
     dirty = sorted(line[3:] for line in dirty
                    if line.strip() and not line[3:].startswith(tuple(f"benchmarks/fmnist/{o}" for o in outputs)))
     return (rev.stdout.strip() or "unknown") + ("+dirty" if dirty else ""), dirty
@@ -140,12 +152,11 @@ def _leaves(tree):
         yield tree
 
 
-def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bool) -> dict:
-    from mdistill.metrics import read_metrics
-
-    workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
-    cmd = [sys.executable, "-m", "mdistill.main", f"--config={run.config}", f"--workdir={workdir}",
-           f"--config.seed={run.seed}", *data, *run.overrides]
+def pretrain_cmd(run: Run, workdir: str, data: list[str], teacher_dir: str) -> list[str]:
+    """`python -m mdistill.main` for the run's pre-training (a fine-tuning run: its student's)."""
+    config, overrides = METHOD_CONFIGS[run.method] if run.group == "finetune" else (run.config, run.overrides)
+    cmd = [sys.executable, "-m", "mdistill.main", f"--config={config}", f"--workdir={workdir}",
+           f"--config.seed={run.seed}", *data, *overrides]
     if run.steps > 0:
         cmd += [f"--config.total_steps={run.steps}", f"--config.warmup_steps={max(run.steps // 10, 1)}",
                 f"--config.log_every={max(run.steps // 10, 1)}", f"--config.checkpoint_every={run.steps}"]
@@ -153,26 +164,89 @@ def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bo
         cmd += ["--config.eval.knn_every=200"]  # the curve: k-NN on 10k/2k every 200 steps
     else:
         cmd += [f"--config.teacher.checkpoint={teacher_dir}"]
-    pretrain_seconds = execute(cmd, log)
+    return cmd
+
+
+def environment() -> dict:
+    import jax
+
+    return {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def linprobe_record(workdir: str, run: Run, data: list[str], log: str, baselines: bool) -> dict:
+    """k-NN and the linear probe of the encoder in workdir (evaluated unless <workdir>/linprobe
+    already holds this evaluation of it, as after an interrupted driver)."""
     eval_dir = os.path.join(workdir, "linprobe")
-    eval_seconds = execute([sys.executable, "-m", "mdistill.evaluate.linprobe", "--config=configs/linprobe_fmnist.py",
-                            f"--config.pretrained={workdir}", f"--config.student.variant={run.variant}",
-                            f"--config.baselines={baselines}", f"--workdir={eval_dir}", *data, *EVAL], log)
-    with open(os.path.join(eval_dir, "linprobe.json")) as f:
-        ev = json.load(f)
-    records = read_metrics(workdir)
-    last = [r for r in records if "loss" in r][-1]
-    rev, dirty = revision()
-    record = {**run.settings(), "revision": rev, "dirty_files": dirty, "pretrain_seconds": round(pretrain_seconds, 1),
-              "eval_seconds": round(eval_seconds, 1), "knn_top1": ev["knn_top1"], "probe_top1": ev["top1"],
-              "final": {k: v for k, v in last.items() if k.endswith("loss")}, "digest": params_digest(workdir),
-              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if run.group == "teacher":
-        record["knn_curve"] = [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r]
+    path, eval_seconds = os.path.join(eval_dir, "linprobe.json"), None
+    if os.path.exists(path):
+        with open(path) as f:
+            ev = json.load(f)
+        if ev.get("pretrained") != workdir or (baselines and "baselines" not in ev):
+            ev = None
+    else:
+        ev = None
+    if ev is None:
+        eval_seconds = execute([sys.executable, "-m", "mdistill.evaluate.linprobe",
+                                "--config=configs/linprobe_fmnist.py", f"--config.pretrained={workdir}",
+                                f"--config.student.variant={run.variant}", f"--config.baselines={baselines}",
+                                f"--workdir={eval_dir}", *data, *EVAL], log)
+        with open(path) as f:
+            ev = json.load(f)
+    record = {"eval_seconds": None if eval_seconds is None else round(eval_seconds, 1),
+              "knn_top1": ev["knn_top1"], "probe_top1": ev["top1"]}
     if baselines:
         record["baselines"] = {name: {"knn_top1": b["knn_top1"], "probe_top1": b["top1"]}
                                for name, b in ev["baselines"].items()}
     return record
+
+
+def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bool) -> dict:
+    """Pre-train, then k-NN and probe: the record of a teacher, core or sweep run."""
+    from mdistill.metrics import read_metrics
+
+    workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
+    pretrain_seconds = execute(pretrain_cmd(run, workdir, data, teacher_dir), log)
+    records = read_metrics(workdir)
+    last = [r for r in records if "loss" in r][-1]
+    rev, dirty = revision()
+    record = {**run.settings(), "revision": rev, "dirty_files": dirty, "environment": environment(),
+              "pretrain_seconds": round(pretrain_seconds, 1),
+              **linprobe_record(workdir, run, data, log, baselines),
+              "final": {k: v for k, v in last.items() if k.endswith("loss")}, "digest": params_digest(workdir),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if run.method in TEACHER_METHODS:
+        record["teacher_digest"] = params_digest(teacher_dir)
+    if run.group == "teacher":
+        record["knn_curve"] = [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r]
+    return record
+
+
+def run_finetune(run: Run, out: str, data: list[str], teacher_dir: str) -> dict:
+    """Fine-tune the run's student (pre-trained again first where this machine lacks its
+    workdir: the core run's command, so the same student up to the teacher it learns from),
+    or the architecture from random initialisation; the record of a finetune run."""
+    from mdistill.metrics import read_metrics
+
+    workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
+    record, pretrained = {"pretrain_seconds": 0.0}, []
+    if run.method != "scratch":
+        student = os.path.join(out, f"{run.method}_b{run.steps}_s{run.seed}")
+        if not os.path.isdir(os.path.join(student, "checkpoints")):
+            record["pretrain_seconds"] = round(execute(pretrain_cmd(run, student, data, teacher_dir), log), 1)
+        record["student_digest"] = params_digest(student)
+        if run.method in TEACHER_METHODS:
+            record["teacher_digest"] = params_digest(teacher_dir)
+        pretrained = [f"--config.pretrained={student}"]
+    seconds = execute([sys.executable, "-m", "mdistill.evaluate.finetune", f"--config={run.config}",
+                       f"--workdir={workdir}", f"--config.seed={run.seed}", *data, *pretrained], log)
+    with open(os.path.join(workdir, "finetune.json")) as f:
+        ft = json.load(f)
+    rev, dirty = revision()
+    curve = [[r["step"], r["top1"]] for r in read_metrics(workdir) if "top1" in r]
+    return {**run.settings(), "revision": rev, "dirty_files": dirty, "environment": environment(), **record,
+            "finetune_seconds": round(seconds, 1), "top1": ft["top1"], "top5": ft["top5"],
+            "initial_top1": ft["initial_top1"], "finetune_steps": ft["steps"], "curve": curve,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def load_results(path: str) -> dict:
@@ -194,6 +268,37 @@ def is_recorded(results: dict, run: Run) -> bool:
     return r is not None and all(r.get(k) == v for k, v in run.settings().items())
 
 
+def current_teacher(results: dict, run: Run, out: str, data: list[str], teacher_dir: str, save) -> str:
+    """Make sure a trained teacher is in teacher_dir and return its digest. A teacher trained
+    again on another machine or session need not be bit-identical to the recorded one (same
+    recipe, other floating-point rounding); it is recorded as a further instance under
+    results["teachers"], and the students it teaches carry its digest."""
+    teacher = results["runs"]["teacher"]
+    fresh = None
+    if not os.path.isdir(os.path.join(teacher_dir, "checkpoints")):
+        print("recorded teacher, but no checkpoint here: training it again for the students", flush=True)
+        fresh = run_one(run, out, data, teacher_dir, baselines=False)
+    digest = params_digest(teacher_dir)
+    if digest != teacher["digest"] and digest not in results.get("teachers", {}):
+        if fresh is None:  # a teacher trained again by an interrupted driver: its evaluation, if any, is reused
+            from mdistill.metrics import read_metrics
+
+            log = os.path.join(out, "teacher.log")
+            records = read_metrics(teacher_dir)
+            rev, dirty = revision()
+            fresh = {**run.settings(), "revision": rev, "dirty_files": dirty, "environment": environment(),
+                     **linprobe_record(teacher_dir, run, data, log, baselines=False), "digest": digest,
+                     "final": {k: v for k, v in [r for r in records if "loss" in r][-1].items() if k.endswith("loss")},
+                     "knn_curve": [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r],
+                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        results.setdefault("teachers", {})[digest] = fresh
+        save()
+        print(f"teacher {digest}: trained again, not bit-identical to the recorded {teacher['digest']} "
+              f"(k-NN {fresh['knn_top1']:.2f} vs {teacher['knn_top1']:.2f}); recorded as another instance of the "
+              "same recipe", flush=True)
+    return digest
+
+
 def cmd_run(args) -> None:
     groups = args.groups.split(",")
     todo = [r for r in plan() if r.group in groups or r.group == "teacher"]
@@ -209,25 +314,21 @@ def cmd_run(args) -> None:
             break
         if is_recorded(results, run):
             if run.group == "teacher":
-                teacher = results["runs"]["teacher"]
-                if not os.path.isdir(os.path.join(teacher_dir, "checkpoints")):
-                    print("recorded teacher, but no checkpoint here: training it again for the students")
-                    run_one(run, out, data, teacher_dir, baselines=False)
-                digest = params_digest(teacher_dir)
-                if digest != teacher["digest"]:
-                    sys.exit(f"the teacher in {teacher_dir} (digest {digest}) is not the one the recorded students "
-                             f"learnt from ({teacher['digest']}); use another --results file or delete its runs")
+                current_teacher(results, run, out, data, teacher_dir, lambda: save_results(args.results, results))
             continue
         # The baselines are evaluated with the teacher (pixels, random xs/4) and with the first
         # student of the core grid (random mu/4).
         baselines = run.group == "teacher" or run.name == f"mae_b{BUDGETS[0]}_s{SEEDS[0]}"
-        if run.group != "teacher" and results["runs"].get("teacher", {}).get("digest") != params_digest(teacher_dir):
-            sys.exit("the teacher checkpoint does not match the recorded teacher; rerun with the teacher's group")
-        results["runs"][run.name] = run_one(run, out, data, teacher_dir, baselines)
+        if run.group == "finetune":
+            results["runs"][run.name] = run_finetune(run, out, data, teacher_dir)
+        else:
+            results["runs"][run.name] = run_one(run, out, data, teacher_dir, baselines)
         save_results(args.results, results)
         r = results["runs"][run.name]
-        print(f"{run.name}: k-NN {r['knn_top1']:.2f}, probe {r['probe_top1']:.2f} "
-              f"({r['pretrain_seconds']:.0f}s + {r['eval_seconds']:.0f}s)", flush=True)
+        seconds = f"({r['pretrain_seconds']:.0f}s + {r.get('eval_seconds') or r.get('finetune_seconds') or 0:.0f}s)"
+        scores = (f"fine-tuned top-1 {r['top1']:.2f}" if run.group == "finetune"
+                  else f"k-NN {r['knn_top1']:.2f}, probe {r['probe_top1']:.2f}")
+        print(f"{run.name}: {scores} {seconds}", flush=True)
     cmd_report(args)
 
 
@@ -283,9 +384,16 @@ def report_text(results: dict) -> str:
         rows = [("raw pixels", base.get("pixels")), (f"random {TEACHER_VARIANT}", base.get("random")),
                 (f"random {STUDENT_VARIANT}", first.get("baselines", {}).get("random")),
                 (f"teacher {TEACHER_VARIANT} ({teacher_steps(teacher)} steps)", teacher)]
+        rows += [(f"teacher {TEACHER_VARIANT}, trained again ({digest})", r)
+                 for digest, r in results.get("teachers", {}).items()]
         lines += [f"| {name} | {r['knn_top1']:.2f} | {r['probe_top1']:.2f} |" for name, r in rows if r]
         curve = ", ".join(f"{s}: {v:.1f}" for s, v in teacher.get("knn_curve", []))
         lines += ["", f"Teacher k-NN monitor (10k/2k) by step: {curve}.", ""]
+        if results.get("teachers"):
+            lines += [f"The teacher was trained again where a session lacked its checkpoint: same recipe and seed, "
+                      f"not bit-identical (floating-point rounding differs between machines); each instance above "
+                      f"is recorded with its digest, and each distilled student with its teacher's: "
+                      f"{teacher_counts(runs)}.", ""]
 
     lines += ["## Students at equal budgets", "",
               "| budget (steps) | method | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE |",
@@ -316,11 +424,53 @@ def report_text(results: dict) -> str:
         lines += ["", f"## One-factor sweeps at {SWEEP_BUDGET} steps", "",
                   "| variant | overrides | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE | "
                   "k-NN vs the core config |", "|---|---|---:|---:|---:|---|---|---|", *sweep_rows]
+    lines += finetune_section(runs)
     revisions = sorted({r["revision"] for r in runs.values()})
     digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"})
     lines += ["", f"Runs recorded: {len(runs)} of {len(plan())} planned; code revisions: {', '.join(revisions)}; "
               f"teacher digest: {', '.join(digests) or '-'}."]
     return "\n".join(lines) + "\n"
+
+
+def teacher_counts(runs: dict) -> str:
+    counts = {}
+    for r in runs.values():
+        if r.get("teacher_digest"):
+            counts[r["teacher_digest"]] = counts.get(r["teacher_digest"], 0) + 1
+    return ", ".join(f"{d}: {n} students" for d, n in sorted(counts.items()))
+
+
+def finetune_name(method: str, seed: int) -> str:
+    return f"ft_{method}" + ("" if method == "scratch" else f"_b{FINETUNE_BUDGET}") + f"_s{seed}"
+
+
+def finetune_section(runs: dict) -> list[str]:
+    """Fine-tuned top-1 (the last evaluation, not the best: the test split picks nothing) per
+    method, paired by seed against MAE and against the same network from scratch."""
+    from mdistill.evaluate import stats
+
+    rows = []
+    for method in FINETUNE_METHODS:
+        done = {s: runs[finetune_name(method, s)] for s in SEEDS if finetune_name(method, s) in runs}
+        if not done:
+            continue
+        cells = []
+        for ref in ("mae", "scratch"):
+            seeds = [s for s in done if finetune_name(ref, s) in runs]
+            cells.append("" if ref == method else diff_cell(stats.paired_difference(
+                [done[s]["top1"] for s in seeds], [runs[finetune_name(ref, s)]["top1"] for s in seeds])))
+        name = "scratch (random init)" if method == "scratch" else f"{method.upper()} student, {FINETUNE_BUDGET} steps"
+        rows.append(f"| {name} | {len(done)} | {mean_std([r['top1'] for r in done.values()])} | "
+                    f"{mean_std([r['initial_top1'] for r in done.values()])} | {cells[0]} | {cells[1]} |")
+    if not rows:
+        return []
+    example = next(r for r in runs.values() if r["group"] == "finetune")
+    return ["", "## Fine-tuning", "",
+            f"End-to-end fine-tuning (`{example['config']}`, {example['finetune_steps']} steps) of the "
+            f"{FINETUNE_BUDGET}-step students and of the same `{STUDENT_VARIANT}` from random initialisation; "
+            "top-1 (%) on the 10k test images at the end of fine-tuning; `before`: the head's first evaluation.", "",
+            "| encoder | runs | fine-tuned top-1 | before | vs MAE | vs scratch |", "|---|---:|---:|---:|---|---|",
+            *rows]
 
 
 def plots(results: dict, out_dir: str) -> None:
@@ -372,6 +522,20 @@ def plots(results: dict, out_dir: str) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "budget_curve.png"), dpi=120)
+    tuned = [(m, [runs[finetune_name(m, s)]["curve"] for s in SEEDS if finetune_name(m, s) in runs])
+             for m in FINETUNE_METHODS]
+    if any(curves for _, curves in tuned):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, (method, curves) in enumerate(tuned):
+            for j, curve in enumerate(curves):
+                steps, top1 = zip(*curve)
+                ax.plot(steps, top1, color=f"C{i}", alpha=0.8, linewidth=1,
+                        label=None if j else ("scratch" if method == "scratch" else method.upper()))
+        ax.set(xlabel="fine-tuning step", ylabel="test top-1 (%)",
+               title=f"Fine-tuning {STUDENT_VARIANT} on 10% of the labels (one line per seed)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "finetune_curve.png"), dpi=120)
     plt.close("all")
 
 
@@ -396,7 +560,7 @@ def main():
     parser.add_argument("command", choices=("run", "report", "plan"))
     parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
     parser.add_argument("--out", default="runs/fmnist_study", help="workdirs (checkpoints, logs)")
-    parser.add_argument("--groups", default="teacher,core,sweeps", help="of teacher, core, sweeps")
+    parser.add_argument("--groups", default="teacher,core,finetune,sweeps", help="of teacher, core, finetune, sweeps")
     parser.add_argument("--max_minutes", type=float, default=0, help="start no run after this long (0: no limit)")
     parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
     args = parser.parse_args()
