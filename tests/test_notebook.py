@@ -23,6 +23,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "step 6/6" in outputs  # both stages trained
+    assert outputs.count("step 6/6") >= 3  # teacher, DMAE student, its MAE twin
+    for row in ("raw pixels", "random mu/4", "teacher (MAE, xs/4)", "student alone (MAE)", "student (DMAE)"):
+        assert f"{row:<22} k-NN top-1" in outputs, row
+    assert "distillation pays" in outputs
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # data, two reconstruction grids, loss curves
+    assert len(images) >= 6  # data, k-NN bars, three reconstruction grids, loss curves
