@@ -390,10 +390,10 @@ def report_text(results: dict) -> str:
         curve = ", ".join(f"{s}: {v:.1f}" for s, v in teacher.get("knn_curve", []))
         lines += ["", f"Teacher k-NN monitor (10k/2k) by step: {curve}.", ""]
         if results.get("teachers"):
-            lines += [f"The teacher was trained again where a session lacked its checkpoint: same recipe and seed, "
-                      f"not bit-identical (floating-point rounding differs between machines); each instance above "
-                      f"is recorded with its digest, and each distilled student with its teacher's: "
-                      f"{teacher_counts(runs)}.", ""]
+            lines += [f"The teacher was trained again where a session lacked its checkpoint: same recipe, seed and "
+                      f"code, yet not bit-identical (the cause is not established: MAE students trained again "
+                      f"reproduced their recorded evaluations exactly); each instance above is recorded with its "
+                      f"digest, and each distilled student with its teacher's: {teacher_counts(runs)}.", ""]
 
     lines += ["## Students at equal budgets", "",
               "| budget (steps) | method | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE |",
@@ -426,9 +426,9 @@ def report_text(results: dict) -> str:
                   "k-NN vs the core config |", "|---|---|---:|---:|---:|---|---|---|", *sweep_rows]
     lines += finetune_section(runs)
     revisions = sorted({r["revision"] for r in runs.values()})
-    digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"})
+    digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"} | set(results.get("teachers", {})))
     lines += ["", f"Runs recorded: {len(runs)} of {len(plan())} planned; code revisions: {', '.join(revisions)}; "
-              f"teacher digest: {', '.join(digests) or '-'}."]
+              f"teacher digests: {', '.join(digests) or '-'}."]
     return "\n".join(lines) + "\n"
 
 
