@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, optim, sharding, visualize
+from mdistill import checkpoint, data, optim, sharding, visualize, weights
 from mdistill.evaluate.knn import KNNMonitor
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
@@ -109,30 +109,13 @@ class Trainer:
                 "initialised teacher (only meaningful for smoke tests)")
             init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
             return init(jax.random.PRNGKey(self.config.seed + 1))
-        try:
-            return teacher.prepare(self._read_teacher(path))
+        try:  # checked against config.teacher.variant, placed by the partition rules
+            encoder = weights.load_encoder(path, self.config.teacher.variant, image_size=self.config.image_size,
+                                           channels=self.config.data.channels, placement=self.mesh,
+                                           field="config.teacher.variant")
         except (ValueError, ImportError) as e:  # wrong architecture, unreadable file, no torch for a .pth
             raise checkpoint.CheckpointError(str(e)) from e
-
-    def _read_teacher(self, path: str):
-        """The teacher encoder's parameters from an Orbax checkpoint or a PyTorch file,
-        checked against config.teacher.variant and placed by the partition rules."""
-        if os.path.isfile(path):  # a PyTorch .pth/.safetensors (official MAE or timm names), converted here
-            from mdistill import convert
-
-            encoder = convert.load_teacher_params(path, variant=self.config.teacher.variant,
-                                                  image_size=self.config.image_size,
-                                                  channels=self.config.data.channels)
-            check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
-                              f"config.teacher.variant={self.config.teacher.variant!r}")
-            return convert.place(encoder, sharding.tree_shardings(self.mesh, encoder))
-        fsdp = self.mesh.shape["fsdp"]
-        params, _ = checkpoint.load_params(path, lambda key, shape: NamedSharding(
-            self.mesh, sharding.partition_spec(key, shape, fsdp)))
-        encoder = params["mae"]["encoder"] if "mae" in params else params.get("encoder", params)
-        check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
-                          f"config.teacher.variant={self.config.teacher.variant!r}")
-        return encoder
+        return teacher.prepare(encoder)
 
     # ---- the step -----------------------------------------------------------------------
     def _grads(self, params, teacher_params, images, rng):
@@ -179,19 +162,6 @@ def _abstract(shapes, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def check_same_shapes(actual, expected, what: str, hint: str) -> None:
-    """Raise one error listing every parameter whose presence or shape differs."""
-    flat_a = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(actual)[0]}
-    flat_e = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    problems = [f"  {k}: missing from the checkpoint (expected {flat_e[k]})" for k in flat_e if k not in flat_a]
-    problems += [f"  {k}: shape {flat_a[k]} in the checkpoint, {flat_e[k]} expected"
-                 for k in flat_e if k in flat_a and tuple(flat_a[k]) != tuple(flat_e[k])]
-    problems += [f"  {k}: in the checkpoint but not in the model" for k in flat_a if k not in flat_e]
-    if problems:
-        raise ValueError(f"{what} does not match {hint}:\n" + "\n".join(problems[:20])
-                         + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-
-
 def flops_of(compiled) -> float:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -209,7 +179,7 @@ def summarize(config, mesh) -> dict:
     return {
         "method": config.method,
         "student": config.student.variant,
-        "student_params": count_params(state.params["mae"]["encoder"]),
+        "student_params": count_params(weights.encoder_of(state.params)),
         "trainable_params": count_params(state.params),
         "teacher": config.teacher.variant if objective.uses_teacher else None,
         "teacher_params": count_params(teacher) if teacher is not None else 0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from mdistill import sharding
+from mdistill import checkpoint, sharding
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.evaluate import augment, common, finetune, knn, linprobe, randaugment
@@ -285,7 +285,7 @@ def test_baselines_are_pixels_and_a_fixed_random_encoder_in_both_evaluators(pret
 
     results = knn.evaluate_checkpoint(pretrained, str(tmp_path / "knn"), baselines=True)
     base = results["baselines"]
-    c = common.run_config(common.checkpoint.load_params(pretrained, None)[1])
+    c = common.run_config(checkpoint.load_params(pretrained, None)[1])
     c.eval.knn_every = 1
     mesh = sharding.make_mesh()
     monitor = knn.KNNMonitor(c, mesh)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mdistill import checkpoint, data, sharding
+from mdistill import data, sharding, weights
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
@@ -26,12 +26,7 @@ BASELINES = ("pixels", "random")
 RANDOM_ENCODER_SEED = 0  # fixed, so every table's 'random' row is the same encoder
 
 
-def encoder_params(params: dict) -> dict:
-    """The ViT encoder inside a checkpoint's params: {'mae': {'encoder'}} for MAE, DMAE and
-    AMD runs (and converted releases), {'encoder', ...} for fine-tuned ones."""
-    if "mae" in params:
-        return params["mae"]["encoder"]
-    return params.get("encoder", params)
+encoder_params = weights.encoder_of  # the ViT encoder inside a checkpoint's params
 
 
 def to_host(x) -> np.ndarray:
@@ -77,12 +72,6 @@ def _merge(into: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> N
                 into[k] = v
 
 
-def abstract_encoder(variant: str, image_size: int, channels: int):
-    enc = Encoder(ViTSpec.parse(variant))
-    images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-    return jax.eval_shape(lambda x: enc.init(jax.random.PRNGKey(0), x), images)["params"]
-
-
 def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 0, channels: int = 3):
     """-> (encoder params replicated on the mesh, the run's config; see run_config).
 
@@ -90,22 +79,9 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
     converted by `python -m mdistill.convert`. With `variant`, the checkpoint must hold
     exactly that encoder: a width or depth that does not fit fails here, listing the
     mismatched parameters, before anything compiles."""
-    params, meta = checkpoint.load_params(path, sharding.replicated(mesh))
-    enc, config = encoder_params(params), run_config(meta)
-    if variant:
-        from mdistill.train import check_same_shapes
-
-        spec = ViTSpec.parse(variant)
-        width = enc["cls_token"].shape[-1] if "cls_token" in enc else "?"
-        depth = sum(k.startswith("block_") for k in enc)
-        check_same_shapes(enc, abstract_encoder(variant, image_size, channels),
-                          f"checkpoint {path} (width {width}, depth {depth})",
-                          f"config.student.variant={variant!r} (width {spec.width}, depth {spec.depth})")
-        saved = ViTSpec.parse(config.student.variant)  # same shapes, but the head count is not in them
-        if saved.num_heads != ViTSpec.parse(variant).num_heads and ("config" in meta or "architecture" in meta):
-            raise ValueError(f"checkpoint {path} was trained as {config.student.variant!r} ({saved.num_heads} heads), "
-                             f"the config asks for {variant!r} ({ViTSpec.parse(variant).num_heads} heads)")
-    return enc, config
+    loaded = weights.load(path, variant, image_size=image_size, channels=channels if variant else None,
+                          placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
+    return loaded.encoder, run_config(loaded.meta)
 
 
 def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED) -> dict:
