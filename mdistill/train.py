@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import flax
 import jax
@@ -15,7 +15,6 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdistill import checkpoint, data, optim, sharding, visualize, weights
-from mdistill.evaluate.knn import KNNMonitor
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
@@ -232,18 +231,47 @@ def ensure_writable(workdir: str) -> None:
             raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
 
 
-def check_best_metric(config, trainer: Trainer, knn: KNNMonitor) -> None:
+class Monitor(Protocol):
+    """An evaluation the loop runs on the live trained parameters between steps (e.g.
+    mdistill.evaluate.knn.KNNMonitor). The loop waits for the steps in flight before calling
+    it, logs its metrics with the step's, saves them with the checkpoint, and leaves its time
+    out of images_per_sec."""
+
+    def metric_names(self) -> set[str]:
+        """The metrics it returns when it runs (config.best_metric may name them)."""
+
+    def due(self, step: int, is_last: bool, saving: bool) -> bool:
+        """Whether it runs after `step` (`is_last`: the run's final step; `saving`: a
+        checkpoint is written at this step)."""
+
+    def __call__(self, step: int, params) -> dict[str, float]:
+        """Its metrics for the trained parameters `params` (the whole trained tree)."""
+
+
+def check_best_metric(config, trainer: Trainer, monitors: Sequence[Monitor]) -> None:
     """config.best_metric must name a metric every checkpoint is saved with: the step's, and
-    the k-NN monitor's when it runs."""
+    the monitors'."""
     name = config.best_metric.rpartition(":")[2]
     if not name:
         return
     logged = trainer.metric_names()  # traced: seconds for large models, so only when asked
-    if knn.every:  # top-5 only with at least 5 classes (mdistill.evaluate.knn)
-        logged |= {"knn_top1", "knn_seconds"} | ({"knn_top5"} if knn.num_classes >= 5 else set())
+    for monitor in monitors:
+        logged |= monitor.metric_names()
     if name not in logged:
         raise ConfigError(f"config.best_metric={config.best_metric!r} is invalid: this run logs no {name!r} at "
                           f"its checkpoints; expected one of {sorted(logged)}, as {BEST_METRIC_FORM}")
+
+
+def run_monitors(monitors: Sequence[Monitor], step: int, params, is_last: bool, saving: bool) -> tuple[dict, float]:
+    """The metrics of the monitors due at `step`, and the seconds they took."""
+    due = [m for m in monitors if m.due(step, is_last, saving)]
+    if not due:
+        return {}, 0.0
+    jax.block_until_ready(params)  # the steps in flight finish first: the time is the monitors' own
+    t0, out = time.time(), {}
+    for monitor in due:
+        out.update(monitor(step, params))
+    return out, time.time() - t0
 
 
 def resume_or_init(trainer: Trainer, mngr) -> tuple[TrainState, dict | None]:
@@ -270,22 +298,22 @@ def check_finite(records: list[dict], mngr) -> None:
                                      f"Last good checkpoint: {where}")
 
 
-def train(config, workdir: str, mesh=None) -> dict:
-    """Run (or resume) training; returns the last logged metrics."""
+def train(config, workdir: str, mesh=None, monitors: Sequence[Monitor] = ()) -> dict:
+    """Run (or resume) training; returns the last logged metrics. `monitors` run between
+    steps when due (mdistill.main builds them from the config: mdistill.evaluate.knn.monitors)."""
     preemption = PreemptionWatcher()  # first: a SIGTERM during set-up ends the run before its first step
     try:
         ensure_writable(workdir)
         with checkpoint.workdir_lock(workdir):  # one run per workdir
-            return _train(config, workdir, mesh or sharding.make_mesh(), preemption)
+            return _train(config, workdir, mesh or sharding.make_mesh(), preemption, tuple(monitors))
     finally:
         preemption.close()
 
 
-def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
+def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: tuple) -> dict:
     trainer = Trainer(config, mesh)
     plan = trainer.plan
-    knn = KNNMonitor(config, mesh)  # k-NN of the student every eval.knn_every steps (labels read now)
-    check_best_metric(config, trainer, knn)
+    check_best_metric(config, trainer, monitors)
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
     state, data_state = resume_or_init(trainer, mngr)
@@ -313,8 +341,8 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
             stop = preemption.should_stop(done)
             log_now = done % config.log_every == 0 or is_last
             save_now = done % config.checkpoint_every == 0 or is_last or stop
-            knn_now = knn.maybe_run(done, state.params, is_last, save_now)  # {} unless due
-            log_now, t_log = log_now or bool(knn_now), t_log + knn_now.get("knn_seconds", 0.0)
+            monitored, seconds = run_monitors(monitors, done, state.params, is_last, save_now)  # {} unless due
+            log_now, t_log = log_now or bool(monitored), t_log + seconds
             draw_now = pictures is not None and (done % config.visualize_every == 0 or is_last)
             if not (log_now or save_now or draw_now):
                 continue
@@ -326,14 +354,14 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
                 last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 now = time.time()
                 ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
-                last.update(step=done, images_per_sec=ips, **knn_now)
+                last.update(step=done, images_per_sec=ips, **monitored)
                 writer.write(done, last)
                 log(format_line(done, plan.total_steps, last, (plan.total_steps - done) * config.batch_size / ips))
                 window, t_log, step_log = [], now, done
             if save_now:
                 checkpoint.save(mngr, done, state.params, state.opt_state,
                                 {"step": done, "config": config.to_dict(), "data": batches.state()},
-                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **knn_now})
+                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **monitored})
             if draw_now:
                 pictures(done, state.params)
             if stop and not is_last:

@@ -184,7 +184,8 @@ def pretrained(tmp_path_factory):
     if "mesh" in c:
         c.mesh.update(data=4, fsdp=2)
     workdir = str(tmp_path_factory.mktemp("pretrained"))
-    train.train(c, workdir, Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "fsdp")))
+    mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+    train.train(c, workdir, mesh, knn.monitors(c, mesh))
     return workdir
 
 

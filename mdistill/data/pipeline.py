@@ -41,16 +41,12 @@ import time
 import jax
 import numpy as np
 
+from mdistill.data.errors import DataError
 from mdistill.data.transforms import Transform, load_image
 from mdistill.metrics import log
 
 MAX_TRIES = 4  # records tried for one slot before it is filled with zeros (and all counted bad)
 _END = object()
-
-
-class DataError(ValueError):
-    """The data cannot feed the run: unreadable files, too many bad records, or not the data
-    of a checkpoint. A ValueError, as the evaluators report those in one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +179,7 @@ class Pipeline:
     def from_config(cls, config, sharding=None, start_step: int = 0, stop_step: int | None = None,
                     state: dict | None = None, source=None, **overrides) -> "Pipeline":
         """The pipeline of config.data; `state` (from a checkpoint's meta) must match the data."""
-        from mdistill.data import build_source
+        from mdistill.data.sources import build_source
         from mdistill.data.transforms import from_config as transform_from_config
 
         d = config.data
