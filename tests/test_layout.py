@@ -84,3 +84,10 @@ def test_cycles_are_found():
 def test_the_trainer_imports_nothing_from_the_evaluators():
     graph = import_graph()
     assert not {d for d in graph["mdistill.train"] if d.startswith("mdistill.evaluate")}
+
+
+def test_methods_are_named_only_in_objectives():
+    """A method's knowledge lives in its objective: nothing else asks which method runs."""
+    found = [f"{path}:{i}" for name, path in modules().items() if not name.startswith("mdistill.objectives")
+             for i, line in enumerate(open(path), 1) if re.search(r"config\.method\s*[!=]=", line)]
+    assert found == []
