@@ -25,8 +25,8 @@ from mdistill.metrics import log
 
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric", "total_steps",
-                     "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
+                     "total_steps", "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
                      # how the input pipeline runs, not what it yields
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
                      # how the devices are laid out, not what they compute

@@ -96,6 +96,23 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def parse_arg(arg: str | None, **defaults) -> dict:
+    """A config file's argument (`--config=FILE:ARG`) as a dict: comma-separated
+    `key=value` settings over `defaults`, and `smoke` (True when present), e.g.
+    'variant=S/16,smoke'. An unknown key fails naming the known ones."""
+    out = dict(defaults, smoke=False)
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep and key == "smoke":
+            out["smoke"] = True
+        elif sep and key in defaults:
+            out[key] = value
+        else:
+            raise ValueError(f"config argument {part!r}: expected 'smoke' or key=value with key one of "
+                             f"{sorted(defaults)}")
+    return out
+
+
 def _objectives() -> dict:
     from mdistill.objectives import OBJECTIVES  # imported here: configs load this file before JAX is needed
 

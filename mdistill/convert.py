@@ -17,11 +17,11 @@ and an exported one is the table at the export's image size.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from absl import flags
 
 # the PyTorch format and the reading of weights live in mdistill.state_dict and mdistill.weights;
 # the names below are imported here too, so that `convert.<name>` keeps working
@@ -158,21 +158,42 @@ def _meta_image_size(meta: dict) -> int | None:
     return meta.get("config", {}).get("image_size")
 
 
+# The command line, in absl flags as every mdistill entry point; held apart from absl's
+# global FLAGS so that importing this module defines nothing there.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("input", None, "import: .pth/.bin/.safetensors; export: mdistill checkpoint", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "import: Orbax directory; export: .pth file", flag_values=FLAGS)
+flags.DEFINE_string("variant", None, "import: fail unless the checkpoint is this ViT, e.g. L/16 (sets heads)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("decoder_heads", None, "import: decoder heads (default width / 32)", flag_values=FLAGS)
+flags.DEFINE_multi_string("ignore", [], "import: drop tensors whose names start so (repeatable)", flag_values=FLAGS)
+flags.DEFINE_bool("export", False, "mdistill student -> PyTorch state dict", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", None, "export: image size of pos_embed (default: the run's)", flag_values=FLAGS)
+flags.DEFINE_enum("posemb", "interpolate", POSEMB_MODES,
+                  "export at another --image_size than the run's: resize the trained table bicubically as the "
+                  "official fine-tuning does (interpolate), or recompute sin-cos (sincos)", flag_values=FLAGS)
+flags.DEFINE_bool("global_pool", False, "export: fc_norm for average pooling", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", 1000, "export: zero head rows (0: no head)", flag_values=FLAGS)
+
+
+def parse(argv: list[str]):
+    """The flags of `argv` (without the program name), every other flag at its default."""
+    FLAGS.unparse_flags()
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(f"python -m mdistill.convert: {__doc__.split(chr(10) * 2)[0]}\n\n{FLAGS.get_help()}")
+        sys.exit(0)
+    try:
+        FLAGS(["mdistill.convert", *argv])
+        for name in ("input", "output"):
+            if FLAGS[name].value is None:
+                raise flags.Error(f"--{name} is required")
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    return FLAGS
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mdistill.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input", required=True, help="import: .pth/.bin/.safetensors; export: mdistill checkpoint")
-    ap.add_argument("--output", required=True, help="import: Orbax directory; export: .pth file")
-    ap.add_argument("--variant", help="import: fail unless the checkpoint is this ViT, e.g. L/16 (sets heads)")
-    ap.add_argument("--decoder_heads", type=int, help="import: decoder heads (default width / 32)")
-    ap.add_argument("--ignore", nargs="*", default=(), help="import: drop tensors whose names start so")
-    ap.add_argument("--export", action="store_true", help="mdistill student -> PyTorch state dict")
-    ap.add_argument("--image_size", type=int, help="export: image size of pos_embed (default: the run's)")
-    ap.add_argument("--posemb", choices=POSEMB_MODES, default="interpolate",
-                    help="export at another --image_size than the run's: resize the trained table bicubically "
-                         "as the official fine-tuning does (interpolate), or recompute sin-cos (sincos)")
-    ap.add_argument("--global_pool", action="store_true", help="export: fc_norm for average pooling")
-    ap.add_argument("--num_classes", type=int, default=1000, help="export: zero head rows (0: no head)")
-    args = ap.parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else list(argv))
     from mdistill.checkpoint import CheckpointError
 
     try:
@@ -181,7 +202,7 @@ def main(argv=None) -> None:
                                  args.posemb)
             print(f"wrote {args.output}: {len(sd)} tensors, pos_embed {tuple(sd['pos_embed'].shape)}")
         else:
-            arch = convert_to_orbax(args.input, args.output, args.variant, args.ignore, args.decoder_heads)
+            arch = convert_to_orbax(args.input, args.output, args.variant, tuple(args.ignore), args.decoder_heads)
             print(f"wrote {args.output}: {arch.describe()}, {arch.spec.num_heads} heads, {arch.image_size}px")
     except (ValueError, OSError, ImportError, CheckpointError) as e:
         sys.exit(f"error: {e}")

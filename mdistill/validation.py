@@ -74,7 +74,8 @@ def validate(config, num_devices: int | None = None) -> None:
         _require(d.split in FMNIST_SPLITS, "data.split", d.split, f"expected one of {sorted(FMNIST_SPLITS)}")
         _require(config.image_size == 28, "image_size", config.image_size, "Fashion-MNIST images are 28x28")
     if d.source == "folder":
-        _require(bool(d.path), "data.path", d.path, "must name the image folder's root (<path>/<split>/<class>/<image>)")
+        _require(bool(d.path), "data.path", d.path,
+                 "must name the image folder's root (<path>/<split>/<class>/<image>)")
     _validate_pipeline(d)
 
     kind = masking.kind_of(config)

@@ -57,7 +57,8 @@ def shape_problems(actual: dict, expected: dict, ignore=()) -> list[str]:
     skip = lambda k: any(k.startswith(p) for p in ignore)  # noqa: E731
     kinds = [[f"  {k}: shape {tuple(actual[k])} in the checkpoint, {tuple(v)} expected"
               for k, v in expected.items() if k in actual and tuple(actual[k]) != tuple(v)],
-             [f"  {k}: missing from the checkpoint (expected {tuple(v)})" for k, v in expected.items() if k not in actual],
+             [f"  {k}: missing from the checkpoint (expected {tuple(v)})"
+              for k, v in expected.items() if k not in actual],
              [f"  {k}: not in the model (shape {tuple(actual[k])})" for k in actual
               if k not in expected and not skip(k)]]
     return [line for lines in kinds

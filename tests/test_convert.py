@@ -333,7 +333,8 @@ def test_teacher_pth_is_placed_by_the_partition_rules(xs_teacher):
     jax.tree.map(lambda x, s: assert_same_sharding(x.sharding, s, x.shape), from_pth, trainer.teacher_sharding)
     specs = [x.sharding.spec for x in jax.tree.leaves(from_pth)]
     assert any("fsdp" in spec for spec in specs) and any(not any(spec) for spec in specs)
-    with pytest.raises(checkpoint.CheckpointError, match=r"(?s)'mu/4' is width 64, depth 4, patch 4.*\n  blocks.0.attn.qkv.weight: "
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"(?s)'mu/4' is width 64, depth 4, patch 4.*\n  blocks.0.attn.qkv.weight: "
                                          r"shape \(384, 128\) in the checkpoint, \(192, 64\) expected"):
         config = smoke_config(pth)
         config.teacher.variant = "mu/4"

@@ -91,3 +91,24 @@ def test_methods_are_named_only_in_objectives():
     found = [f"{path}:{i}" for name, path in modules().items() if not name.startswith("mdistill.objectives")
              for i, line in enumerate(open(path), 1) if re.search(r"config\.method\s*[!=]=", line)]
     assert found == []
+
+
+def python_files():
+    """The project's Python files (relative paths), outside the ruff config's exclusions."""
+    ruff = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["ruff"]
+    excluded = tuple(ruff.get("extend-exclude", ()))
+    for top in ("mdistill", "configs", "tests", "benchmarks", "scripts", "launch", "notebooks"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                rel = os.path.relpath(os.path.join(folder, f), ROOT)
+                if f.endswith(".py") and not rel.startswith(excluded):
+                    yield rel
+
+
+def test_lines_fit_the_ruff_line_length():
+    ruff = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["ruff"]
+    limit = ruff["line-length"]
+    exempt = {f for f, rules in ruff.get("lint", {}).get("per-file-ignores", {}).items() if "E501" in rules}
+    long = [f"{rel}:{i} ({len(line.rstrip(chr(10)))})" for rel in python_files() if rel not in exempt
+            for i, line in enumerate(open(os.path.join(ROOT, rel)), 1) if len(line.rstrip("\n")) > limit]
+    assert long == [], f"lines longer than {limit} (pyproject.toml's [tool.ruff] line-length)"

@@ -56,7 +56,8 @@ class ToyObjective(DistillObjective):
         masks = self.sample_masks(rng, x.shape[0])
         _, student_feats, rec = self.student_forward(params, x, masks.student)
         teacher_feats = self.teacher.features(teacher_params, x, masks.teacher_ids, self.teacher_blocks)
-        align = sum(feature_loss(p, teacher_feats[t], "l2", True) for (_, t), p in self.project(params, student_feats).items())
+        projected = self.project(params, student_feats)
+        align = sum(feature_loss(p, teacher_feats[t], "l2", True) for (_, t), p in projected.items())
         total = rec + self.config.toy.weight * align
         return total, {"loss": total, "rec_loss": rec, "align_loss": align}
 

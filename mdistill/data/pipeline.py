@@ -184,7 +184,8 @@ class Pipeline:
 
         d = config.data
         source = source if source is not None else build_source(config)
-        kwargs = dict(seed=config.seed, start_step=start_step, stop_step=stop_step, workers=resolve_workers(d.get("workers", 0)),
+        kwargs = dict(seed=config.seed, start_step=start_step, stop_step=stop_step,
+                      workers=resolve_workers(d.get("workers", 0)),
                       threads=d.get("threads", 2), prefetch=d.get("prefetch", 2),
                       max_bad_fraction=d.get("max_bad_fraction", 0.0))
         kwargs.update(overrides)
@@ -249,7 +250,8 @@ class Pipeline:
         start = self.step if start_step is None else start_step
         lb = self.layout.local_batch
         ds = grain.MapDataset.range(start * lb, self.stop_step * lb).map(self.reader).batch(lb, drop_remainder=True)
-        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=2 * max(self.threads, 1)))
+        options = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=2 * max(self.threads, 1))
+        ds = ds.to_iter_dataset(options)
         if self.workers > 0:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2),
                                 worker_init_fn=_worker_init)

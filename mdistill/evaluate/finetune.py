@@ -149,7 +149,8 @@ class FineTuner:
         train = labelled_source(config, config.eval.train_split)
         self.train_split = Split(train, subset(len(train), config.train_examples))
         if len(self.train_split) < config.batch_size:
-            raise ValueError(f"{len(self.train_split)} train examples, fewer than config.batch_size={config.batch_size}")
+            raise ValueError(f"{len(self.train_split)} train examples, fewer than "
+                             f"config.batch_size={config.batch_size}")
         test = labelled_source(config, config.eval.test_split)
         self.test_split = Split(test, subset(len(test), config.test_examples))
         self.per_epoch = len(self.train_split) // config.batch_size
