@@ -10,11 +10,10 @@ from __future__ import annotations
 from mdistill.data.errors import DataError
 from mdistill.data.fashion_mnist import FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
-from mdistill.data.loader import BatchIterator
 from mdistill.data.pipeline import Pipeline
 from mdistill.data.sources import SOURCES, build_source, dataset_size
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import TFDSSource
 
-__all__ = ["BatchIterator", "DataError", "FashionMNISTSource", "ImageFolderSource", "Pipeline", "SOURCES",
+__all__ = ["DataError", "FashionMNISTSource", "ImageFolderSource", "Pipeline", "SOURCES",
            "SyntheticSource", "TFDSSource", "build_source", "dataset_size"]

@@ -3,6 +3,7 @@ jitted feature extraction sharded over the mesh, and results as JSON plus a smal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -127,6 +128,35 @@ def subset(size: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
 
 
+class SubsetSource:
+    """Records `indices` of a source, as a source of their own (for data.Pipeline)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, index: int):
+        return self.source.raw(int(self.indices[int(index)]))
+
+    def label(self, index: int) -> int:
+        return self.source.label(int(self.indices[int(index)]))
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(int(self.indices[int(index)]))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1(self.indices.tobytes()).hexdigest()[:12]
+        return f"{self.source.fingerprint()}:subset-{len(self)}-{digest}"
+
+    def images(self, indices) -> np.ndarray:
+        return self.source.images(self.indices[np.asarray(indices)])
+
+    def labels(self, indices) -> np.ndarray:
+        return self.source.labels(self.indices[np.asarray(indices)])
+
+
 class Split:
     """A labelled subset of a source. Images are read per batch; labels all at once on
     first use of .labels (k-NN, linear probe) or per batch with labels_at (fine-tuning)."""
@@ -151,6 +181,12 @@ class Split:
 
     def images(self, rows) -> np.ndarray:
         return self.source.images(self.indices[np.asarray(rows)])
+
+    def as_source(self):
+        """The split as a data source (the whole source when it is all of it)."""
+        if len(self.indices) == len(self.source) and np.array_equal(self.indices, np.arange(len(self.source))):
+            return self.source
+        return SubsetSource(self.source, self.indices)
 
 
 def load_split(config, split: str, n: int = -1, num_classes: int | None = None, eager: bool = True) -> Split:
