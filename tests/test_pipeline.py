@@ -314,3 +314,31 @@ def test_finetuning_reads_the_pipeline_with_workers_and_random_resized_crops(ima
     assert results["steps"] == 3 and 0.0 <= results["top1"] <= 100.0
     meta = checkpoint.load_params(str(tmp_path), None)[1]
     assert meta["data"]["next_step"] == 3 and meta["data"]["dataset_size"] == 12
+
+
+def test_feature_extraction_and_the_probe_read_the_pipeline_with_workers(image_folder, tmp_path):
+    """k-NN and the linear probe extract features through data.Pipeline: with 2 grain
+    workers the features are those of the in-process read, every image once, in order, the
+    last batch padded with label -1; the probe (with k-NN) runs on an image folder."""
+    from configs.linprobe_fmnist import get_config
+
+    from mdistill.evaluate import common, linprobe
+
+    (image_folder / "train" / "bee" / "bee_9.JPEG").unlink()  # evaluation reads every image: none corrupt
+    c = get_config("smoke")
+    c.update(image_size=32, num_classes=5, batch_size=8, knn=True, total_steps=4, warmup_steps=1)
+    c.data.update(source="folder", path=str(image_folder), split="train", workers=2)
+    c.eval.update(train_split="train", test_split="train", batch_size=8, knn_k=3)
+    mesh = sharding.make_mesh()
+    split = common.load_split(c, "train")
+    params = common.random_encoder(c.student.variant, c.image_size, c.data.channels, mesh)
+    with_workers = common.FeatureExtractor(c, mesh).extract(params, split)
+    c.data.workers = 0
+    in_process = common.FeatureExtractor(c, mesh).extract(params, split)
+    np.testing.assert_array_equal(np.asarray(with_workers[0]), np.asarray(in_process[0]))
+    labels = np.asarray(with_workers[1])
+    assert labels.shape == (16,) and list(labels[12:]) == [-1] * 4
+    np.testing.assert_array_equal(labels[:12], split.labels)
+    c.data.workers = 2
+    results = linprobe.run(c, str(tmp_path))
+    assert results["train_examples"] == 12 and 0.0 <= results["top1"] <= 100.0 and "knn_top1" in results

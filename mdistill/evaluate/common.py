@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from mdistill import data, sharding, weights
+from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
@@ -25,6 +27,7 @@ POOLS = ("avg", "cls")
 # learned representation is worth something only where it beats both.
 BASELINES = ("pixels", "random")
 RANDOM_ENCODER_SEED = 0  # fixed, so every table's 'random' row is the same encoder
+PROGRESS_SECONDS = 30.0  # feature extraction logs its progress this often
 
 
 encoder_params = weights.encoder_of  # the ViT encoder inside a checkpoint's params
@@ -205,17 +208,15 @@ def check_labels(labels: np.ndarray, num_classes: int | None, split: str) -> Non
                          f"outside [0, config.num_classes={num_classes})")
 
 
-def global_batches(split: Split, batch_size: int, batch_sharding):
-    """(images, labels) of consecutive batches of `split` as global arrays, the last padded
-    by repeating the final example (static shapes: one compilation) with label -1. Each
-    process reads its own slice."""
-    n, per_process = len(split), batch_size // jax.process_count()
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, start + batch_size)[jax.process_index() * per_process:][:per_process]
-        safe = np.minimum(rows, n - 1)
-        labels = np.where(rows < n, split.labels_at(safe), -1).astype(np.int32)
-        yield tuple(jax.make_array_from_process_local_data(batch_sharding, a)
-                    for a in (split.images(safe), labels))
+def ordered_batches(config, split: Split, batch_size: int, batch_sharding) -> data.Pipeline:
+    """(images, labels) of `split` in order, every example once, as global arrays through the
+    input pipeline (config.data's workers and threads; each host reads its share) with the
+    evaluation transform. The last batch is padded by repeating the final example, with
+    label -1 (static shapes: one compilation)."""
+    steps = -(-len(split) // batch_size)
+    return data.Pipeline.from_config(config, batch_sharding, 0, steps, source=split.as_source(),
+                                     transform=transforms.from_config(config, train=False), batch_size=batch_size,
+                                     labels=True, shuffle=False)
 
 
 class FeatureExtractor:
@@ -250,10 +251,34 @@ class FeatureExtractor:
     def extract(self, params, split: Split, all_pools: bool = False):
         fn = self._all if all_pools else self._one
         feats, labels = [], []
-        for images, y in global_batches(split, self.batch_size, self.batch_sharding):
-            feats.append(fn(params, images))
-            labels.append(y)
+        progress = Progress(len(split), "features")
+        with ordered_batches(self.config, split, self.batch_size, self.batch_sharding) as batches:
+            for images, y in batches:
+                feats.append(fn(params, images))
+                labels.append(y)
+                progress.update(len(feats) * self.batch_size, feats[-1])
         return jax.tree.map(lambda *f: jnp.concatenate(f), *feats), jnp.concatenate(labels)
+
+
+class Progress:
+    """A line every `every` seconds while a long pass runs: done / total, images/s, ETA."""
+
+    def __init__(self, total: int, what: str, every: float = PROGRESS_SECONDS):
+        self.total, self.what, self.every = total, what, every
+        self.t0 = self.last = time.time()
+
+    def update(self, done: int, pending=None) -> None:
+        now = time.time()
+        if now - self.last < self.every or done >= self.total:
+            return
+        if pending is not None:
+            jax.block_until_ready(pending)  # count what is computed, not what is queued
+            now = time.time()
+        done = min(done, self.total)
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / max(rate, 1e-9)
+        log(f"{self.what}: {done}/{self.total} images | {rate:.0f} img/s | ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        self.last = now
 
 
 def topk_correct(logits, labels, k: int):

@@ -34,7 +34,7 @@ import optax
 
 from mdistill import checkpoint, data, optim, sharding
 from mdistill.evaluate import augment
-from mdistill.evaluate.common import (Split, global_batches, labelled_source, load_encoder, subset,
+from mdistill.evaluate.common import (Split, ordered_batches, labelled_source, load_encoder, subset,
                                       to_host, topk_correct, validate_downstream, write_results)
 from mdistill.evaluate.randaugment import rand_augment
 from mdistill.metrics import MetricsWriter, log
@@ -210,9 +210,8 @@ class FineTuner:
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""
-        counts = sum(self.eval_fn(params, images, labels)
-                     for images, labels in global_batches(self.test_split, self.config.eval.batch_size,
-                                                          self.batch_sharding))
+        with ordered_batches(self.config, self.test_split, self.config.eval.batch_size, self.batch_sharding) as b:
+            counts = sum(self.eval_fn(params, images, labels) for images, labels in b)
         top1, top5 = (100.0 * to_host(counts) / len(self.test_split)).tolist()
         return {"top1": top1, "top5": top5}
 
