@@ -24,7 +24,8 @@ is the same and continues with exactly the batches an uninterrupted run would ha
 
 Bad input. A record that cannot be read or decoded (corrupt, truncated, unreadable file)
 is skipped: its slot takes another record, drawn from the rng (seed, step, slot, 2 + try),
-so batches stay pure functions of the step. Each bad record is logged by path (or TFDS
+so batches stay pure functions of the step (in an unshuffled pass, its slot is padding:
+zeros, label -1). Each bad record is logged by path (or TFDS
 index) with the decoder's error; when more distinct records than max_bad_fraction of the
 dataset have been found bad, the run stops with a DataError listing them.
 """
@@ -111,7 +112,8 @@ class ExampleReader:
         index = self.record_index(step, slot)
         skipped = np.full(MAX_TRIES, -1, np.int64)
         decoded = None
-        for attempt in range(MAX_TRIES):
+        # in an unshuffled pass (evaluation) a bad record is not replaced: its row becomes padding
+        for attempt in range(MAX_TRIES if self.layout.shuffle else 1):
             try:
                 decoded = load_image(self.source.raw(index), self.transform.channels, self.min_side)
                 break
