@@ -4,6 +4,9 @@
    with the ImageNet pre-training transforms (random resized crop 0.2-1.0 to 224, bicubic,
    flip), per CPU core (one decoding process, and the bare decode+transform in a loop) and
    with several worker processes.
+   The same for the evaluators' input: fine-tuning (RandomResizedCrop 0.08-1.0, flip, with
+   labels) and feature extraction for k-NN / the linear probe (resize + centre crop, in
+   order, with labels).
 2. Step: images/s of the compiled train step of configs/dmae_vitb.py (ViT-L/16 teacher ->
    ViT-B/16 student, 224 px) on this machine's default JAX device, at a small batch.
 
@@ -65,7 +68,7 @@ def folder_stats(source) -> dict:
     return {"images": len(source), "mean_file_kb": round(float(np.mean(sizes)) / 1024, 1)}
 
 
-def bench_decode_loop(source, transform, seconds: float) -> dict:
+def bench_decode_loop(source, transform, seconds: float, bench: str = "decode_transform_loop") -> dict:
     """One core, no grain: read + decode (draft) + transform, one image after another."""
     from mdistill.data.transforms import load_image
 
@@ -80,17 +83,19 @@ def bench_decode_loop(source, transform, seconds: float) -> dict:
         n += 1
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     # CPU time, not wall time, is what a core gives when the machine is shared with other jobs
-    return emit(bench="decode_transform_loop", processes=1, images=n, seconds=round(dt, 2),
+    return emit(bench=bench, processes=1, images=n, seconds=round(dt, 2),
                 cpu_seconds=round(cpu, 2), images_per_sec=round(n / dt, 1),
                 images_per_cpu_second=round(n / cpu, 1), decode_share_of_cpu=round(decode / cpu, 2))
 
 
-def bench_pipeline(source, transform, batch: int, workers: int, threads: int, batches: int) -> dict:
+def bench_pipeline(source, transform, batch: int, workers: int, threads: int, batches: int,
+                   bench: str = "pipeline", **options) -> dict:
     """The training pipeline (grain) producing host batches; the first batches (worker
-    start-up) are not timed."""
+    start-up) are not timed. `options` (labels, shuffle) go to data.Pipeline."""
     from mdistill.data import Pipeline
 
-    p = Pipeline(source, transform, batch, workers=workers, threads=threads, prefetch=4, max_bad_fraction=1.0)
+    p = Pipeline(source, transform, batch, workers=workers, threads=threads, prefetch=4, max_bad_fraction=1.0,
+                 **options)
     with p:
         t_start = time.perf_counter()
         next(p)
@@ -102,7 +107,7 @@ def bench_pipeline(source, transform, batch: int, workers: int, threads: int, ba
         for _ in range(batches):
             next(p)
         dt = time.perf_counter() - t0
-    return emit(bench="pipeline", workers=workers, threads=threads, batch=batch, batches=batches,
+    return emit(bench=bench, workers=workers, threads=threads, batch=batch, batches=batches,
                 seconds=round(dt, 2), startup_seconds=round(startup, 1),
                 images_per_sec=round(batches * batch / dt, 1))
 
@@ -165,6 +170,7 @@ def main(argv=None):
     ap.add_argument("--step_batch", type=int, default=8)
     ap.add_argument("--step_steps", type=int, default=2)
     ap.add_argument("--skip_step", action="store_true")
+    ap.add_argument("--skip_eval", action="store_true", help="no fine-tuning / feature-extraction figures")
     args = ap.parse_args(argv)
 
     from mdistill.data.image_folder import ImageFolderSource
@@ -181,6 +187,16 @@ def main(argv=None):
     per_core = loop["images_per_cpu_second"]
     summary = {"bench": "summary", "input_images_per_sec_per_core": per_core,
                "input_images_per_sec_best": max(r["images_per_sec"] for r in runs)}
+    if not args.skip_eval:  # the evaluators' input: fine-tuning and feature extraction
+        finetune = Transform(args.image_size, 3, "mae", (0.08, 1.0))  # MAE fine-tuning: RRC (0.08, 1) + flip
+        features = Transform(args.image_size, 3, "none")  # evaluation: short side to size / 0.875, centre crop
+        for name, t, options in (("finetune", finetune, dict(labels=True)),
+                                 ("features", features, dict(labels=True, shuffle=False))):
+            per_core_eval = bench_decode_loop(source, t, args.loop_seconds, f"{name}_decode_transform_loop")
+            eval_runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches,
+                                        f"{name}_pipeline", **options) for w in args.workers.split(",")]
+            summary[f"{name}_images_per_sec_per_core"] = per_core_eval["images_per_cpu_second"]
+            summary[f"{name}_images_per_sec_best"] = max(r["images_per_sec"] for r in eval_runs)
     if not args.skip_step:
         step = bench_step(args.config, args.step_batch, args.step_steps)
         summary.update(step_images_per_sec=step["images_per_sec"], step_device=step["device"],

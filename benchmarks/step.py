@@ -46,8 +46,10 @@ import numpy as np  # noqa: E402
 from mdistill import flops as flops_model  # noqa: E402
 from mdistill import sharding, train, validation  # noqa: E402
 from mdistill.metrics import log  # noqa: E402
+from mdistill.objectives import OBJECTIVES  # noqa: E402
 
-METHODS = ("mae", "dmae", "amd")
+# every method with a ViT-B/16 experiment config (Objective.reference_config)
+METHODS = tuple(name for name, objective in OBJECTIVES.items() if objective.reference_config)
 MODELS = ("tiny", "S", "B", "L")
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) for bf16; float32 steps
@@ -79,7 +81,7 @@ def load_config_file(name: str, arg=None):
 def build_config(method: str, model: str, args):
     """The experiment config of (method, model), with the benchmark's overrides; None when
     the pair is not defined."""
-    files = {"mae": "mae_vitb", "dmae": "dmae_vitb", "amd": "amd_vitb"}
+    files = {name: OBJECTIVES[name].reference_config for name in METHODS}
     if model == "tiny":
         c = load_config_file(files[method], "smoke")
     elif model == "B":
@@ -261,7 +263,7 @@ def bench_one(method: str, model: str, args, mesh) -> dict | None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="mae,dmae,amd", help=f"comma-separated, of {METHODS}")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
     p.add_argument("--models", default="tiny", help=f"comma-separated, of {MODELS}")
     p.add_argument("--batch", type=int, default=8, help="global batch (0: the config's)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),

@@ -65,7 +65,8 @@ def main(argv=None):
     step_bench.add_one_step_args(p)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--variant", action="append", default=None,
-                   help="option=value[,option=value...]; repeat for each variant (at least two; --variant= is XLA's defaults)")
+                   help="option=value[,option=value...]; repeat for each variant "
+                         "(at least two; --variant= is XLA's defaults)")
     args = p.parse_args(argv)
     variants = args.variant or []
     if len(variants) < 2:

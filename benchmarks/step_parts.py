@@ -70,10 +70,7 @@ def main(argv=None):
     report("optimizer_update", median_time(jax.jit(update), state, g, steps=args.steps))
     if teacher is not None:
         x = objective.prepare_images(images)
-        if args.method == "amd":  # the teacher sees its own, larger visible set
-            ids = objective.sample_masks(rng, x.shape[0]).teacher_ids
-        else:
-            ids = objective.sample_mask(rng, x.shape[0]).ids_keep
+        ids = objective.sample_masks(rng, x.shape[0]).teacher_ids  # AMD: its own, larger visible set
         teacher_forward = jax.jit(lambda t, x: objective.teacher.features(t, x, ids, objective.teacher_blocks))
         report("teacher_forward", median_time(teacher_forward, teacher, x, steps=args.steps),
                terms["teacher_forward"])

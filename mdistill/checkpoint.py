@@ -25,12 +25,15 @@ from mdistill.metrics import log
 
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric", "total_steps",
-                     "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
+                     "total_steps", "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
                      # how the input pipeline runs, not what it yields
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
                      # how the devices are laid out, not what they compute
                      "mesh.")
+# Fields added since older checkpoints were written, with the value that does what those
+# runs did: absent in a checkpoint and this value now is no change.
+ADDED_FIELDS = {"masking.kind": "random"}
 
 
 class CheckpointError(RuntimeError):
@@ -223,6 +226,9 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 
     # JSON round trip: tuples and lists compare equal
     a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))
+    for k, v in ADDED_FIELDS.items():
+        if k not in a and b.get(k) == v:
+            a[k] = v
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     return [f"  {k}: {a.get(k, '<absent>')!r} in the checkpoint -> {b.get(k, '<absent>')!r} now"
             for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_CHANGES)]

@@ -33,24 +33,14 @@ def base_config() -> ml_collections.ConfigDict:
         variant="L/16",
         checkpoint="",       # mdistill workdir / checkpoint dir; empty = random (smoke only)
         dtype="float32"))    # compute and storage dtype of the frozen teacher
-    c.distill = ml_collections.ConfigDict(dict(
-        pairs=((8, 17),),    # (student block, teacher block), 0-based
-        head="linear",       # projection head: linear | mlp
-        projection=(768, 1024),  # (student width, teacher width), checked at start; () skips
-        loss="l1",           # l1 | l2 | smooth_l1
-        normalize=True,      # L2-normalise both features before the loss
-        weight=1.0,          # weight of each pair's feature loss
-        rec_weight=1.0))     # weight of the pixel reconstruction loss
-    c.amd = ml_collections.ConfigDict(dict(  # AMD; config.mask_ratio stays the student's
-        teacher_mask_ratio=0.75,  # lower than the student's: the teacher sees a superset
-        pairs=((5, 11), (11, 23)),  # (student block, teacher block), 0-based: B/16 <-> L/16
-        generator_depth=2,   # blocks of each pair's generator (teacher width)
-        generator_heads=16,  # teacher width / 64, as in the official code
-        loss="l2",           # l1 | l2 | smooth_l1, for both alignments
-        normalize=False,     # L2-normalise features before the loss (the paper does not)
-        dir_weight=1.0,      # direct alignment (teacher features at the student's tokens)
-        gen_weight=1.0,      # generation alignment (at the tokens only the teacher sees)
-        rec_weight=1.0))     # pixel reconstruction
+    # Each method's own section (config.distill for DMAE, config.amd for AMD, ...), from
+    # its objective (mdistill/objectives): every config holds every method's defaults.
+    for objective in _objectives().values():
+        if objective.config_key and objective.config_key not in c:
+            c[objective.config_key] = objective.defaults()
+    # Which patches the student (and the teacher) see: a per-sample order of the patches of
+    # this kind (mdistill.masking.ORDERS), cut at the mask ratios.
+    c.masking = ml_collections.ConfigDict(dict(kind="random"))
 
     c.batch_size = 4096      # global, over all devices and accumulation steps
     # Device mesh: the batch is split over both axes, parameters, optimizer state and the
@@ -106,14 +96,37 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def parse_arg(arg: str | None, **defaults) -> dict:
+    """A config file's argument (`--config=FILE:ARG`) as a dict: comma-separated
+    `key=value` settings over `defaults`, and `smoke` (True when present), e.g.
+    'variant=S/16,smoke'. An unknown key fails naming the known ones."""
+    out = dict(defaults, smoke=False)
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep and key == "smoke":
+            out["smoke"] = True
+        elif sep and key in defaults:
+            out[key] = value
+        else:
+            raise ValueError(f"config argument {part!r}: expected 'smoke' or key=value with key one of "
+                             f"{sorted(defaults)}")
+    return out
+
+
+def _objectives() -> dict:
+    from mdistill.objectives import OBJECTIVES  # imported here: configs load this file before JAX is needed
+
+    return OBJECTIVES
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Same method, tiny models, synthetic 32px data, a few dozen steps: seconds on a CPU."""
     c.image_size = 32
     c.student.update(variant="mu/4", decoder_width=64, decoder_depth=1, decoder_heads=4)
     c.teacher.update(variant="xs/4", checkpoint="", dtype="float32")
-    c.distill.update(pairs=((1, 3),), projection=(64, 128))
-    # middle and last blocks of each, as AMD pairs them: mu has 4 blocks, xs 6 (128 wide)
-    c.amd.update(pairs=((1, 2), (3, 5)), generator_heads=2)
+    for objective in _objectives().values():
+        if objective.config_key in c:
+            objective.smoke(c)
     c.data.update(source="synthetic", channels=3, synthetic_size=512,
                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment="none", workers=0)
     c.batch_size = 16

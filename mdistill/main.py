@@ -42,7 +42,11 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for training")
     try:
-        train.train(config, _WORKDIR.value, mesh)
+        from mdistill.evaluate import knn
+
+        # evaluations the loop runs on the live student (labels are read now, before any step)
+        monitors = knn.monitors(config, mesh)
+        train.train(config, _WORKDIR.value, mesh, monitors)
     except (validation.ConfigError, CheckpointError, DataError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
 

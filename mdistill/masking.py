@@ -1,5 +1,10 @@
 """Which patches each model sees. Pure functions of a PRNG key with static shapes: the
-number of visible patches depends only on the config, so masking never recompiles."""
+number of visible patches depends only on the config, so masking never recompiles.
+
+Every objective draws its masks through sample(), which reads config.masking.kind: a kind
+is one function in ORDERS, rng -> a per-sample order of the patches, of which the student
+sees the first K_s and the teacher (AMD) the first K_t. 'random' is MAE's uniform shuffle;
+the next mask is one more such function."""
 
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ def tube_masking(rng: jax.Array, batch_size: int, frames: int, patches_per_frame
 
 
 class AsymmetricMask(NamedTuple):
-    """AMD's nested masks: the teacher sees every patch the student sees, and more."""
+    """What each model sees. AMD's nested masks: the teacher sees every patch the student
+    sees, and more; for MAE and DMAE the teacher's patches are the student's (no difference)."""
 
     student: Mask             # the student's mask (ids_keep: [B, K_s])
     teacher_ids: jax.Array    # [B, K_t]: student.ids_keep, then the K_t - K_s difference patches
@@ -69,6 +75,42 @@ def asymmetric_tube_masking(rng: jax.Array, batch_size: int, frames: int, patche
     spatial = _shuffle(rng, batch_size, patches_per_frame)
     order = _tube_order(spatial, frames, (keep_s, keep_t))
     return _asymmetric_from_order(order, frames * keep_s, frames * keep_t)
+
+
+Masks = AsymmetricMask  # what sample() returns, for every objective
+
+
+def random_order(rng: jax.Array, batch_size: int, num_patches: int) -> jax.Array:
+    """MAE's masking: a uniformly random permutation of the patches per sample."""
+    return _shuffle(rng, batch_size, num_patches)
+
+
+# config.masking.kind -> (rng, batch_size, num_patches) -> [B, L] int32 per-sample order of
+# the patches; each model sees a prefix of it (so a teacher's superset holds by construction)
+ORDERS = {"random": random_order}
+
+
+def kind_of(config) -> str:
+    """config.masking.kind ('random' for configs saved before it existed)."""
+    masking = config.get("masking") if hasattr(config, "get") else None
+    return masking.get("kind", "random") if masking is not None else "random"
+
+
+def sample(kind: str, rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float,
+           teacher_mask_ratio: float | None = None) -> Masks:
+    """The masks of one batch: the student keeps num_visible(mask_ratio) patches of the
+    order ORDERS[kind] draws; with teacher_mask_ratio the teacher keeps a longer prefix of
+    the same order, else exactly the student's patches."""
+    if kind not in ORDERS:
+        raise ValueError(f"masking kind {kind!r}: expected one of {sorted(ORDERS)}")
+    if teacher_mask_ratio is None:
+        keep = num_visible(num_patches, mask_ratio)
+        if keep < 1:
+            raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}")
+        mask = _mask_from_order(ORDERS[kind](rng, batch_size, num_patches), keep)
+        return Masks(mask, mask.ids_keep)
+    keep_s, keep_t = _nested_counts(num_patches, mask_ratio, teacher_mask_ratio)
+    return _asymmetric_from_order(ORDERS[kind](rng, batch_size, num_patches), keep_s, keep_t)
 
 
 def _shuffle(rng: jax.Array, batch_size: int, num_patches: int) -> jax.Array:

@@ -12,15 +12,15 @@ encoder keeps in the order given, as the official one does; None means every pat
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from mdistill import convert
+from mdistill import weights
 from mdistill.models.mae import MAE
 from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.state_dict import Architecture
 
 
 def ids_restore_for(ids_keep: jax.Array, num_patches: int) -> jax.Array:
@@ -36,7 +36,7 @@ def ids_restore_for(ids_keep: jax.Array, num_patches: int) -> jax.Array:
 class Pretrained:
     """Flax module(s) and parameters {'encoder', 'decoder'?} of one pretrained model."""
 
-    arch: convert.Architecture
+    arch: Architecture
     params: dict
 
     def __post_init__(self):
@@ -93,44 +93,5 @@ def load_pretrained(path: str, variant: str | None = None, decoder_heads: int | 
     """A .pth / .bin / .safetensors file (official MAE or timm names), a directory written by
     `python -m mdistill.convert`, or an mdistill workdir / checkpoint (its MAE). `variant`
     (e.g. 'L/16') checks the architecture and sets the head count, which no tensor stores."""
-    if os.path.isfile(path):
-        params, arch = convert.state_dict_to_params(convert.read_state_dict(path), path, variant,
-                                                    decoder_heads=decoder_heads)
-        return Pretrained(arch, params)
-    from mdistill import checkpoint
-
-    params, meta = checkpoint.load_params(path, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    params = params.get("mae", params)
-    params = params if "encoder" in params else {"encoder": params}
-    arch = _arch_from_meta(meta) or _arch_from_params(params, decoder_heads)
-    if variant:
-        arch = dataclasses.replace(arch, spec=ViTSpec.parse(variant))
-    if decoder_heads and arch.decoder:
-        arch = dataclasses.replace(arch, decoder=(*arch.decoder[:2], decoder_heads))
-    if "decoder" not in params:
-        arch = dataclasses.replace(arch, decoder=None)
-    if variant:
-        convert.check_encoder_shapes(params["encoder"], variant, path)
-    return Pretrained(arch, dict(params))
-
-
-def _arch_from_meta(meta: dict) -> convert.Architecture | None:
-    if "architecture" in meta:  # written by mdistill.convert
-        return convert.Architecture.from_json(meta["architecture"])
-    config = meta.get("config")
-    if not config:
-        return None
-    s = config["student"]
-    spec = ViTSpec.parse(s["variant"])
-    return convert.Architecture(spec, config["data"]["channels"], config["image_size"] // spec.patch_size,
-                                (s["decoder_width"], s["decoder_depth"], s["decoder_heads"]))
-
-
-def _arch_from_params(params: dict, decoder_heads: int | None) -> convert.Architecture:
-    """Shapes only: heads follow default_heads / default_decoder_heads."""
-    import numpy as np
-
-    sd = {convert.flax_to_torch(k[0], k[1:]): np.empty(v.shape, np.int8)
-          for k, v in convert._flatten(params).items()}
-    sd = {k: convert.to_torch_value(v) for k, v in sd.items()}
-    return convert.infer_architecture(sd, "checkpoint", decoder_heads=decoder_heads)
+    loaded = weights.load(path, variant, decoder_heads=decoder_heads)
+    return Pretrained(loaded.arch, dict(loaded.params))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import flax
 import jax
@@ -14,8 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, optim, sharding, visualize
-from mdistill.evaluate.knn import KNNMonitor
+from mdistill import checkpoint, data, optim, sharding, visualize, weights
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
@@ -109,30 +108,13 @@ class Trainer:
                 "initialised teacher (only meaningful for smoke tests)")
             init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
             return init(jax.random.PRNGKey(self.config.seed + 1))
-        try:
-            return teacher.prepare(self._read_teacher(path))
+        try:  # checked against config.teacher.variant, placed by the partition rules
+            encoder = weights.load_encoder(path, self.config.teacher.variant, image_size=self.config.image_size,
+                                           channels=self.config.data.channels, placement=self.mesh,
+                                           field="config.teacher.variant")
         except (ValueError, ImportError) as e:  # wrong architecture, unreadable file, no torch for a .pth
             raise checkpoint.CheckpointError(str(e)) from e
-
-    def _read_teacher(self, path: str):
-        """The teacher encoder's parameters from an Orbax checkpoint or a PyTorch file,
-        checked against config.teacher.variant and placed by the partition rules."""
-        if os.path.isfile(path):  # a PyTorch .pth/.safetensors (official MAE or timm names), converted here
-            from mdistill import convert
-
-            encoder = convert.load_teacher_params(path, variant=self.config.teacher.variant,
-                                                  image_size=self.config.image_size,
-                                                  channels=self.config.data.channels)
-            check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
-                              f"config.teacher.variant={self.config.teacher.variant!r}")
-            return convert.place(encoder, sharding.tree_shardings(self.mesh, encoder))
-        fsdp = self.mesh.shape["fsdp"]
-        params, _ = checkpoint.load_params(path, lambda key, shape: NamedSharding(
-            self.mesh, sharding.partition_spec(key, shape, fsdp)))
-        encoder = params["mae"]["encoder"] if "mae" in params else params.get("encoder", params)
-        check_same_shapes(encoder, self.abstract_teacher(), f"teacher checkpoint {path}",
-                          f"config.teacher.variant={self.config.teacher.variant!r}")
-        return encoder
+        return teacher.prepare(encoder)
 
     # ---- the step -----------------------------------------------------------------------
     def _grads(self, params, teacher_params, images, rng):
@@ -179,19 +161,6 @@ def _abstract(shapes, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def check_same_shapes(actual, expected, what: str, hint: str) -> None:
-    """Raise one error listing every parameter whose presence or shape differs."""
-    flat_a = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(actual)[0]}
-    flat_e = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    problems = [f"  {k}: missing from the checkpoint (expected {flat_e[k]})" for k in flat_e if k not in flat_a]
-    problems += [f"  {k}: shape {flat_a[k]} in the checkpoint, {flat_e[k]} expected"
-                 for k in flat_e if k in flat_a and tuple(flat_a[k]) != tuple(flat_e[k])]
-    problems += [f"  {k}: in the checkpoint but not in the model" for k in flat_a if k not in flat_e]
-    if problems:
-        raise ValueError(f"{what} does not match {hint}:\n" + "\n".join(problems[:20])
-                         + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-
-
 def flops_of(compiled) -> float:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -209,7 +178,7 @@ def summarize(config, mesh) -> dict:
     return {
         "method": config.method,
         "student": config.student.variant,
-        "student_params": count_params(state.params["mae"]["encoder"]),
+        "student_params": count_params(weights.encoder_of(state.params)),
         "trainable_params": count_params(state.params),
         "teacher": config.teacher.variant if objective.uses_teacher else None,
         "teacher_params": count_params(teacher) if teacher is not None else 0,
@@ -262,18 +231,47 @@ def ensure_writable(workdir: str) -> None:
             raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
 
 
-def check_best_metric(config, trainer: Trainer, knn: KNNMonitor) -> None:
+class Monitor(Protocol):
+    """An evaluation the loop runs on the live trained parameters between steps (e.g.
+    mdistill.evaluate.knn.KNNMonitor). The loop waits for the steps in flight before calling
+    it, logs its metrics with the step's, saves them with the checkpoint, and leaves its time
+    out of images_per_sec."""
+
+    def metric_names(self) -> set[str]:
+        """The metrics it returns when it runs (config.best_metric may name them)."""
+
+    def due(self, step: int, is_last: bool, saving: bool) -> bool:
+        """Whether it runs after `step` (`is_last`: the run's final step; `saving`: a
+        checkpoint is written at this step)."""
+
+    def __call__(self, step: int, params) -> dict[str, float]:
+        """Its metrics for the trained parameters `params` (the whole trained tree)."""
+
+
+def check_best_metric(config, trainer: Trainer, monitors: Sequence[Monitor]) -> None:
     """config.best_metric must name a metric every checkpoint is saved with: the step's, and
-    the k-NN monitor's when it runs."""
+    the monitors'."""
     name = config.best_metric.rpartition(":")[2]
     if not name:
         return
     logged = trainer.metric_names()  # traced: seconds for large models, so only when asked
-    if knn.every:  # top-5 only with at least 5 classes (mdistill.evaluate.knn)
-        logged |= {"knn_top1", "knn_seconds"} | ({"knn_top5"} if knn.num_classes >= 5 else set())
+    for monitor in monitors:
+        logged |= monitor.metric_names()
     if name not in logged:
         raise ConfigError(f"config.best_metric={config.best_metric!r} is invalid: this run logs no {name!r} at "
                           f"its checkpoints; expected one of {sorted(logged)}, as {BEST_METRIC_FORM}")
+
+
+def run_monitors(monitors: Sequence[Monitor], step: int, params, is_last: bool, saving: bool) -> tuple[dict, float]:
+    """The metrics of the monitors due at `step`, and the seconds they took."""
+    due = [m for m in monitors if m.due(step, is_last, saving)]
+    if not due:
+        return {}, 0.0
+    jax.block_until_ready(params)  # the steps in flight finish first: the time is the monitors' own
+    t0, out = time.time(), {}
+    for monitor in due:
+        out.update(monitor(step, params))
+    return out, time.time() - t0
 
 
 def resume_or_init(trainer: Trainer, mngr) -> tuple[TrainState, dict | None]:
@@ -300,22 +298,22 @@ def check_finite(records: list[dict], mngr) -> None:
                                      f"Last good checkpoint: {where}")
 
 
-def train(config, workdir: str, mesh=None) -> dict:
-    """Run (or resume) training; returns the last logged metrics."""
+def train(config, workdir: str, mesh=None, monitors: Sequence[Monitor] = ()) -> dict:
+    """Run (or resume) training; returns the last logged metrics. `monitors` run between
+    steps when due (mdistill.main builds them from the config: mdistill.evaluate.knn.monitors)."""
     preemption = PreemptionWatcher()  # first: a SIGTERM during set-up ends the run before its first step
     try:
         ensure_writable(workdir)
         with checkpoint.workdir_lock(workdir):  # one run per workdir
-            return _train(config, workdir, mesh or sharding.make_mesh(), preemption)
+            return _train(config, workdir, mesh or sharding.make_mesh(), preemption, tuple(monitors))
     finally:
         preemption.close()
 
 
-def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
+def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: tuple) -> dict:
     trainer = Trainer(config, mesh)
     plan = trainer.plan
-    knn = KNNMonitor(config, mesh)  # k-NN of the student every eval.knn_every steps (labels read now)
-    check_best_metric(config, trainer, knn)
+    check_best_metric(config, trainer, monitors)
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
     state, data_state = resume_or_init(trainer, mngr)
@@ -343,8 +341,8 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
             stop = preemption.should_stop(done)
             log_now = done % config.log_every == 0 or is_last
             save_now = done % config.checkpoint_every == 0 or is_last or stop
-            knn_now = knn.maybe_run(done, state.params, is_last, save_now)  # {} unless due
-            log_now, t_log = log_now or bool(knn_now), t_log + knn_now.get("knn_seconds", 0.0)
+            monitored, seconds = run_monitors(monitors, done, state.params, is_last, save_now)  # {} unless due
+            log_now, t_log = log_now or bool(monitored), t_log + seconds
             draw_now = pictures is not None and (done % config.visualize_every == 0 or is_last)
             if not (log_now or save_now or draw_now):
                 continue
@@ -356,14 +354,14 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher) -> dict:
                 last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 now = time.time()
                 ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
-                last.update(step=done, images_per_sec=ips, **knn_now)
+                last.update(step=done, images_per_sec=ips, **monitored)
                 writer.write(done, last)
                 log(format_line(done, plan.total_steps, last, (plan.total_steps - done) * config.batch_size / ips))
                 window, t_log, step_log = [], now, done
             if save_now:
                 checkpoint.save(mngr, done, state.params, state.opt_state,
                                 {"step": done, "config": config.to_dict(), "data": batches.state()},
-                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **knn_now})
+                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **monitored})
             if draw_now:
                 pictures(done, state.params)
             if stop and not is_last:

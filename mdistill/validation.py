@@ -7,30 +7,13 @@ import jax
 import numpy as np
 
 from mdistill import masking
+from mdistill.checks import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
 from mdistill.data import SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
 from mdistill.data.transforms import AUGMENTS
-from mdistill.models.heads import PROJECTION_KINDS
-from mdistill.models.vit import REMAT_POLICIES, ViTSpec
+from mdistill.models.vit import REMAT_POLICIES
 from mdistill.objectives import OBJECTIVES
-from mdistill.objectives.common import FEATURE_LOSSES
 from mdistill.objectives.mae import DTYPES
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _require(ok: bool, field: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
-
-
-def _variant(field: str, value: str) -> ViTSpec:
-    try:
-        return ViTSpec.parse(value)
-    except ValueError as e:
-        raise ConfigError(f"config.{field}: {e}") from None
 
 
 def validate(config, num_devices: int | None = None) -> None:
@@ -91,16 +74,17 @@ def validate(config, num_devices: int | None = None) -> None:
         _require(d.split in FMNIST_SPLITS, "data.split", d.split, f"expected one of {sorted(FMNIST_SPLITS)}")
         _require(config.image_size == 28, "image_size", config.image_size, "Fashion-MNIST images are 28x28")
     if d.source == "folder":
-        _require(bool(d.path), "data.path", d.path, "must name the image folder's root (<path>/<split>/<class>/<image>)")
+        _require(bool(d.path), "data.path", d.path,
+                 "must name the image folder's root (<path>/<split>/<class>/<image>)")
     _validate_pipeline(d)
+
+    kind = masking.kind_of(config)
+    _require(kind in masking.ORDERS, "masking.kind", kind, f"expected one of {sorted(masking.ORDERS)}")
 
     if "eval" in config:
         validate_eval(config, num_devices)
 
-    if config.method == "dmae":
-        _validate_distill(config, student)
-    if config.method == "amd":
-        _validate_amd(config, student, num_patches)
+    OBJECTIVES[config.method].validate(config)  # the method's own fields
 
 
 def _validate_optim(o) -> None:
@@ -139,53 +123,6 @@ def _validate_pipeline(d) -> None:
     _require(d.prefetch >= 1, "data.prefetch", d.prefetch, "must be >= 1")
     _require(0 <= d.max_bad_fraction < 1, "data.max_bad_fraction", d.max_bad_fraction,
              "must be in [0, 1): the fraction of the dataset that may be undecodable and skipped")
-
-
-def _validate_teacher(config, student: ViTSpec) -> ViTSpec:
-    teacher = _variant("teacher.variant", config.teacher.variant)
-    _require(config.teacher.dtype in DTYPES, "teacher.dtype", config.teacher.dtype, f"expected one of {sorted(DTYPES)}")
-    _require(teacher.patch_size == student.patch_size, "teacher.variant", config.teacher.variant,
-             f"the teacher must use the student's patch size {student.patch_size} (it sees the same patches)")
-    return teacher
-
-
-def _validate_pairs(config, field: str, pairs, student: ViTSpec, teacher: ViTSpec) -> None:
-    _require(len(pairs) >= 1, field, pairs, "need at least one (student block, teacher block)")
-    for s, t in pairs:
-        _require(0 <= s < student.depth, field, pairs,
-                 f"student block {s} is outside 0..{student.depth - 1} ({config.student.variant}, 0-based)")
-        _require(0 <= t < teacher.depth, field, pairs,
-                 f"teacher block {t} is outside 0..{teacher.depth - 1} ({config.teacher.variant}, 0-based)")
-
-
-def _validate_distill(config, student: ViTSpec) -> None:
-    teacher = _validate_teacher(config, student)
-    dist = config.distill
-    _validate_pairs(config, "distill.pairs", dist.pairs, student, teacher)
-    _require(dist.head in PROJECTION_KINDS, "distill.head", dist.head, f"expected one of {PROJECTION_KINDS}")
-    _require(dist.loss in FEATURE_LOSSES, "distill.loss", dist.loss, f"expected one of {FEATURE_LOSSES}")
-    if dist.get("projection"):
-        _require(tuple(dist.projection) == (student.width, teacher.width), "distill.projection", dist.projection,
-                 f"must map the student width to the teacher width: ({student.width}, {teacher.width})")
-
-
-def _validate_amd(config, student: ViTSpec, num_patches: int) -> None:
-    teacher = _validate_teacher(config, student)
-    amd = config.amd
-    ratio = amd.teacher_mask_ratio
-    _require(0.0 <= ratio < config.mask_ratio, "amd.teacher_mask_ratio", ratio,
-             f"must be in [0, config.mask_ratio={config.mask_ratio}): the teacher sees more than the student")
-    keep_s, keep_t = masking.num_visible(num_patches, config.mask_ratio), masking.num_visible(num_patches, ratio)
-    _require(keep_t > keep_s, "amd.teacher_mask_ratio", ratio,
-             f"leaves the teacher {keep_t} visible of {num_patches} patches, no more than the student's {keep_s}; "
-             "lower it so at least one patch is the teacher's alone")
-    _validate_pairs(config, "amd.pairs", amd.pairs, student, teacher)
-    _require(amd.generator_depth >= 1, "amd.generator_depth", amd.generator_depth, "must be >= 1")
-    _require(amd.generator_heads >= 1 and teacher.width % amd.generator_heads == 0, "amd.generator_heads",
-             amd.generator_heads, f"must divide the teacher width {teacher.width} (the generator runs at it)")
-    _require(amd.loss in FEATURE_LOSSES, "amd.loss", amd.loss, f"expected one of {FEATURE_LOSSES}")
-    for name in ("dir_weight", "gen_weight", "rec_weight"):
-        _require(amd[name] >= 0, f"amd.{name}", amd[name], "must be >= 0")
 
 
 def validate_eval(config, num_devices: int | None = None) -> None:

@@ -30,12 +30,12 @@ TEACHER_TINT = np.array([0.35, 0.55, 1.0])  # RGB multiplier for teacher-only pa
 
 def _masks(objective, rng, batch_size):
     """(student mask, [B, L] 1.0 where only the teacher sees a patch, or None)."""
-    if hasattr(objective, "sample_masks"):  # AMD: nested student / teacher masks
-        masks = objective.sample_masks(rng, batch_size)
-        teacher_only = jnp.zeros((batch_size, objective.num_patches)).at[
-            jnp.arange(batch_size)[:, None], masks.diff_ids].set(1.0)
-        return masks.student, teacher_only
-    return objective.sample_mask(rng, batch_size), None
+    masks = objective.sample_masks(rng, batch_size)
+    if not masks.diff_ids.shape[1]:  # the teacher, if any, sees the student's patches
+        return masks.student, None
+    teacher_only = jnp.zeros((batch_size, objective.num_patches)).at[  # AMD: nested student / teacher masks
+        jnp.arange(batch_size)[:, None], masks.diff_ids].set(1.0)
+    return masks.student, teacher_only
 
 
 def predict(objective, params, images, rng):

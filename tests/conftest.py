@@ -29,7 +29,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # The longest files first, so that with pytest-xdist (tests/run.sh) they do not start last
 # and leave one worker running alone at the end.
-LONGEST_FILES = ("test_multihost.py", "test_fault_tolerance.py", "test_notebook.py", "test_reliability.py", "test_train.py")
+LONGEST_FILES = ("test_multihost.py", "test_fault_tolerance.py", "test_notebook.py", "test_reliability.py",
+                 "test_train.py")
 
 
 def pytest_collection_modifyitems(items):

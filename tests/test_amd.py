@@ -209,8 +209,8 @@ def test_smoke_run_losses_fall(tmp_path):
     c = smoke()
     c.total_steps, c.log_every, c.checkpoint_every = 20, 10, 20  # compiling is most of it
     last = train(c, str(tmp_path))
-    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-    assert [l["step"] for l in lines] == [10, 20]
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [10, 20]
     for key in ("loss", "rec_loss", "dir_loss", "gen_loss"):
         assert lines[-1][key] < lines[0][key], key
     assert np.isfinite(last["loss"]) and sorted(os.listdir(tmp_path / "checkpoints")) == ["20"]

@@ -3,7 +3,6 @@ and its records carry the fields RESULTS.md quotes."""
 
 import importlib.util
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

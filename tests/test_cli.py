@@ -37,8 +37,8 @@ def test_smoke_config_trains_from_the_command_line_with_overrides(tmp_path):
               "--config.log_every=3", devices=2)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 6/6" in out.stdout
-    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-    assert [l["step"] for l in lines] == [3, 6] and "distill_loss" in lines[0]
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [3, 6] and "distill_loss" in lines[0]
 
 
 def test_invalid_override_fails_before_compiling(tmp_path):

@@ -89,3 +89,18 @@ def test_invalid_config_names_the_field(name, mutate, message):
     with pytest.raises(ConfigError) as e:
         validate(c, num_devices=8)
     assert message in str(e.value)
+
+
+def configs_path(name):
+    return os.path.join(os.path.dirname(__file__), "..", "configs", name + ".py")
+
+
+@pytest.mark.parametrize("family,variant,name", [("amd", "S/16", "amd_vits"), ("amd", "B/16", "amd_vitb"),
+                                                 ("mae", "L/16", "mae_vitl"), ("mae", "B/16", "mae_vitb")])
+def test_a_config_argument_picks_the_model_size(family, variant, name):
+    """configs/amd.py:variant=S/16 is configs/amd_vits.py, with or without smoke."""
+    path = configs_path(family)
+    assert load(path, f"variant={variant}").to_dict() == load(configs_path(name)).to_dict()
+    assert load(path, f"variant={variant},smoke").to_dict() == load(configs_path(name), "smoke").to_dict()
+    with pytest.raises(ValueError, match="expected 'smoke' or key=value with key one of \\['variant'\\]"):
+        load(path, "size=S")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mdistill
-from mdistill import checkpoint, convert
+from mdistill import checkpoint, convert, weights
 from mdistill.models.vit import ViTSpec
 from mdistill.pretrained import ids_restore_for
 
@@ -96,8 +96,8 @@ def test_converted_encoder_and_decoder_match_pytorch(release):
 def test_orbax_conversion_loads_as_checkpoint_teacher_and_pretrained(release):
     params, meta = checkpoint.load_params(release["orbax"], CPU)
     assert set(params["mae"]) == {"encoder", "decoder"} and meta["architecture"]["decoder_heads"] == DEC[2]
-    from_pth = convert.load_teacher_params(release["path"], CPU, variant="mu/4", image_size=IMG)
-    from_dir = convert.load_teacher_params(release["orbax"], CPU, variant="mu/4", image_size=IMG)
+    from_pth = weights.load_encoder(release["path"], placement=CPU, variant="mu/4", image_size=IMG)
+    from_dir = weights.load_encoder(release["orbax"], placement=CPU, variant="mu/4", image_size=IMG)
     jax.tree.map(np.testing.assert_array_equal, from_pth, from_dir)
     jax.tree.map(np.testing.assert_array_equal, from_dir, params["mae"]["encoder"])
     model = mdistill.load_pretrained(release["orbax"])
@@ -131,10 +131,10 @@ def test_other_image_size_uses_the_sincos_table_of_its_grid(ref, release, capsys
     model = mdistill.load_pretrained(release["path"])
     np.testing.assert_allclose(model.encode(images, ids_keep)[DEPTH - 1], blocks[-1], atol=ATOL)
     np.testing.assert_allclose(model.reconstruct(images, ids_keep), pred, atol=ATOL)
-    convert.load_teacher_params(release["path"], CPU, image_size=24)
+    weights.load_encoder(release["path"], placement=CPU, image_size=24)
     assert "used at 24px" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a multiple of the checkpoint's patch size 4"):
-        convert.load_teacher_params(release["path"], CPU, image_size=18)
+        weights.load_encoder(release["path"], placement=CPU, image_size=18)
 
 
 @pytest.mark.parametrize("global_pool", [False, True])
@@ -173,8 +173,8 @@ def test_export_without_head_round_trips_to_the_release_layout(ref, release, tmp
     for k in original:
         np.testing.assert_allclose(exported[k].numpy(), original[k].numpy(), atol=1e-6, err_msg=k)
     # and back in: the export is itself a valid teacher checkpoint
-    convert.load_teacher_params(str(out), CPU, variant="mu/4")
-    sd = convert.export_state_dict(convert.load_teacher_params(str(out)), image_size=24, num_classes=0)
+    weights.load_encoder(str(out), placement=CPU, variant="mu/4")
+    sd = convert.export_state_dict(weights.load_encoder(str(out)), image_size=24, num_classes=0)
     assert sd["pos_embed"].shape == (1, 37, WIDTH)
 
 
@@ -209,17 +209,17 @@ def test_conversion_never_writes_over_an_existing_output(release, tmp_path):
 
 def test_architecture_mismatch_names_every_tensor(release):
     with pytest.raises(ValueError) as e:
-        convert.load_teacher_params(release["path"], CPU, variant="xs/4")
+        weights.load_encoder(release["path"], placement=CPU, variant="xs/4")
     msg = str(e.value)
     assert "width 64, depth 4, patch 4" in msg and "'xs/4' is width 128, depth 6, patch 4" in msg
     assert "blocks.0.attn.qkv.weight: shape (192, 64) in the checkpoint, (384, 128) expected" in msg
     assert "blocks.4.norm1.weight: missing from the checkpoint (expected (128,))" in msg
     with pytest.raises(ValueError, match=r"patch_embed.proj.weight: shape \(64, 3, 4, 4\) in the checkpoint, "
                                          r"\(64, 3, 8, 8\) expected"):
-        convert.load_teacher_params(release["path"], CPU, variant="mu/8")
+        weights.load_encoder(release["path"], placement=CPU, variant="mu/8")
     with pytest.raises(ValueError, match=r"block_0/attn/qkv/kernel: shape \(64, 192\) in the checkpoint, "
                                          r"\(128, 384\) expected"):
-        convert.load_teacher_params(release["orbax"], CPU, variant="xs/4")
+        weights.load_encoder(release["orbax"], placement=CPU, variant="xs/4")
     with pytest.raises(SystemExit, match="error: .*'B/16' is width 768, depth 12, patch 16"):
         convert.main(["--input", release["path"], "--output", "unused", "--variant", "B/16"])
 
@@ -249,7 +249,7 @@ def test_learned_position_embedding_is_refused(ref, tmp_path):
     sd["pos_embed"] = sd["pos_embed"] + 0.02 * torch.randn(sd["pos_embed"].shape)
     torch.save({"model": sd}, tmp_path / "finetuned.pth")
     with pytest.raises(ValueError, match="pos_embed is not the fixed 2-D sin-cos"):
-        convert.load_teacher_params(str(tmp_path / "finetuned.pth"))
+        weights.load_encoder(str(tmp_path / "finetuned.pth"))
 
 
 def test_corrupt_or_missing_files_fail_naming_the_file(release, tmp_path):
@@ -257,7 +257,7 @@ def test_corrupt_or_missing_files_fail_naming_the_file(release, tmp_path):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=f"could not read '{bad}'.*is the file complete"):
-        convert.load_teacher_params(str(bad))
+        weights.load_encoder(str(bad))
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         convert.read_state_dict(str(tmp_path / "nowhere.pth"))
     with pytest.raises(SystemExit, match=f"error: could not read '{bad}'"):
@@ -333,7 +333,8 @@ def test_teacher_pth_is_placed_by_the_partition_rules(xs_teacher):
     jax.tree.map(lambda x, s: assert_same_sharding(x.sharding, s, x.shape), from_pth, trainer.teacher_sharding)
     specs = [x.sharding.spec for x in jax.tree.leaves(from_pth)]
     assert any("fsdp" in spec for spec in specs) and any(not any(spec) for spec in specs)
-    with pytest.raises(checkpoint.CheckpointError, match=r"(?s)'mu/4' is width 64, depth 4, patch 4.*\n  blocks.0.attn.qkv.weight: "
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"(?s)'mu/4' is width 64, depth 4, patch 4.*\n  blocks.0.attn.qkv.weight: "
                                          r"shape \(384, 128\) in the checkpoint, \(192, 64\) expected"):
         config = smoke_config(pth)
         config.teacher.variant = "mu/4"

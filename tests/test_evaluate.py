@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from mdistill import sharding
+from mdistill import checkpoint, sharding
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.evaluate import augment, common, finetune, knn, linprobe, randaugment
@@ -123,7 +123,8 @@ def test_mixup_cutmix_keep_label_mass():
 
 
 def test_random_erasing_changes_only_some_images():
-    out = jax.jit(lambda r, x: augment.random_erasing(r, x, prob=0.25))(jax.random.PRNGKey(0), jnp.zeros((64, 16, 16, 3)))
+    erase = jax.jit(lambda r, x: augment.random_erasing(r, x, prob=0.25))
+    out = erase(jax.random.PRNGKey(0), jnp.zeros((64, 16, 16, 3)))
     erased = np.asarray(jnp.any(out != 0, axis=(1, 2, 3)))
     assert 4 <= erased.sum() <= 32
 
@@ -184,7 +185,8 @@ def pretrained(tmp_path_factory):
     if "mesh" in c:
         c.mesh.update(data=4, fsdp=2)
     workdir = str(tmp_path_factory.mktemp("pretrained"))
-    train.train(c, workdir, Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "fsdp")))
+    mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+    train.train(c, workdir, mesh, knn.monitors(c, mesh))
     return workdir
 
 
@@ -285,7 +287,7 @@ def test_baselines_are_pixels_and_a_fixed_random_encoder_in_both_evaluators(pret
 
     results = knn.evaluate_checkpoint(pretrained, str(tmp_path / "knn"), baselines=True)
     base = results["baselines"]
-    c = common.run_config(common.checkpoint.load_params(pretrained, None)[1])
+    c = common.run_config(checkpoint.load_params(pretrained, None)[1])
     c.eval.knn_every = 1
     mesh = sharding.make_mesh()
     monitor = knn.KNNMonitor(c, mesh)

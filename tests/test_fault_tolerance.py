@@ -2,7 +2,6 @@
 checkpoints, a changed config, an unwritable workdir."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -163,7 +162,8 @@ def test_failed_save_is_named_and_previous_checkpoints_survive(tmp_path, monkeyp
         return real_save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", failing_save)
-    with pytest.raises(checkpoint.CheckpointError, match="could not write checkpoint 10 .*No space left.*steps \\[5\\]"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="could not write checkpoint 10 .*No space left.*steps \\[5\\]"):
         train(c, str(tmp_path))
     params, meta = checkpoint.load_params(str(tmp_path), None)
     assert meta["step"] == 5

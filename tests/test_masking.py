@@ -6,7 +6,8 @@ import pytest
 from mdistill import masking
 
 
-@pytest.mark.parametrize("num_patches,ratio,expected", [(196, 0.75, 49), (196, 0.95, 9), (196, 0.98, 3), (49, 0.75, 12)])
+@pytest.mark.parametrize("num_patches,ratio,expected",
+                         [(196, 0.75, 49), (196, 0.95, 9), (196, 0.98, 3), (49, 0.75, 12)])
 def test_visible_count_is_exact(num_patches, ratio, expected):
     m = masking.random_masking(jax.random.PRNGKey(0), 5, num_patches, ratio)
     assert m.ids_keep.shape == (5, expected)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdistill import sharding
+from mdistill import checkpoint, sharding
 from mdistill.config_base import apply_smoke, base_config, fashion_mnist
 from mdistill.data import DataError, ImageFolderSource, Pipeline, SyntheticSource, build_source
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
@@ -280,3 +280,68 @@ def test_mae_trains_from_an_image_folder_and_checkpoints_the_input_state(image_f
     assert meta["data"]["next_step"] == 3 and meta["data"]["fingerprint"].startswith("folder:13:")
     resumed = Pipeline.from_config(c, start_step=3, state=meta["data"])
     np.testing.assert_array_equal(take(resumed, 1)[0], Pipeline.from_config(c).local_batch(3)["image"])
+
+
+def test_finetuning_reads_the_pipeline_with_workers_and_random_resized_crops(image_folder, tmp_path):
+    """Fine-tuning's batches come from data.Pipeline (here with 2 grain workers) with MAE's
+    fine-tuning crop, RandomResizedCrop of 8-100% of the area + flip, not the centre crop."""
+    from configs.finetune_fmnist import get_config
+
+    from mdistill.evaluate import finetune
+    from mdistill.evaluate.finetune import finetune_config
+
+    assert tuple(finetune_config(base_config()).data.crop_scale) == (0.08, 1.0)
+    (image_folder / "train" / "bee" / "bee_9.JPEG").unlink()  # evaluation reads every image: none corrupt
+    c = get_config("smoke")
+    c.update(batch_size=8, image_size=32, num_classes=5, total_steps=3, warmup_steps=1, log_every=1,
+             eval_every=3, checkpoint_every=3)
+    c.data.update(source="folder", path=str(image_folder), split="train", augment="mae", crop_scale=(0.08, 1.0),
+                  workers=2, max_bad_fraction=0.1)
+    c.eval.update(train_split="train", test_split="train", batch_size=8)
+    ft = finetune.FineTuner(c, sharding.make_mesh())
+    pipeline = ft.batches()
+    transform = pipeline.reader.transform
+    assert (transform.augment, transform.scale) == ("mae", (0.08, 1.0))
+    batch = pipeline.local_batch(0)
+    rows = pipeline.local_indices(0)
+    centre = ft.train_split.source.images(rows)  # the evaluation view of the same records
+    assert not np.array_equal(batch["image"], centre)  # cropped at random, not centred
+    np.testing.assert_array_equal(batch["label"], ft.train_split.source.labels(rows))
+    with pipeline:
+        images, labels = next(pipeline)
+    np.testing.assert_array_equal(np.asarray(images), batch["image"])  # workers give the definition's batch
+    results = finetune.run(c, str(tmp_path))
+    assert results["steps"] == 3 and 0.0 <= results["top1"] <= 100.0
+    meta = checkpoint.load_params(str(tmp_path), None)[1]
+    assert meta["data"]["next_step"] == 3 and meta["data"]["dataset_size"] == 12
+
+
+def test_feature_extraction_and_the_probe_read_the_pipeline_with_workers(image_folder, tmp_path):
+    """k-NN and the linear probe extract features through data.Pipeline: with 2 grain
+    workers the features are those of the in-process read, every image once, in order, the
+    last batch padded with label -1; the probe (with k-NN) runs on an image folder."""
+    from configs.linprobe_fmnist import get_config
+
+    from mdistill.evaluate import common, linprobe
+
+    c = get_config("smoke")
+    c.update(image_size=32, num_classes=5, batch_size=8, knn=True, total_steps=4, warmup_steps=1)
+    c.data.update(source="folder", path=str(image_folder), split="train", workers=2, max_bad_fraction=0.1)
+    c.eval.update(train_split="train", test_split="train", batch_size=8, knn_k=3)
+    mesh = sharding.make_mesh()
+    split = common.load_split(c, "train")
+    params = common.random_encoder(c.student.variant, c.image_size, c.data.channels, mesh)
+    with_workers = common.FeatureExtractor(c, mesh).extract(params, split)
+    c.data.workers = 0
+    in_process = common.FeatureExtractor(c, mesh).extract(params, split)
+    np.testing.assert_array_equal(np.asarray(with_workers[0]), np.asarray(in_process[0]))
+    labels = np.asarray(with_workers[1])
+    assert labels.shape == (16,) and list(labels[13:]) == [-1] * 3
+    # the truncated JPEG is not replaced in an evaluation pass: its row is padding
+    bad = next(i for i in range(13) if split.source.path(i).endswith("bee_9.JPEG"))
+    expected = split.labels.copy()
+    expected[bad] = -1
+    np.testing.assert_array_equal(labels[:13], expected)
+    c.data.workers = 2
+    results = linprobe.run(c, str(tmp_path))
+    assert results["train_examples"] == 13 and 0.0 <= results["top1"] <= 100.0 and "knn_top1" in results

@@ -30,7 +30,8 @@ def test_every_large_array_of_the_paper_models_is_split_over_fsdp(config_module)
     assert unsharded_large_leaves(state, trainer.state_sharding) == []
     assert unsharded_large_leaves(teacher, trainer.teacher_sharding) == []
     # ...and what stays replicated is small: cls/mask tokens, norms, biases
-    small = sum(np.prod(x.shape) for x, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(trainer.state_sharding.params))
+    pairs = zip(jax.tree.leaves(state.params), jax.tree.leaves(trainer.state_sharding.params))
+    small = sum(np.prod(x.shape) for x, s in pairs
                 if s.is_fully_replicated)
     assert small < 0.01 * sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
 

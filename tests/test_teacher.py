@@ -57,7 +57,8 @@ def test_teacher_gets_no_gradient_and_no_optimizer_state(dmae_trainer):
     state = trainer.init_state()
     teacher_params = trainer.load_teacher()
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)), jnp.uint8)
-    grad_teacher = jax.jit(jax.grad(lambda t: trainer.objective.loss(state.params, t, images, jax.random.PRNGKey(0))[0]))(
+    loss_of_teacher = lambda t: trainer.objective.loss(state.params, t, images, jax.random.PRNGKey(0))[0]  # noqa: E731
+    grad_teacher = jax.jit(jax.grad(loss_of_teacher))(
         teacher_params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_teacher))
     # the optimizer state holds moments for the student's parameters only

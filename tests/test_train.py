@@ -66,8 +66,8 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
 
 def test_smoke_run_loss_falls_and_writes_metrics(tmp_path):
     last = train(smoke("dmae"), str(tmp_path))
-    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-    assert [l["step"] for l in lines] == [10, 20, 30, 40]
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [10, 20, 30, 40]
     assert lines[-1]["loss"] < 0.8 * lines[0]["loss"]
     assert lines[-1]["distill_loss"] < lines[0]["distill_loss"]
     assert last["step"] == 40 and np.isfinite(last["loss"])

@@ -7,42 +7,13 @@ them into globally sharded training batches."""
 
 from __future__ import annotations
 
-from mdistill.data.fashion_mnist import SPLIT_SIZES as FMNIST_SIZES, FashionMNISTSource
+from mdistill.data.errors import DataError
+from mdistill.data.fashion_mnist import FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
-from mdistill.data.loader import BatchIterator
-from mdistill.data.pipeline import DataError, Pipeline
+from mdistill.data.pipeline import Pipeline
+from mdistill.data.sources import SOURCES, build_source, dataset_size
 from mdistill.data.synthetic import SyntheticSource
-from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
+from mdistill.data.tfds_source import TFDSSource
 
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder")
-
-
-def build_source(config, split: str | None = None):
-    d = config.data
-    split = split or d.split
-    if d.source == "synthetic":
-        return SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=config.seed)
-    if d.source == "fashion_mnist":
-        return FashionMNISTSource(split, d.path, d.channels)
-    if d.source == "tfds":
-        return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
-    if d.source == "folder":
-        return ImageFolderSource(d.path, split, config.image_size, d.channels)
-    raise ValueError(f"config.data.source={d.source!r}: expected one of {SOURCES}")
-
-
-def dataset_size(config) -> int:
-    """Number of training examples, known without reading the data where possible (an
-    image folder is listed; the listing is cached for the run)."""
-    d = config.data
-    if d.source == "synthetic":
-        return d.synthetic_size
-    if d.source == "fashion_mnist":
-        return FMNIST_SIZES[d.split]
-    if d.source == "tfds" and (d.name, d.split) in KNOWN_SIZES:
-        return KNOWN_SIZES[(d.name, d.split)]
-    return len(build_source(config))
-
-
-__all__ = ["BatchIterator", "DataError", "ImageFolderSource", "Pipeline", "SOURCES", "build_source",
-           "dataset_size"]
+__all__ = ["DataError", "FashionMNISTSource", "ImageFolderSource", "Pipeline", "SOURCES",
+           "SyntheticSource", "TFDSSource", "build_source", "dataset_size"]

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from mdistill.data.pipeline import DataError
+from mdistill.data.errors import DataError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

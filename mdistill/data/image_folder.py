@@ -83,7 +83,7 @@ class ImageFolderSource:
     def images(self, indices) -> np.ndarray:
         """Evaluation view: resized and centre-cropped to image_size. A file that cannot be
         decoded is an error here, naming it (training skips such files instead)."""
-        from mdistill.data.pipeline import DataError
+        from mdistill.data.errors import DataError
         from mdistill.data.transforms import Transform, load_image
 
         transform = Transform(self.image_size, self.channels, "none")

@@ -24,7 +24,8 @@ is the same and continues with exactly the batches an uninterrupted run would ha
 
 Bad input. A record that cannot be read or decoded (corrupt, truncated, unreadable file)
 is skipped: its slot takes another record, drawn from the rng (seed, step, slot, 2 + try),
-so batches stay pure functions of the step. Each bad record is logged by path (or TFDS
+so batches stay pure functions of the step (in an unshuffled pass, its slot is padding:
+zeros, label -1). Each bad record is logged by path (or TFDS
 index) with the decoder's error; when more distinct records than max_bad_fraction of the
 dataset have been found bad, the run stops with a DataError listing them.
 """
@@ -41,16 +42,12 @@ import time
 import jax
 import numpy as np
 
+from mdistill.data.errors import DataError
 from mdistill.data.transforms import Transform, load_image
 from mdistill.metrics import log
 
 MAX_TRIES = 4  # records tried for one slot before it is filled with zeros (and all counted bad)
 _END = object()
-
-
-class DataError(ValueError):
-    """The data cannot feed the run: unreadable files, too many bad records, or not the data
-    of a checkpoint. A ValueError, as the evaluators report those in one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +57,9 @@ class Layout:
     global_batch: int
     process_index: int = 0
     process_count: int = 1
+    # False: each epoch reads the records in order, every one once, the last batch padded
+    # (label -1) by repeating the last record: what feature extraction needs
+    shuffle: bool = True
 
     @property
     def local_batch(self) -> int:
@@ -67,6 +67,8 @@ class Layout:
 
     @property
     def steps_per_epoch(self) -> int:
+        if not self.shuffle:
+            return -(-self.size // self.global_batch)
         return self.size // self.global_batch
 
 
@@ -96,14 +98,22 @@ class ExampleReader:
 
     def record_index(self, step: int, slot: int) -> int:
         epoch, offset = divmod(step, self.layout.steps_per_epoch)
+        if not self.layout.shuffle:
+            return min(offset * self.layout.global_batch + slot, self.layout.size - 1)
         return int(self.permutation(epoch)[offset * self.layout.global_batch + slot])
+
+    def is_padding(self, step: int, slot: int) -> bool:
+        """A slot past the last record of an unshuffled epoch."""
+        offset = step % self.layout.steps_per_epoch
+        return not self.layout.shuffle and offset * self.layout.global_batch + slot >= self.layout.size
 
     def __call__(self, position: int) -> dict:
         step, slot = self.step_and_slot(position)
         index = self.record_index(step, slot)
         skipped = np.full(MAX_TRIES, -1, np.int64)
         decoded = None
-        for attempt in range(MAX_TRIES):
+        # in an unshuffled pass (evaluation) a bad record is not replaced: its row becomes padding
+        for attempt in range(MAX_TRIES if self.layout.shuffle else 1):
             try:
                 decoded = load_image(self.source.raw(index), self.transform.channels, self.min_side)
                 break
@@ -118,7 +128,8 @@ class ExampleReader:
             image = self.transform(decoded, rng)
         example = {"image": image, "skipped": skipped}
         if self.labels:
-            example["label"] = np.int32(self.source.label(index) if decoded is not None else -1)
+            valid = decoded is not None and not self.is_padding(step, slot)
+            example["label"] = np.int32(self.source.label(index) if valid else -1)
         return example
 
 
@@ -157,16 +168,16 @@ class Pipeline:
     def __init__(self, source, transform: Transform, global_batch_size: int, sharding=None, *, seed: int = 0,
                  start_step: int = 0, stop_step: int | None = None, workers: int = 0, threads: int = 2,
                  prefetch: int = 2, max_bad_fraction: float = 0.0, known_bad=(), labels: bool = False,
-                 process_index: int | None = None, process_count: int | None = None):
+                 shuffle: bool = True, process_index: int | None = None, process_count: int | None = None):
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-        if len(source) < global_batch_size:
+        if len(source) < global_batch_size and shuffle:
             raise DataError(f"the dataset has {len(source)} examples, fewer than the global batch size "
                             f"{global_batch_size}")
         if global_batch_size % process_count:
             raise DataError(f"global batch size {global_batch_size} is not divisible by {process_count} hosts")
         self.source, self.sharding, self.labels = source, sharding, labels
-        self.layout = Layout(len(source), global_batch_size, process_index, process_count)
+        self.layout = Layout(len(source), global_batch_size, process_index, process_count, shuffle)
         self.reader = ExampleReader(source, transform, seed, self.layout, labels)
         self.seed, self.step = seed, start_step
         self.stop_step = stop_step if stop_step is not None else 2 ** 40
@@ -181,18 +192,23 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config, sharding=None, start_step: int = 0, stop_step: int | None = None,
-                    state: dict | None = None, source=None, **overrides) -> "Pipeline":
-        """The pipeline of config.data; `state` (from a checkpoint's meta) must match the data."""
-        from mdistill.data import build_source
+                    state: dict | None = None, source=None, transform: Transform | None = None,
+                    batch_size: int | None = None, **overrides) -> "Pipeline":
+        """The pipeline of config.data; `state` (from a checkpoint's meta) must match the data.
+        `source`, `transform` and `batch_size` replace config.data's source, its training
+        transform and config.batch_size."""
+        from mdistill.data.sources import build_source
         from mdistill.data.transforms import from_config as transform_from_config
 
         d = config.data
         source = source if source is not None else build_source(config)
-        kwargs = dict(seed=config.seed, start_step=start_step, stop_step=stop_step, workers=resolve_workers(d.get("workers", 0)),
+        kwargs = dict(seed=config.seed, start_step=start_step, stop_step=stop_step,
+                      workers=resolve_workers(d.get("workers", 0)),
                       threads=d.get("threads", 2), prefetch=d.get("prefetch", 2),
                       max_bad_fraction=d.get("max_bad_fraction", 0.0))
         kwargs.update(overrides)
-        pipeline = cls(source, transform_from_config(config), config.batch_size, sharding, **kwargs)
+        transform = transform if transform is not None else transform_from_config(config)
+        pipeline = cls(source, transform, batch_size or config.batch_size, sharding, **kwargs)
         if state:
             pipeline.restore(state)
             if pipeline.step != start_step:
@@ -207,9 +223,8 @@ class Pipeline:
 
     def global_indices(self, step: int) -> np.ndarray:
         """Records of global batch `step`, before any bad one is replaced."""
-        epoch, offset = divmod(step, self.steps_per_epoch)
         g = self.layout.global_batch
-        return self.reader.permutation(epoch)[offset * g: (offset + 1) * g]
+        return np.array([self.reader.record_index(step, slot) for slot in range(g)])
 
     def local_indices(self, step: int) -> np.ndarray:
         lo = self.layout.process_index * self.layout.local_batch
@@ -253,7 +268,8 @@ class Pipeline:
         start = self.step if start_step is None else start_step
         lb = self.layout.local_batch
         ds = grain.MapDataset.range(start * lb, self.stop_step * lb).map(self.reader).batch(lb, drop_remainder=True)
-        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=2 * max(self.threads, 1)))
+        options = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=2 * max(self.threads, 1))
+        ds = ds.to_iter_dataset(options)
         if self.workers > 0:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2),
                                 worker_init_fn=_worker_init)

@@ -27,7 +27,8 @@ class SyntheticSource:
         y, x = np.mgrid[: self.image_size, : self.image_size].astype(np.float32)
         wave = np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)) + rng.uniform(0, 2 * np.pi))
         colour = rng.uniform(0.3, 1.0, self.channels)
-        img = 0.5 + 0.4 * wave[..., None] * colour + rng.normal(0, 0.03, (self.image_size, self.image_size, self.channels))
+        noise = rng.normal(0, 0.03, (self.image_size, self.image_size, self.channels))
+        img = 0.5 + 0.4 * wave[..., None] * colour + noise
         return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
     raw = image

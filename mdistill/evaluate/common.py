@@ -3,15 +3,18 @@ jitted feature extraction sharded over the mesh, and results as JSON plus a smal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mdistill import checkpoint, data, sharding
+from mdistill import data, sharding, weights
+from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
@@ -24,14 +27,10 @@ POOLS = ("avg", "cls")
 # learned representation is worth something only where it beats both.
 BASELINES = ("pixels", "random")
 RANDOM_ENCODER_SEED = 0  # fixed, so every table's 'random' row is the same encoder
+PROGRESS_SECONDS = 30.0  # feature extraction logs its progress this often
 
 
-def encoder_params(params: dict) -> dict:
-    """The ViT encoder inside a checkpoint's params: {'mae': {'encoder'}} for MAE, DMAE and
-    AMD runs (and converted releases), {'encoder', ...} for fine-tuned ones."""
-    if "mae" in params:
-        return params["mae"]["encoder"]
-    return params.get("encoder", params)
+encoder_params = weights.encoder_of  # the ViT encoder inside a checkpoint's params
 
 
 def to_host(x) -> np.ndarray:
@@ -77,12 +76,6 @@ def _merge(into: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> N
                 into[k] = v
 
 
-def abstract_encoder(variant: str, image_size: int, channels: int):
-    enc = Encoder(ViTSpec.parse(variant))
-    images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-    return jax.eval_shape(lambda x: enc.init(jax.random.PRNGKey(0), x), images)["params"]
-
-
 def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 0, channels: int = 3):
     """-> (encoder params replicated on the mesh, the run's config; see run_config).
 
@@ -90,22 +83,9 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
     converted by `python -m mdistill.convert`. With `variant`, the checkpoint must hold
     exactly that encoder: a width or depth that does not fit fails here, listing the
     mismatched parameters, before anything compiles."""
-    params, meta = checkpoint.load_params(path, sharding.replicated(mesh))
-    enc, config = encoder_params(params), run_config(meta)
-    if variant:
-        from mdistill.train import check_same_shapes
-
-        spec = ViTSpec.parse(variant)
-        width = enc["cls_token"].shape[-1] if "cls_token" in enc else "?"
-        depth = sum(k.startswith("block_") for k in enc)
-        check_same_shapes(enc, abstract_encoder(variant, image_size, channels),
-                          f"checkpoint {path} (width {width}, depth {depth})",
-                          f"config.student.variant={variant!r} (width {spec.width}, depth {spec.depth})")
-        saved = ViTSpec.parse(config.student.variant)  # same shapes, but the head count is not in them
-        if saved.num_heads != ViTSpec.parse(variant).num_heads and ("config" in meta or "architecture" in meta):
-            raise ValueError(f"checkpoint {path} was trained as {config.student.variant!r} ({saved.num_heads} heads), "
-                             f"the config asks for {variant!r} ({ViTSpec.parse(variant).num_heads} heads)")
-    return enc, config
+    loaded = weights.load(path, variant, image_size=image_size, channels=channels if variant else None,
+                          placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
+    return loaded.encoder, run_config(loaded.meta)
 
 
 def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED) -> dict:
@@ -151,6 +131,35 @@ def subset(size: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
 
 
+class SubsetSource:
+    """Records `indices` of a source, as a source of their own (for data.Pipeline)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, index: int):
+        return self.source.raw(int(self.indices[int(index)]))
+
+    def label(self, index: int) -> int:
+        return self.source.label(int(self.indices[int(index)]))
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(int(self.indices[int(index)]))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1(self.indices.tobytes()).hexdigest()[:12]
+        return f"{self.source.fingerprint()}:subset-{len(self)}-{digest}"
+
+    def images(self, indices) -> np.ndarray:
+        return self.source.images(self.indices[np.asarray(indices)])
+
+    def labels(self, indices) -> np.ndarray:
+        return self.source.labels(self.indices[np.asarray(indices)])
+
+
 class Split:
     """A labelled subset of a source. Images are read per batch; labels all at once on
     first use of .labels (k-NN, linear probe) or per batch with labels_at (fine-tuning)."""
@@ -176,6 +185,12 @@ class Split:
     def images(self, rows) -> np.ndarray:
         return self.source.images(self.indices[np.asarray(rows)])
 
+    def as_source(self):
+        """The split as a data source (the whole source when it is all of it)."""
+        if len(self.indices) == len(self.source) and np.array_equal(self.indices, np.arange(len(self.source))):
+            return self.source
+        return SubsetSource(self.source, self.indices)
+
 
 def load_split(config, split: str, n: int = -1, num_classes: int | None = None, eager: bool = True) -> Split:
     """n examples (-1: all) of a labelled split. eager reads all labels now; those outside
@@ -193,17 +208,15 @@ def check_labels(labels: np.ndarray, num_classes: int | None, split: str) -> Non
                          f"outside [0, config.num_classes={num_classes})")
 
 
-def global_batches(split: Split, batch_size: int, batch_sharding):
-    """(images, labels) of consecutive batches of `split` as global arrays, the last padded
-    by repeating the final example (static shapes: one compilation) with label -1. Each
-    process reads its own slice."""
-    n, per_process = len(split), batch_size // jax.process_count()
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, start + batch_size)[jax.process_index() * per_process:][:per_process]
-        safe = np.minimum(rows, n - 1)
-        labels = np.where(rows < n, split.labels_at(safe), -1).astype(np.int32)
-        yield tuple(jax.make_array_from_process_local_data(batch_sharding, a)
-                    for a in (split.images(safe), labels))
+def ordered_batches(config, split: Split, batch_size: int, batch_sharding) -> data.Pipeline:
+    """(images, labels) of `split` in order, every example once, as global arrays through the
+    input pipeline (config.data's workers and threads; each host reads its share) with the
+    evaluation transform. The last batch is padded by repeating the final example, with
+    label -1 (static shapes: one compilation)."""
+    steps = -(-len(split) // batch_size)
+    return data.Pipeline.from_config(config, batch_sharding, 0, steps, source=split.as_source(),
+                                     transform=transforms.from_config(config, train=False), batch_size=batch_size,
+                                     labels=True, shuffle=False)
 
 
 class FeatureExtractor:
@@ -238,10 +251,34 @@ class FeatureExtractor:
     def extract(self, params, split: Split, all_pools: bool = False):
         fn = self._all if all_pools else self._one
         feats, labels = [], []
-        for images, y in global_batches(split, self.batch_size, self.batch_sharding):
-            feats.append(fn(params, images))
-            labels.append(y)
+        progress = Progress(len(split), "features")
+        with ordered_batches(self.config, split, self.batch_size, self.batch_sharding) as batches:
+            for images, y in batches:
+                feats.append(fn(params, images))
+                labels.append(y)
+                progress.update(len(feats) * self.batch_size, feats[-1])
         return jax.tree.map(lambda *f: jnp.concatenate(f), *feats), jnp.concatenate(labels)
+
+
+class Progress:
+    """A line every `every` seconds while a long pass runs: done / total, images/s, ETA."""
+
+    def __init__(self, total: int, what: str, every: float = PROGRESS_SECONDS):
+        self.total, self.what, self.every = total, what, every
+        self.t0 = self.last = time.time()
+
+    def update(self, done: int, pending=None) -> None:
+        now = time.time()
+        if now - self.last < self.every or done >= self.total:
+            return
+        if pending is not None:
+            jax.block_until_ready(pending)  # count what is computed, not what is queued
+            now = time.time()
+        done = min(done, self.total)
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / max(rate, 1e-9)
+        log(f"{self.what}: {done}/{self.total} images | {rate:.0f} img/s | ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        self.last = now
 
 
 def topk_correct(logits, labels, k: int):

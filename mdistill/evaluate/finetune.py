@@ -7,10 +7,13 @@ Top-1 / top-5 on the test split every `eval_every` steps and at the end, in metr
 the last checkpoint in <workdir>/checkpoints (rerunning the command resumes from it), the
 best by top-1 in <workdir>/best; <workdir>/finetune.json and a table at the end.
 
-Augmentation runs on device, per image, from the step's rng: flip, RandAugment
-(randaugment.py), then normalisation, random erasing and mixup / cutmix (augment.py).
-Not implemented: RandomResizedCrop (MAE's first transform); images come resized and
-centre-cropped by the data source.
+The training images come through the pre-training input pipeline (data.Pipeline: grain
+workers, per-host shards, batch `step` a pure function of (seed, step), its state in every
+checkpoint, so a resumed run sees exactly the batches it would have seen), with the host
+transform of config.data.augment: MAE's RandomResizedCrop (config.data.crop_scale, 0.08-1
+in MAE's recipe, bicubic) + flip for 'mae'. The rest runs on device, per image, from the
+step's rng: flip (config.finetune.flip), RandAugment (randaugment.py), then normalisation,
+random erasing and mixup / cutmix (augment.py).
 
   python -m mdistill.evaluate.finetune --config=configs/finetune_fmnist.py \
       --config.pretrained=runs/demo/dmae --workdir=runs/demo/finetune
@@ -21,7 +24,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import flax.linen as nn
 import jax
@@ -30,9 +32,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, optim, sharding
+from mdistill import checkpoint, data, optim, sharding
 from mdistill.evaluate import augment
-from mdistill.evaluate.common import (Split, check_labels, global_batches, labelled_source, load_encoder, subset,
+from mdistill.evaluate.common import (Split, ordered_batches, labelled_source, load_encoder, subset,
                                       to_host, topk_correct, validate_downstream, write_results)
 from mdistill.evaluate.randaugment import rand_augment
 from mdistill.metrics import MetricsWriter, log
@@ -51,12 +53,15 @@ def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.finetune = ml_collections.ConfigDict(dict(
         layer_decay=0.65,    # lr of block i (0-based) scaled by decay^(depth - i); head and fc_norm by 1
         drop_path=0.1,       # at the last block, linear from 0 at the first
-        flip=True,           # random horizontal flip
+        flip=False,          # random horizontal flip on device (data.augment='mae' flips on the host)
         randaug_layers=2, randaug_magnitude=9.0, randaug_std=0.5,  # timm 'rand-m9-mstd0.5-inc1'; 0 layers: off
         reprob=0.25,         # random-erasing probability per image
         mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5,  # Beta alphas; 0 disables
         smoothing=0.1))      # label smoothing
     c.eval.update(pool="avg", batch_size=256)  # avg: global pool + fc_norm (MAE); cls: cls token
+    # on the host, in the input pipeline: RandomResizedCrop of 8-100% of the area (MAE's
+    # fine-tuning; its pre-training uses 20-100%), bicubic, + flip
+    c.data.update(augment="mae", crop_scale=(0.08, 1.0))
     c.train_examples = -1    # -1: the whole split
     c.test_examples = -1
     c.eval_every = 1000      # steps; also at the end
@@ -105,36 +110,6 @@ def layer_decay_multipliers(params, depth: int, decay: float):
     return jax.tree_util.tree_map_with_path(lambda p, _: decay ** (depth + 1 - layer_id(p, depth)), params)
 
 
-class LabelledBatches:
-    """Batch `step` of a split as global (images, labels): each epoch is a permutation seeded
-    by (seed, epoch), so a resumed run sees the batches it would have seen. Each process
-    reads its own slice; the next batch is read in a background thread."""
-
-    def __init__(self, split: Split, batch_size: int, batch_sharding, seed: int, num_classes: int):
-        self.split, self.batch_size, self.sharding, self.seed = split, batch_size, batch_sharding, seed
-        self.num_classes, self.per_epoch = num_classes, len(split) // batch_size
-        self._pool, self._ahead, self._perm = ThreadPoolExecutor(1), None, (None, None)
-
-    def _read(self, step: int):
-        epoch, offset = divmod(step, self.per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.split)))
-        local = self.batch_size // jax.process_count()
-        rows = self._perm[1][offset * self.batch_size:][jax.process_index() * local:][:local]
-        labels = self.split.labels_at(rows)
-        check_labels(labels, self.num_classes, "train")
-        return self.split.images(rows), labels
-
-    def get(self, step: int):
-        ahead, future = self._ahead or (None, None)
-        future = future if ahead == step else self._pool.submit(self._read, step)
-        self._ahead = (step + 1, self._pool.submit(self._read, step + 1))
-        return tuple(jax.make_array_from_process_local_data(self.sharding, a) for a in future.result())
-
-    def close(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 class FineTuner:
     """The classifier, its optimizer and the compiled train and eval steps for one config."""
 
@@ -149,7 +124,8 @@ class FineTuner:
         train = labelled_source(config, config.eval.train_split)
         self.train_split = Split(train, subset(len(train), config.train_examples))
         if len(self.train_split) < config.batch_size:
-            raise ValueError(f"{len(self.train_split)} train examples, fewer than config.batch_size={config.batch_size}")
+            raise ValueError(f"{len(self.train_split)} train examples, fewer than "
+                             f"config.batch_size={config.batch_size}")
         test = labelled_source(config, config.eval.test_split)
         self.test_split = Split(test, subset(len(test), config.test_examples))
         self.per_epoch = len(self.train_split) // config.batch_size
@@ -164,6 +140,12 @@ class FineTuner:
         self.step_fn = jax.jit(self._train_step, in_shardings=(rep, rep, rep, batch, batch),
                                out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
         self.eval_fn = jax.jit(self._eval_counts, in_shardings=(rep, batch, batch), out_shardings=rep)
+
+    def batches(self, start: int = 0, state: dict | None = None) -> data.Pipeline:
+        """(images, labels) of training step `start` on, as pre-training reads its batches
+        (config.data's workers, host transform and prefetch); `state` from a checkpoint."""
+        return data.Pipeline.from_config(self.config, self.batch_sharding, start, self.total_steps, state,
+                                         source=self.train_split.as_source(), labels=True)
 
     def _init(self, rng):
         c = self.config
@@ -216,7 +198,9 @@ class FineTuner:
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, opt_state, params)
-        metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads)}
+        # labels outside [0, num_classes) would be silently wrong targets: counted, checked by the loop
+        bad = jnp.sum((labels < 0) | (labels >= c.num_classes))
+        metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads), "bad_labels": bad}
         return optax.apply_updates(params, updates), opt_state, metrics
 
     def _eval_counts(self, params, images, labels):
@@ -226,9 +210,8 @@ class FineTuner:
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""
-        counts = sum(self.eval_fn(params, images, labels)
-                     for images, labels in global_batches(self.test_split, self.config.eval.batch_size,
-                                                          self.batch_sharding))
+        with ordered_batches(self.config, self.test_split, self.config.eval.batch_size, self.batch_sharding) as b:
+            counts = sum(self.eval_fn(params, images, labels) for images, labels in b)
         top1, top5 = (100.0 * to_host(counts) / len(self.test_split)).tolist()
         return {"top1": top1, "top5": top5}
 
@@ -244,23 +227,23 @@ def run(config, workdir: str, mesh=None) -> dict:
         params = ft.init_params()
         opt_state = jax.jit(ft.tx.init, out_shardings=ft.replicated)(params)
         start, initial = 0, ft.evaluate(params)
-        best = {"top1": -1.0, "top5": -1.0, "step": 0}
+        best, data_state = {"top1": -1.0, "top5": -1.0, "step": 0}, None
     else:
         params, opt_state, meta = restored
         changes = checkpoint.config_changes(meta["config"], config.to_dict())
         if changes:
             raise checkpoint.CheckpointError(f"{last_mngr.directory} holds a fine-tuning run with another config; "
                                              "use another --workdir, or undo:\n" + "\n".join(changes))
-        start, initial, best = meta["step"], meta["initial"], meta["best"]
+        start, initial, best, data_state = meta["step"], meta["initial"], meta["best"], meta.get("data")
         log(f"finetune: resumed from {last_mngr.directory}/{start}")
-    batches = LabelledBatches(ft.train_split, config.batch_size, ft.batch_sharding, config.seed, config.num_classes)
+    batches = ft.batches(start, data_state).start()
     writer = MetricsWriter(workdir)
     log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
         f"{optim.peak_learning_rate(config.optim, config.batch_size):.3g}; before: top1 {initial['top1']:.2f}")
     evals, pending, t0 = {}, [], time.time()
     try:
         for step in range(start, ft.total_steps):
-            images, labels = batches.get(step)
+            images, labels = next(batches)
             params, opt_state, metrics = ft.step_fn(params, opt_state, jnp.asarray(step, jnp.int32), images, labels)
             pending.append(metrics)
             done = step + 1
@@ -268,6 +251,10 @@ def run(config, workdir: str, mesh=None) -> dict:
             eval_now = done % config.eval_every == 0 or is_last
             if done % config.log_every == 0 or eval_now:
                 fetched = [{k: float(to_host(v)) for k, v in m.items()} for m in pending]
+                bad = sum(m.pop("bad_labels") for m in fetched)
+                if bad:
+                    raise ValueError(f"{int(bad)} training labels outside [0, config.num_classes={config.num_classes}) "
+                                     f"by step {done}")
                 line = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 if not np.isfinite(line["loss"]):
                     raise FloatingPointError(f"finetune: non-finite loss at step {done}: {line}")
@@ -282,7 +269,8 @@ def run(config, workdir: str, mesh=None) -> dict:
                 log(f"step {done}/{ft.total_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in line.items()))
                 pending = []
             if done % config.checkpoint_every == 0 or is_last:
-                meta = {"step": done, "config": config.to_dict(), "initial": initial, "best": best}
+                meta = {"step": done, "config": config.to_dict(), "initial": initial, "best": best,
+                        "data": batches.state()}
                 checkpoint.save(last_mngr, done, params, opt_state, meta)
         checkpoint.wait(last_mngr)
         checkpoint.wait(best_mngr)

@@ -15,7 +15,8 @@ field, e.g. the data or the k-NN settings in config.eval:
 
 writes <workdir>/knn.json and prints it as a table; --baselines adds raw pixels and a
 randomly initialised encoder of the same architecture, evaluated the same way. During pre-training, KNNMonitor runs
-it every config.eval.knn_every steps on the live student encoder.
+it every config.eval.knn_every steps on the live student encoder: mdistill.main builds it
+(monitors()) and hands it to mdistill.train.train.
 """
 
 from __future__ import annotations
@@ -101,16 +102,29 @@ class KNNMonitor:
         self.extractor = FeatureExtractor(config, mesh)
         self.num_classes = int(max(self.train_split.labels.max(), self.test_split.labels.max())) + 1
 
-    def maybe_run(self, step: int, params, is_last: bool = False, saving: bool = False) -> dict:
-        """{'knn_top1', 'knn_top5', 'knn_seconds'} when due at this step, else {}."""
-        due = self.every and (step % self.every == 0 or is_last or (saving and self.for_checkpoints))
-        if not due:
-            return {}
-        jax.block_until_ready(params)  # the steps in flight finish first: knn_seconds is k-NN time only
+    def metric_names(self) -> set[str]:
+        """What it logs when it runs (top-5 only with at least 5 classes)."""
+        if not self.every:
+            return set()
+        return {"knn_top1", "knn_seconds"} | ({"knn_top5"} if self.num_classes >= 5 else set())
+
+    def due(self, step: int, is_last: bool = False, saving: bool = False) -> bool:
+        """Every knn_every steps, at the end, and at every save when checkpoints are ranked by it."""
+        return bool(self.every) and (step % self.every == 0 or is_last or (saving and self.for_checkpoints))
+
+    def __call__(self, step: int, params) -> dict:
+        """{'knn_top1', 'knn_top5', 'knn_seconds'} of the encoder in `params` at `step`, logged."""
         out = self.run(params)
         log(f"step {step} | k-NN top1 {out['knn_top1']:.2f} | top5 {out.get('knn_top5', float('nan')):.2f} "
             f"| {out['knn_seconds']:.0f}s")
         return out
+
+    def maybe_run(self, step: int, params, is_last: bool = False, saving: bool = False) -> dict:
+        """The k-NN metrics when due at this step, else {}."""
+        if not self.due(step, is_last, saving):
+            return {}
+        jax.block_until_ready(params)  # the steps in flight finish first: knn_seconds is k-NN time only
+        return self(step, params)
 
     def run(self, params) -> dict:
         """k-NN accuracy of the encoder in `params` (a training state's, or an encoder's own)."""
@@ -125,6 +139,12 @@ class KNNMonitor:
         out = knn_accuracy(train_f, train_y, test_f, test_y, ev.knn_k, ev.knn_temperature, self.num_classes,
                            chunk=self.extractor.batch_size)
         return dict(out, knn_seconds=time.time() - t0)
+
+
+def monitors(config, mesh) -> list:
+    """The monitors a pre-training config asks for, for mdistill.train.train: the k-NN
+    monitor when config.eval.knn_every > 0."""
+    return [KNNMonitor(config, mesh)] if config.eval.knn_every else []
 
 
 def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, mesh=None,

@@ -166,7 +166,8 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
         count = jnp.sum(test_y >= 0)
         return {f"top{k}": 100.0 * topk_correct(logits, test_y, k) / count for k in (1, 5)}
 
-    log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, peak lr {optim.peak_learning_rate(config.optim, b):.3g}")
+    log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, "
+        f"peak lr {optim.peak_learning_rate(config.optim, b):.3g}")
     losses, metrics, t0 = [], {}, time.time()
     for s in range(total):
         epoch, offset = divmod(s, per_epoch)
@@ -176,7 +177,8 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
         losses.append(loss)
         if (s + 1) % config.log_every == 0 or s + 1 == total:
             metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
-            metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)), epoch=(s + 1) / per_epoch)
+            metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)),
+                           epoch=(s + 1) / per_epoch)
             if writer:
                 writer.write(s + 1, metrics)
             log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "

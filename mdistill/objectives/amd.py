@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mdistill import masking
+from mdistill.checks import require
+from mdistill.models.flops import block_flops
 from mdistill.models.heads import Generator
-from mdistill.objectives.common import feature_loss
+from mdistill.models.vit import ViTSpec
+from mdistill.objectives.common import FEATURE_LOSSES, feature_loss
 from mdistill.objectives.distill import DistillObjective, head_name
 
 
@@ -29,17 +31,67 @@ def generator_name(student_block: int, teacher_block: int) -> str:
 
 class AMDObjective(DistillObjective):
     """Trainable parameters: {'mae': ..., 'heads': {head_name: ...},
-    'generators': {generator_name: ...}}. config.mask_ratio is the student's ratio."""
+    'generators': {generator_name: ...}}. Settings: config.amd; config.mask_ratio is the
+    student's ratio."""
+
+    name = "amd"
+    config_key = "amd"
+    reference_config = "amd_vitb"
+
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(  # config.mask_ratio stays the student's
+            teacher_mask_ratio=0.75,  # lower than the student's: the teacher sees a superset
+            pairs=((5, 11), (11, 23)),  # (student block, teacher block), 0-based: B/16 <-> L/16
+            generator_depth=2,   # blocks of each pair's generator (teacher width)
+            generator_heads=16,  # teacher width / 64, as in the official code
+            loss="l2",           # l1 | l2 | smooth_l1, for both alignments
+            normalize=False,     # L2-normalise features before the loss (the paper does not)
+            dir_weight=1.0,      # direct alignment (teacher features at the student's tokens)
+            gen_weight=1.0,      # generation alignment (at the tokens only the teacher sees)
+            rec_weight=1.0))     # pixel reconstruction
+
+    @classmethod
+    def smoke(cls, config) -> None:
+        # middle and last blocks of each, as AMD pairs them: mu has 4 blocks, xs 6 (128 wide)
+        config.amd.update(pairs=((1, 2), (3, 5)), generator_heads=2)
+
+    @classmethod
+    def validate(cls, config) -> None:
+        student, teacher = cls.validate_teacher(config)
+        amd = config.amd
+        ratio = amd.teacher_mask_ratio
+        require(0.0 <= ratio < config.mask_ratio, "amd.teacher_mask_ratio", ratio,
+                f"must be in [0, config.mask_ratio={config.mask_ratio}): the teacher sees more than the student")
+        num_patches = (config.image_size // student.patch_size) ** 2
+        keep_s, keep_t = cls.visible_patches(config, config.mask_ratio), cls.visible_patches(config, ratio)
+        require(keep_t > keep_s, "amd.teacher_mask_ratio", ratio,
+                f"leaves the teacher {keep_t} visible of {num_patches} patches, no more than the student's "
+                f"{keep_s}; lower it so at least one patch is the teacher's alone")
+        cls.validate_pairs(config, "amd.pairs", amd.pairs, student, teacher)
+        require(amd.generator_depth >= 1, "amd.generator_depth", amd.generator_depth, "must be >= 1")
+        require(amd.generator_heads >= 1 and teacher.width % amd.generator_heads == 0, "amd.generator_heads",
+                amd.generator_heads, f"must divide the teacher width {teacher.width} (the generator runs at it)")
+        require(amd.loss in FEATURE_LOSSES, "amd.loss", amd.loss, f"expected one of {FEATURE_LOSSES}")
+        for name in ("dir_weight", "gen_weight", "rec_weight"):
+            require(amd[name] >= 0, f"amd.{name}", amd[name], "must be >= 0")
+
+    @classmethod
+    def flop_terms(cls, config) -> dict[str, float]:
+        """The teacher on its larger visible set; bias-free linear heads; each pair's
+        generator at the teacher's width on cls + the teacher's visible tokens."""
+        amd, teacher = config.amd, ViTSpec.parse(config.teacher.variant)
+        t_visible = cls.visible_patches(config, amd.teacher_mask_ratio)
+        generators = len(amd.pairs) * amd.generator_depth * block_flops(1 + t_visible, teacher.width)
+        return {"teacher_forward": cls.teacher_flops(config, amd.pairs, t_visible),
+                "heads": cls.head_flops(config, amd.pairs) + generators}
 
     def __init__(self, config: ml_collections.ConfigDict):
         cfg = config.amd
         super().__init__(config, cfg.pairs, head_kind="linear", head_bias=False)
+        self.teacher_mask_ratio = cfg.teacher_mask_ratio
         self.generator = Generator(self.teacher.spec.width, cfg.generator_depth, cfg.generator_heads,
                                    grid=config.image_size // self.spec.patch_size, dtype=self.dtype)
-
-    def sample_masks(self, rng: jax.Array, batch_size: int) -> masking.AsymmetricMask:
-        return masking.asymmetric_masking(rng, batch_size, self.num_patches, self.config.mask_ratio,
-                                          self.config.amd.teacher_mask_ratio)
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         params = super().init(rng, images)

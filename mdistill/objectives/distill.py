@@ -7,6 +7,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mdistill import masking
+from mdistill.checks import require, variant
+from mdistill.models.flops import encoder_flops
 from mdistill.models.heads import ProjectionHead
 from mdistill.models.vit import ViTSpec
 from mdistill.objectives.mae import DTYPES, MAEObjective
@@ -21,6 +24,47 @@ class DistillObjective(MAEObjective):
     """Trainable parameters: {'mae': ..., 'heads': {head_name: ...}} (subclasses may add)."""
 
     uses_teacher = True
+
+    # ---- the config ----------------------------------------------------------------------
+    @classmethod
+    def validate_teacher(cls, config) -> tuple[ViTSpec, ViTSpec]:
+        """(student, teacher) specs; config.teacher must see the student's patches."""
+        student = variant("student.variant", config.student.variant)
+        teacher = variant("teacher.variant", config.teacher.variant)
+        require(config.teacher.dtype in DTYPES, "teacher.dtype", config.teacher.dtype,
+                f"expected one of {sorted(DTYPES)}")
+        require(teacher.patch_size == student.patch_size, "teacher.variant", config.teacher.variant,
+                f"the teacher must use the student's patch size {student.patch_size} (it sees the same patches)")
+        return student, teacher
+
+    @classmethod
+    def validate_pairs(cls, config, field: str, pairs, student: ViTSpec, teacher: ViTSpec) -> None:
+        require(len(pairs) >= 1, field, pairs, "need at least one (student block, teacher block)")
+        for s, t in pairs:
+            require(0 <= s < student.depth, field, pairs,
+                    f"student block {s} is outside 0..{student.depth - 1} ({config.student.variant}, 0-based)")
+            require(0 <= t < teacher.depth, field, pairs,
+                    f"teacher block {t} is outside 0..{teacher.depth - 1} ({config.teacher.variant}, 0-based)")
+
+    @classmethod
+    def visible_patches(cls, config, mask_ratio: float) -> int:
+        patch = ViTSpec.parse(config.student.variant).patch_size
+        return masking.num_visible((config.image_size // patch) ** 2, mask_ratio)
+
+    @classmethod
+    def teacher_flops(cls, config, pairs, teacher_visible: int) -> float:
+        """The teacher's partial forward per sample: cls + its visible tokens, blocks 0..the
+        deepest aligned one, no final norm."""
+        spec = ViTSpec.parse(config.teacher.variant)
+        return encoder_flops(spec, config.data.channels, teacher_visible, blocks=1 + max(t for _, t in pairs))
+
+    @classmethod
+    def head_flops(cls, config, pairs, layers: int = 1) -> float:
+        """One projection per pair on cls + the student's visible tokens (`layers` deep)."""
+        student, teacher = ViTSpec.parse(config.student.variant), ViTSpec.parse(config.teacher.variant)
+        tokens = 1 + cls.visible_patches(config, config.mask_ratio)
+        first = 2.0 * tokens * student.width * teacher.width
+        return len(pairs) * (first + (layers - 1) * 2.0 * tokens * teacher.width ** 2)
 
     def __init__(self, config: ml_collections.ConfigDict, pairs, head_kind: str = "linear",
                  head_bias: bool = True):

@@ -10,12 +10,53 @@ from __future__ import annotations
 
 import ml_collections
 
-from mdistill.objectives.common import feature_loss
+from mdistill.checks import require
+from mdistill.models.heads import PROJECTION_KINDS
+from mdistill.objectives.common import FEATURE_LOSSES, feature_loss
 from mdistill.objectives.distill import DistillObjective, head_name
 
 
 class DMAEObjective(DistillObjective):
-    """Trainable parameters: {'mae': ..., 'heads': {head_name: ...}}."""
+    """Trainable parameters: {'mae': ..., 'heads': {head_name: ...}}. Settings: config.distill."""
+
+    name = "dmae"
+    config_key = "distill"
+    reference_config = "dmae_vitb"
+
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(
+            pairs=((8, 17),),    # (student block, teacher block), 0-based
+            head="linear",       # projection head: linear | mlp
+            projection=(768, 1024),  # (student width, teacher width), checked at start; () skips
+            loss="l1",           # l1 | l2 | smooth_l1
+            normalize=True,      # L2-normalise both features before the loss
+            weight=1.0,          # weight of each pair's feature loss
+            rec_weight=1.0))     # weight of the pixel reconstruction loss
+
+    @classmethod
+    def smoke(cls, config) -> None:
+        config.distill.update(pairs=((1, 3),), projection=(64, 128))
+
+    @classmethod
+    def validate(cls, config) -> None:
+        student, teacher = cls.validate_teacher(config)
+        dist = config.distill
+        cls.validate_pairs(config, "distill.pairs", dist.pairs, student, teacher)
+        require(dist.head in PROJECTION_KINDS, "distill.head", dist.head, f"expected one of {PROJECTION_KINDS}")
+        require(dist.loss in FEATURE_LOSSES, "distill.loss", dist.loss, f"expected one of {FEATURE_LOSSES}")
+        if dist.get("projection"):
+            require(tuple(dist.projection) == (student.width, teacher.width), "distill.projection",
+                    dist.projection, f"must map the student width to the teacher width: ({student.width}, "
+                    f"{teacher.width})")
+
+    @classmethod
+    def flop_terms(cls, config) -> dict[str, float]:
+        """The teacher on the student's visible patches; one head per pair ('mlp': two layers)."""
+        pairs = config.distill.pairs
+        layers = 2 if config.distill.head == "mlp" else 1
+        return {"teacher_forward": cls.teacher_flops(config, pairs, cls.visible_patches(config, config.mask_ratio)),
+                "heads": cls.head_flops(config, pairs, layers)}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config, config.distill.pairs, config.distill.head)
@@ -23,9 +64,9 @@ class DMAEObjective(DistillObjective):
     def loss(self, params, teacher_params, images, rng):
         cfg = self.config.distill
         x = self.prepare_images(images)
-        mask = self.sample_mask(rng, x.shape[0])
-        _, student_feats, rec = self.student_forward(params, x, mask)
-        teacher_feats = self.teacher.features(teacher_params, x, mask.ids_keep, self.teacher_blocks)
+        masks = self.sample_masks(rng, x.shape[0])  # the teacher sees the student's patches
+        _, student_feats, rec = self.student_forward(params, x, masks.student)
+        teacher_feats = self.teacher.features(teacher_params, x, masks.teacher_ids, self.teacher_blocks)
         metrics = {"rec_loss": rec}
         distill = 0.0
         for (s, t), projected in self.project(params, student_feats).items():

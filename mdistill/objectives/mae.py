@@ -9,21 +9,24 @@ import ml_collections
 from mdistill import masking
 from mdistill.models.mae import MAE, patchify
 from mdistill.models.vit import ViTSpec
+from mdistill.objectives.base import Objective
 from mdistill.objectives.common import normalize_images, reconstruction_loss
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-class MAEObjective:
-    """Trainable parameters: {'mae': {'encoder', 'decoder'}}. No teacher."""
+class MAEObjective(Objective):
+    """Trainable parameters: {'mae': {'encoder', 'decoder'}}. No teacher. The student config
+    (config.student, mask_ratio, norm_pix_loss) is shared by every method, so checked by
+    mdistill.validation, and its FLOPs counted by mdistill.flops."""
 
-    uses_teacher = False
+    name = "mae"
+    reference_config = "mae_vitb"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.spec = ViTSpec.parse(config.student.variant)
         self.dtype = DTYPES[config.dtype]
-        self.num_patches = (config.image_size // self.spec.patch_size) ** 2
         self.mae = MAE(self.spec, config.student.decoder_width, config.student.decoder_depth,
                        config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype,
                        remat=config.get("remat", "none"))
@@ -32,7 +35,8 @@ class MAEObjective:
     student_blocks: tuple[int, ...] = ()
 
     def sample_mask(self, rng: jax.Array, batch_size: int) -> masking.Mask:
-        return masking.random_masking(rng, batch_size, self.num_patches, self.config.mask_ratio)
+        """The student's mask (sample_masks' .student)."""
+        return self.sample_masks(rng, batch_size).student
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         mask = self.sample_mask(rng, images.shape[0])

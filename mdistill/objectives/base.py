@@ -1,0 +1,81 @@
+"""What a method is to the rest of mdistill: the Objective interface.
+
+A method is one subclass of Objective in its own file, listed in OBJECTIVES
+(mdistill/objectives/__init__.py, or added with register()). From that entry alone:
+  - base_config() holds its config section (config.<config_key>, from defaults()) and the
+    ':smoke' shrink applies smoke() to it;
+  - mdistill.validation runs its validate() after the shared checks;
+  - mdistill.flops counts its flop_terms() beside the student's;
+  - the trainer builds it from the config and differentiates its loss(), --dry_run compiles
+    its step, and benchmarks/step.py times it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import ml_collections
+
+from mdistill import masking
+from mdistill.models.vit import ViTSpec
+
+
+class Objective:
+    """A pre-training method. The class-level part reads a config before anything is built;
+    an instance, built from a validated config, gives the trainer init() and loss()."""
+
+    name: ClassVar[str] = ""  # config.method
+    # The config section the method owns (config.<config_key>), or None. Methods may share
+    # one: the first registered provides its defaults.
+    config_key: ClassVar[str | None] = None
+    # The experiment config (configs/<name>.py) of the method at ViT-B/16 scale, which
+    # benchmarks/step.py times; '' for none.
+    reference_config: ClassVar[str] = ""
+    uses_teacher: ClassVar[bool] = False  # the step gets frozen teacher parameters
+
+    # ---- the config, before anything is built --------------------------------------------
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict | None:
+        """Full-size defaults of config.<config_key> (None: no section)."""
+        return None
+
+    @classmethod
+    def smoke(cls, config: ml_collections.ConfigDict) -> None:
+        """Shrink config.<config_key> to the ':smoke' models (student mu/4, teacher xs/4)."""
+
+    @classmethod
+    def validate(cls, config: ml_collections.ConfigDict) -> None:
+        """Check the method's own fields after the shared ones passed; raise
+        mdistill.checks.ConfigError naming the field (mdistill.checks.require)."""
+
+    @classmethod
+    def flop_terms(cls, config: ml_collections.ConfigDict) -> dict[str, float]:
+        """FLOPs per sample the method adds to an MAE student's forward pass:
+        'teacher_forward' (not differentiated) and 'heads' (trained: counted again, twice,
+        in the backward pass). Matrix products only, as mdistill.flops counts."""
+        return {"teacher_forward": 0.0, "heads": 0.0}
+
+    # ---- built from a validated config ----------------------------------------------------
+    teacher: Any = None  # mdistill.teacher.Teacher when uses_teacher
+    teacher_blocks: tuple[int, ...] = ()  # the teacher blocks the loss reads (it runs up to the deepest)
+    teacher_mask_ratio: float | None = None  # the teacher's own mask ratio (None: it sees the student's patches)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.num_patches = (config.image_size // ViTSpec.parse(config.student.variant).patch_size) ** 2
+
+    def init(self, rng: jax.Array, images: jax.Array) -> dict:
+        """Trainable parameters for uint8 NHWC `images` (one image is enough: shapes only)."""
+        raise NotImplementedError
+
+    def loss(self, params: dict, teacher_params: dict | None, images: jax.Array,
+             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(scalar loss, metrics) of uint8 NHWC `images` under the step's `rng`. metrics hold
+        'loss' and any other scalars to log; teacher_params is None without a teacher."""
+        raise NotImplementedError
+
+    def sample_masks(self, rng: jax.Array, batch_size: int) -> masking.Masks:
+        """The patches each model sees, from config.masking.kind (mdistill.masking.sample)."""
+        return masking.sample(masking.kind_of(self.config), rng, batch_size, self.num_patches,
+                              self.config.mask_ratio, self.teacher_mask_ratio)

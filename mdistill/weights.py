@@ -1,0 +1,254 @@
+"""Weights: the one way from a path to the parameters of a ViT encoder (and its decoder).
+
+    encoder = weights.load_encoder("runs/mae_vitl", variant="L/16", channels=3, placement=mesh)
+    w = weights.load("mae_visualize_vit_large.pth")  # w.params {'encoder', 'decoder'}, w.arch
+
+A path is an mdistill workdir, its checkpoints/ folder, one step folder, a release converted
+by `python -m mdistill.convert`, or a PyTorch .pth/.bin/.safetensors file (official MAE or
+timm names, mdistill.state_dict), converted in memory. With a variant the weights are
+checked once, by shape_problems, against the model that variant builds: one error names
+every parameter that does not fit, and both architectures. `placement` puts them on
+devices: a Mesh (mdistill.sharding's partition rules, as the train step expects), one
+Sharding for every array, or None (the default device; a file's arrays stay on the host).
+
+The teacher (mdistill.train), the evaluators (mdistill.evaluate), load_pretrained and
+mdistill.convert all read weights through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+import numpy as np
+
+from mdistill import checkpoint
+from mdistill.models.vit import ViTSpec
+from mdistill.state_dict import (Architecture, architecture_of_params, expected_shapes, flatten, flax_shapes,
+                                 infer_architecture, read_state_dict, sincos_table, to_flax_value, torch_to_flax,
+                                 unflatten)
+
+POSEMB_ATOL = 1e-4  # the releases store float32 sin-cos tables; a learned one is far off
+
+
+def mae_params(params: dict) -> dict:
+    """{'encoder', 'decoder'?} out of a checkpoint's params: {'mae': {...}} for MAE, DMAE and
+    AMD runs (and converted releases), {'encoder', 'head', ...} for fine-tuned ones, or a bare
+    encoder."""
+    if "mae" in params:
+        return params["mae"]
+    if "encoder" in params:
+        return {k: params[k] for k in ("encoder", "decoder") if k in params}
+    return {"encoder": params}
+
+
+def encoder_of(params: dict) -> dict:
+    """The ViT encoder inside a checkpoint's (or a training state's) params."""
+    return mae_params(params)["encoder"]
+
+
+# ---- the shape checker ----------------------------------------------------------------
+def shape_problems(actual: dict, expected: dict, ignore=()) -> list[str]:
+    """Lines naming the parameters ({name: shape}) that are of another shape, missing or
+    unknown (at most 12 of each kind, so a whole extra stack of blocks does not bury the
+    rest). Names starting with a prefix in `ignore` may be in `actual` only."""
+    skip = lambda k: any(k.startswith(p) for p in ignore)  # noqa: E731
+    kinds = [[f"  {k}: shape {tuple(actual[k])} in the checkpoint, {tuple(v)} expected"
+              for k, v in expected.items() if k in actual and tuple(actual[k]) != tuple(v)],
+             [f"  {k}: missing from the checkpoint (expected {tuple(v)})"
+              for k, v in expected.items() if k not in actual],
+             [f"  {k}: not in the model (shape {tuple(actual[k])})" for k in actual
+              if k not in expected and not skip(k)]]
+    return [line for lines in kinds
+            for line in lines[:12] + ([f"  ... and {len(lines) - 12} more like the above"] if len(lines) > 12 else [])]
+
+
+def _raise(header: str, lines: list[str]) -> None:
+    raise ValueError(header + "\n" + "\n".join(lines))
+
+
+def check_encoder(encoder: dict, variant: str, source: str, channels: int | None = None,
+                  field: str = "variant") -> None:
+    """Fail naming every parameter of an mdistill encoder that `variant` does not have."""
+    # the channel count is the data's, not the variant's: take the checkpoint's unless given
+    channels = channels or encoder["patch_embed"]["proj"]["kernel"].shape[2]
+    arch = Architecture(ViTSpec.parse(variant), channels, 0)
+    want = {"/".join(k[1:]): v for k, v in flax_shapes(arch, False).items()}
+    have = {"/".join(k): tuple(v.shape) for k, v in flatten(encoder).items()}
+    problems = shape_problems(have, want)
+    if problems:
+        found = _describe_encoder(encoder)
+        _raise(f"checkpoint {source} ({found}) does not match {field}={variant!r} ({arch.describe()}):", problems)
+
+
+def _describe_encoder(encoder: dict) -> str:
+    try:
+        sd_arch = architecture_of_params({"encoder": jax.tree.map(lambda x: np.empty(x.shape, np.int8), encoder)})
+        return sd_arch.describe()
+    except (ValueError, KeyError):
+        return "an unknown layout"
+
+
+def check_posemb(table: np.ndarray, width: int, grid: int, name: str, source: str) -> None:
+    """The checkpoint's table must be the fixed sin-cos one mdistill computes (zero cls row)."""
+    expected = sincos_table(width, grid)[0]
+    err = float(np.max(np.abs(table.reshape(expected.shape) - expected)))
+    if err > POSEMB_ATOL:
+        raise ValueError(f"{source}: {name} is not the fixed 2-D sin-cos embedding MAE pre-training uses "
+                         f"(max deviation {err:.3g} > {POSEMB_ATOL}); mdistill's ViT has no learned position "
+                         "embedding, so fine-tuned checkpoints cannot be imported")
+
+
+def check_image_size(arch: Architecture, image_size: int | None, source: str) -> None:
+    """A run at another image size gets the sin-cos table of its own grid: the embedding is a
+    function of patch position, so it is recomputed rather than interpolated, exactly as
+    mdistill's encoder does for any input size."""
+    if not image_size or image_size == arch.image_size:
+        return
+    p = arch.spec.patch_size
+    if image_size % p:
+        raise ValueError(f"image size {image_size} is not a multiple of the checkpoint's patch size {p}")
+    print(f"{source}: trained at {arch.image_size}px ({arch.grid}x{arch.grid} patches), used at {image_size}px: "
+          f"position embeddings are the sin-cos table of the {image_size // p}x{image_size // p} grid",
+          file=sys.stderr)
+
+
+# ---- PyTorch state dicts --------------------------------------------------------------
+def state_dict_to_params(sd: dict, source: str, variant: str | None = None, channels: int | None = None,
+                         with_decoder: bool = True, ignore=(), decoder_heads: int | None = None
+                         ) -> tuple[dict, Architecture]:
+    """-> ({'encoder': ..., 'decoder': ...}, architecture). With `variant` (e.g. 'L/16'), a
+    checkpoint of another width, depth or patch size fails naming every mismatched tensor."""
+    arch = infer_architecture(sd, source, decoder_heads=decoder_heads)
+    if variant:
+        arch = dataclasses.replace(arch, spec=ViTSpec.parse(variant))
+    if channels:
+        arch = dataclasses.replace(arch, channels=channels)
+    with_decoder = with_decoder and arch.decoder is not None
+    expected = expected_shapes(arch, with_decoder)
+    if not with_decoder:
+        ignore = (*ignore, "decoder_", "mask_token")
+    problems = shape_problems({k: v.shape for k, v in sd.items()}, expected, ignore)
+    if "pos_embed" not in sd:
+        problems.append("  pos_embed: missing from the checkpoint (it tells the grid and is checked)")
+    if problems:
+        found = infer_architecture(sd, source, decoder_heads=decoder_heads)
+        want = (f"; {variant!r} is {arch.describe()}" if variant else
+                f"; the config wants {channels} channel(s)" if channels else "")
+        _raise(f"{source} holds a ViT of {found.describe()}{want}. Tensors that do not fit:", problems)
+    check_posemb(sd["pos_embed"], arch.spec.width, arch.grid, "pos_embed", source)
+    if with_decoder:
+        check_posemb(sd["decoder_pos_embed"], arch.decoder[0], arch.grid, "decoder_pos_embed", source)
+    flat = {}
+    for key, value in sd.items():
+        target = torch_to_flax(key, value.ndim)
+        if target and (with_decoder or target[0] == "encoder") and key in expected:
+            flat[(target[0], *target[1])] = np.ascontiguousarray(to_flax_value(value), np.float32)
+    return unflatten(flat), (arch if with_decoder else dataclasses.replace(arch, decoder=None))
+
+
+# ---- placement ------------------------------------------------------------------------
+def _is_mesh(placement) -> bool:
+    return isinstance(placement, jax.sharding.Mesh)
+
+
+def place(tree, placement):
+    """Host arrays -> global jax.Arrays: by the partition rules on a Mesh, with one Sharding,
+    or with a tree of shardings like `tree`. Each process fills its own devices' shards from
+    its copy, so this also works when the mesh spans processes (each must have read the same
+    checkpoint). None leaves the arrays where they are."""
+    if placement is None:
+        return tree
+    from mdistill import sharding
+
+    if _is_mesh(placement):
+        placement = sharding.tree_shardings(placement, tree)
+    elif isinstance(placement, jax.sharding.Sharding):
+        placement = jax.tree.map(lambda _: placement, tree)
+
+    def one(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(one, tree, placement)
+
+
+def _restore_placement(placement):
+    """What checkpoint.load_params takes: a Sharding, or (key, shape) -> Sharding."""
+    if placement is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if _is_mesh(placement):
+        from jax.sharding import NamedSharding
+
+        from mdistill import sharding
+
+        fsdp = placement.shape["fsdp"]
+        return lambda key, shape: NamedSharding(placement, sharding.partition_spec(key, shape, fsdp))
+    return placement
+
+
+# ---- loading --------------------------------------------------------------------------
+@dataclasses.dataclass
+class Weights:
+    """Parameters {'encoder', 'decoder'?}, their architecture, and the checkpoint's meta
+    (step, the run's config or a conversion's architecture; {} for a PyTorch file)."""
+
+    params: dict
+    arch: Architecture
+    meta: dict
+
+    @property
+    def encoder(self) -> dict:
+        return self.params["encoder"]
+
+
+def load(path: str, variant: str | None = None, *, image_size: int | None = None, channels: int | None = None,
+         placement=None, decoder: bool = True, decoder_heads: int | None = None, ignore=(),
+         field: str = "variant") -> Weights:
+    """The weights at `path` (see the module's docstring), checked against `variant` (which
+    also sets the head count, stored in no tensor) and `channels` where given. `field` names
+    the setting the variant came from in errors, e.g. 'config.teacher.variant'. Without
+    `decoder`, only the encoder is kept. `ignore`: prefixes of a PyTorch file's tensors that
+    may be dropped (its heads, say)."""
+    if os.path.isfile(path):
+        params, arch = state_dict_to_params(read_state_dict(path), path, variant, channels, with_decoder=decoder,
+                                            ignore=ignore, decoder_heads=decoder_heads)
+        check_image_size(arch, image_size, path)
+        return Weights(place(params, placement), arch, {})
+    params, meta = checkpoint.load_params(path, _restore_placement(placement))
+    params = mae_params(params)
+    if not decoder:
+        params = {"encoder": params["encoder"]}
+    arch = _arch_from_meta(meta) or architecture_of_params(params, decoder_heads)
+    if decoder_heads and arch.decoder:
+        arch = dataclasses.replace(arch, decoder=(*arch.decoder[:2], decoder_heads))
+    if "decoder" not in params:
+        arch = dataclasses.replace(arch, decoder=None)
+    if variant:
+        check_encoder(params["encoder"], variant, path, channels, field)
+        spec = ViTSpec.parse(variant)
+        recorded = "config" in meta or "architecture" in meta  # a run's or a conversion's head count
+        if recorded and arch.spec.num_heads != spec.num_heads:  # same shapes, other heads
+            raise ValueError(f"checkpoint {path} has {arch.spec.num_heads} heads, {field}={variant!r} "
+                             f"has {spec.num_heads}")
+        arch = dataclasses.replace(arch, spec=spec)
+    return Weights(params, arch, meta)
+
+
+def load_encoder(path: str, variant: str | None = None, **kwargs) -> dict:
+    """The encoder's parameters at `path`; the arguments as load()'s."""
+    return load(path, variant, decoder=False, **kwargs).encoder
+
+
+def _arch_from_meta(meta: dict) -> Architecture | None:
+    if "architecture" in meta:  # written by mdistill.convert
+        return Architecture.from_json(meta["architecture"])
+    config = meta.get("config")
+    if not config:
+        return None
+    s = config["student"]
+    spec = ViTSpec.parse(s["variant"])
+    return Architecture(spec, config["data"]["channels"], config["image_size"] // spec.patch_size,
+                        (s["decoder_width"], s["decoder_depth"], s["decoder_heads"]))
