@@ -562,7 +562,8 @@ def main():
     parser.add_argument("--out", default="runs/fmnist_study", help="workdirs (checkpoints, logs)")
     parser.add_argument("--groups", default="teacher,core,finetune,sweeps", help="of teacher, core, finetune, sweeps")
     parser.add_argument("--max_minutes", type=float, default=0, help="start no run after this long (0: no limit)")
-    parser.add_argument("--data_path", default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    parser.add_argument("--data_path",
+                        default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
     args = parser.parse_args()
     {"run": cmd_run, "report": cmd_report, "plan": cmd_plan}[args.command](args)
 
