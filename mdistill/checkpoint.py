@@ -33,7 +33,9 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
                      "mesh.")
 # Fields added since older checkpoints were written, with the value that does what those
 # runs did: absent in a checkpoint and this value now is no change.
-ADDED_FIELDS = {"masking.kind": "random"}
+ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "masking.block_max_patches": 75,
+                "masking.block_aspect": 0.3, "masking.block_square": 0, "masking.noise_color": "green",
+                "masking.noise_sigma": 1.0}
 
 
 class CheckpointError(RuntimeError):

@@ -39,8 +39,16 @@ def base_config() -> ml_collections.ConfigDict:
         if objective.config_key and objective.config_key not in c:
             c[objective.config_key] = objective.defaults()
     # Which patches the student (and the teacher) see: a per-sample order of the patches of
-    # this kind (mdistill.masking.ORDERS), cut at the mask ratios.
-    c.masking = ml_collections.ConfigDict(dict(kind="random"))
+    # this kind (mdistill.masking.ORDERS), cut at the mask ratios: random (MAE) | block
+    # (BEiT; SimMIM's squares with block_square > 0) | colored_noise (ColorMAE). The other
+    # fields are the structured kinds' options, described in mdistill/masking.py.
+    c.masking = ml_collections.ConfigDict(dict(
+        kind="random",
+        block_min_patches=16, block_max_patches=75,  # area of BEiT's rectangles, in patches
+        block_aspect=0.3,                            # aspect ratios in [block_aspect, 1 / block_aspect]
+        block_square=0,                              # > 0: SimMIM's square side, in patches
+        noise_color="green",                         # red | blue | green | purple
+        noise_sigma=1.0))                            # the noise filters' scale, in patches
 
     c.batch_size = 4096      # global, over all devices and accumulation steps
     # Device mesh: the batch is split over both axes, parameters, optimizer state and the

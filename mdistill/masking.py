@@ -3,8 +3,27 @@ number of visible patches depends only on the config, so masking never recompile
 
 Every objective draws its masks through sample(), which reads config.masking.kind: a kind
 is one function in ORDERS, rng -> a per-sample order of the patches, of which the student
-sees the first K_s and the teacher (AMD) the first K_t. 'random' is MAE's uniform shuffle;
-the next mask is one more such function."""
+sees the first K_s and the teacher (AMD) the first K_t, so every kind gives the same exact
+visible count for every image, and AMD's teacher always sees a superset of the student's
+patches. An order lists the patches from the most to the least visible: a structured kind
+puts its hidden structure (blocks, noise peaks) at the end.
+
+  random         MAE (He et al., 2022): a uniform shuffle.
+  block          BEiT (Bao et al., 2022) blockwise masking: rectangles of random area
+                 (block_min_patches..block_max_patches) and aspect (block_aspect..1/block_aspect,
+                 log-uniform) are dropped on the grid one after another; the patches the
+                 earliest ones cover are hidden first. block_square=s > 0 instead hides whole
+                 s x s squares of patches in random order (SimMIM, Xie et al., 2022: 32 px
+                 mask units on 16 px patches is s=2).
+  colored_noise  ColorMAE (Hinojosa et al., 2024): white noise on the patch grid filtered in
+                 the frequency domain -- red (low-pass), blue (high-pass), green (band-pass),
+                 purple (band-stop) -- and thresholded at the exact ratio: the patches with
+                 the highest filtered values are hidden. noise_sigma (in patches) sets the
+                 Gaussian filters' scale: low-pass G(sigma), band-pass G(sigma) - G(2 sigma).
+
+A third kind of the field, DMJD's disjoint views (several masks of one image whose visible
+sets do not overlap), is not here: it only makes sense for a loss that uses more than one
+view per image, and no objective in mdistill does."""
 
 from __future__ import annotations
 
@@ -80,14 +99,101 @@ def asymmetric_tube_masking(rng: jax.Array, batch_size: int, frames: int, patche
 Masks = AsymmetricMask  # what sample() returns, for every objective
 
 
-def random_order(rng: jax.Array, batch_size: int, num_patches: int) -> jax.Array:
+def random_order(rng: jax.Array, batch_size: int, num_patches: int, **_) -> jax.Array:
     """MAE's masking: a uniformly random permutation of the patches per sample."""
     return _shuffle(rng, batch_size, num_patches)
 
 
-# config.masking.kind -> (rng, batch_size, num_patches) -> [B, L] int32 per-sample order of
-# the patches; each model sees a prefix of it (so a teacher's superset holds by construction)
-ORDERS = {"random": random_order}
+def block_order(rng: jax.Array, batch_size: int, num_patches: int, *, block_min_patches: int = 16,
+                block_max_patches: int = 75, block_aspect: float = 0.3, block_square: int = 0, **_) -> jax.Array:
+    """BEiT's blockwise masking as an order (SimMIM's squares with block_square > 0).
+
+    A fixed number of rectangles is drawn per sample (enough to cover the grid many times
+    over); each patch is keyed by the first rectangle covering it, and patches covered
+    earlier come later in the order, so hiding a suffix hides whole early rectangles plus
+    the centre of the next one. Patches no rectangle covers come first, in random order."""
+    g = grid_side(num_patches)
+    if block_square:
+        return _square_order(rng, batch_size, g, block_square)
+    max_area = max(1, min(block_max_patches, num_patches))
+    min_area = max(1, min(block_min_patches, max_area))
+    n = 4 * -(-num_patches // min_area)  # rectangles per sample (static)
+    k_area, k_aspect, k_top, k_left, k_tie = jax.random.split(rng, 5)
+    area = jax.random.uniform(k_area, (batch_size, n), minval=min_area, maxval=max_area)
+    log_ratio = jax.random.uniform(k_aspect, (batch_size, n), minval=jnp.log(block_aspect),
+                                   maxval=-jnp.log(block_aspect))
+    h = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_ratio))), 1, g)
+    w = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_ratio))), 1, g)
+    top = jnp.floor(jax.random.uniform(k_top, (batch_size, n)) * (g - h + 1))
+    left = jnp.floor(jax.random.uniform(k_left, (batch_size, n)) * (g - w + 1))
+    rows = jnp.arange(g, dtype=jnp.float32)[:, None] * jnp.ones((1, g))  # [g, g] row of each patch
+    cols = rows.T
+    r, c = rows.reshape(-1), cols.reshape(-1)  # [L]
+    inside = ((r >= top[..., None]) & (r < (top + h)[..., None])
+              & (c >= left[..., None]) & (c < (left + w)[..., None]))  # [B, n, L]
+    covered = inside.any(axis=1)
+    first = jnp.where(covered, jnp.argmax(inside, axis=1), n)  # [B, L]
+    # within a rectangle, its centre is hidden first: a partly hidden one is a compact blob
+    centre_r = jnp.take_along_axis(top + (h - 1) / 2, jnp.minimum(first, n - 1), axis=1)
+    centre_c = jnp.take_along_axis(left + (w - 1) / 2, jnp.minimum(first, n - 1), axis=1)
+    dist = jnp.sqrt((r - centre_r) ** 2 + (c - centre_c) ** 2) / (jnp.sqrt(2.0) * g)  # in [0, 1)
+    tie = jax.random.uniform(k_tie, (batch_size, num_patches))
+    key = -first.astype(jnp.float32) + jnp.where(covered, 0.9 * (1.0 - dist) + 0.05 * tie, 0.9 * tie)
+    return jnp.argsort(key, axis=1).astype(jnp.int32)
+
+
+def _square_order(rng: jax.Array, batch_size: int, g: int, side: int) -> jax.Array:
+    """SimMIM: the grid cut into side x side squares (the last row and column of squares may
+    be cut short), the squares in random order, the patches of one square in random order."""
+    cells = -(-g // side)
+    k_rank, k_tie = jax.random.split(rng)
+    rank = jnp.argsort(jax.random.uniform(k_rank, (batch_size, cells * cells)), axis=1).astype(jnp.float32)
+    cell_of = ((jnp.arange(g) // side)[:, None] * cells + (jnp.arange(g) // side)[None, :]).reshape(-1)
+    key = rank[:, cell_of] + 0.9 * jax.random.uniform(k_tie, (batch_size, g * g))
+    return jnp.argsort(key, axis=1).astype(jnp.int32)
+
+
+NOISE_COLORS = ("red", "blue", "green", "purple")
+
+
+def noise_response(g: int, color: str, sigma: float) -> jax.Array:
+    """[g, g] real frequency response of a colour's filter on a g x g grid: Gaussian low-pass
+    G(s) = exp(-2 pi^2 s^2 |f|^2) (f in cycles per patch); red G(sigma), blue 1 - G(sigma),
+    green G(sigma) - G(2 sigma), purple 1 - green."""
+    f = jnp.fft.fftfreq(g)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    low = lambda s: jnp.exp(-2.0 * jnp.pi ** 2 * s ** 2 * f2)  # noqa: E731
+    band = low(sigma) - low(2.0 * sigma)
+    responses = {"red": low(sigma), "blue": 1.0 - low(sigma), "green": band, "purple": 1.0 - band}
+    if color not in responses:
+        raise ValueError(f"noise colour {color!r}: expected one of {NOISE_COLORS}")
+    return responses[color]
+
+
+def colored_noise_order(rng: jax.Array, batch_size: int, num_patches: int, *, noise_color: str = "green",
+                        noise_sigma: float = 1.0, **_) -> jax.Array:
+    """ColorMAE's masking as an order: white Gaussian noise on the patch grid, filtered by
+    noise_response (circular convolution through the FFT), patches in increasing order of
+    the filtered value, so the highest values are hidden first."""
+    g = grid_side(num_patches)
+    noise = jax.random.normal(rng, (batch_size, g, g))
+    filtered = jnp.fft.ifft2(jnp.fft.fft2(noise) * noise_response(g, noise_color, noise_sigma)).real
+    return jnp.argsort(filtered.reshape(batch_size, num_patches), axis=1).astype(jnp.int32)
+
+
+def grid_side(num_patches: int) -> int:
+    g = int(round(num_patches ** 0.5))
+    if g * g != num_patches:
+        raise ValueError(f"{num_patches} patches are not a square grid: structured masks need one")
+    return g
+
+
+# config.masking.kind -> (rng, batch_size, num_patches, **options) -> [B, L] int32 per-sample
+# order of the patches; each model sees a prefix of it (so a teacher's superset holds by
+# construction). The options are config.masking's other fields (OPTIONS: their defaults).
+ORDERS = {"random": random_order, "block": block_order, "colored_noise": colored_noise_order}
+OPTIONS = dict(block_min_patches=16, block_max_patches=75, block_aspect=0.3, block_square=0,
+               noise_color="green", noise_sigma=1.0)
 
 
 def kind_of(config) -> str:
@@ -96,21 +202,28 @@ def kind_of(config) -> str:
     return masking.get("kind", "random") if masking is not None else "random"
 
 
+def options_of(config) -> dict:
+    """config.masking's options (OPTIONS' defaults for fields a saved config lacks)."""
+    masking = config.get("masking") if hasattr(config, "get") else None
+    return {k: (masking.get(k, v) if masking is not None else v) for k, v in OPTIONS.items()}
+
+
 def sample(kind: str, rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float,
-           teacher_mask_ratio: float | None = None) -> Masks:
+           teacher_mask_ratio: float | None = None, options: dict | None = None) -> Masks:
     """The masks of one batch: the student keeps num_visible(mask_ratio) patches of the
-    order ORDERS[kind] draws; with teacher_mask_ratio the teacher keeps a longer prefix of
-    the same order, else exactly the student's patches."""
+    order ORDERS[kind] draws (with `options`); with teacher_mask_ratio the teacher keeps a
+    longer prefix of the same order, else exactly the student's patches."""
     if kind not in ORDERS:
         raise ValueError(f"masking kind {kind!r}: expected one of {sorted(ORDERS)}")
+    order = ORDERS[kind](rng, batch_size, num_patches, **(options or {}))
     if teacher_mask_ratio is None:
         keep = num_visible(num_patches, mask_ratio)
         if keep < 1:
             raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}")
-        mask = _mask_from_order(ORDERS[kind](rng, batch_size, num_patches), keep)
+        mask = _mask_from_order(order, keep)
         return Masks(mask, mask.ids_keep)
     keep_s, keep_t = _nested_counts(num_patches, mask_ratio, teacher_mask_ratio)
-    return _asymmetric_from_order(ORDERS[kind](rng, batch_size, num_patches), keep_s, keep_t)
+    return _asymmetric_from_order(order, keep_s, keep_t)
 
 
 def _shuffle(rng: jax.Array, batch_size: int, num_patches: int) -> jax.Array:

@@ -80,11 +80,27 @@ def validate(config, num_devices: int | None = None) -> None:
 
     kind = masking.kind_of(config)
     _require(kind in masking.ORDERS, "masking.kind", kind, f"expected one of {sorted(masking.ORDERS)}")
+    _validate_masking(masking.options_of(config), kind, num_patches)
 
     if "eval" in config:
         validate_eval(config, num_devices)
 
     OBJECTIVES[config.method].validate(config)  # the method's own fields
+
+
+def _validate_masking(o: dict, kind: str, num_patches: int) -> None:
+    """The structured kinds' options (checked whatever the kind, so a typo never waits)."""
+    _require(isinstance(o["block_min_patches"], int) and o["block_min_patches"] >= 1, "masking.block_min_patches",
+             o["block_min_patches"], "must be an integer >= 1")
+    _require(isinstance(o["block_max_patches"], int) and o["block_max_patches"] >= o["block_min_patches"],
+             "masking.block_max_patches", o["block_max_patches"], "must be an integer >= masking.block_min_patches")
+    _require(0.0 < o["block_aspect"] <= 1.0, "masking.block_aspect", o["block_aspect"], "must be in (0, 1]")
+    grid = int(round(num_patches ** 0.5))
+    _require(isinstance(o["block_square"], int) and 0 <= o["block_square"] <= grid, "masking.block_square",
+             o["block_square"], f"must be 0 (BEiT rectangles) or a square side of 1..{grid} patches")
+    _require(o["noise_color"] in masking.NOISE_COLORS, "masking.noise_color", o["noise_color"],
+             f"expected one of {masking.NOISE_COLORS}")
+    _require(o["noise_sigma"] > 0, "masking.noise_sigma", o["noise_sigma"], "must be > 0 (patches)")
 
 
 def _validate_optim(o) -> None:

@@ -78,4 +78,4 @@ class Objective:
     def sample_masks(self, rng: jax.Array, batch_size: int) -> masking.Masks:
         """The patches each model sees, from config.masking.kind (mdistill.masking.sample)."""
         return masking.sample(masking.kind_of(self.config), rng, batch_size, self.num_patches,
-                              self.config.mask_ratio, self.teacher_mask_ratio)
+                              self.config.mask_ratio, self.teacher_mask_ratio, masking.options_of(self.config))
