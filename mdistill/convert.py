@@ -8,6 +8,11 @@ fine-tuning models_vit.VisionTransformer, which share parameter names.
 
     python -m mdistill.convert --input mae_pretrain_vit_large.pth --output runs/mae_vitl
     python -m mdistill.convert --export --input runs/dmae_vitb --output student.pth [--global_pool]
+    python -m mdistill.convert --export --input runs/dmae_vitb --output model.safetensors
+
+An export ending in .safetensors is written with the safetensors package's numpy API, a
+flat state dict as timm's hub files (no PyTorch needed); any other name is a torch.save'd
+{'model': state_dict} as the official releases.
 
 The PyTorch names and files are mdistill.state_dict's; reading and checking weights is
 mdistill.weights'. Position embeddings are not parameters in mdistill (fixed 2-D sin-cos at
@@ -131,13 +136,18 @@ def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False,
 
 def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool = False,
                     num_classes: int = 1000, posemb: str = "interpolate") -> dict:
-    """Write the student encoder of an mdistill checkpoint as {'model': state_dict} (.pth),
-    pos_embed for `image_size` (default: the run's; see export_state_dict)."""
+    """Write the student encoder of an mdistill checkpoint, pos_embed for `image_size`
+    (default: the run's; see export_state_dict): a .safetensors file holds the state dict
+    itself (timm's hub layout; no PyTorch needed), any other name {'model': state_dict} (.pth)."""
     if os.path.isdir(out):  # checked first: torch.save would fail on it only after the reading
         raise ValueError(f"--output {out!r} is a folder: name the file to write, e.g. "
                          f"{os.path.join(out, 'student.pth')}")
     import jax
-    import torch
+
+    if out.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+    else:
+        import torch
 
     from mdistill import weights
 
@@ -148,7 +158,10 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
         raise ValueError(f"{src}: no image size in the checkpoint's meta; pass --image_size")
     sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, out)
+    if out.endswith(".safetensors"):
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, out, metadata={"format": "pt"})
+    else:
+        torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, out)
     return sd
 
 
@@ -162,7 +175,8 @@ def _meta_image_size(meta: dict) -> int | None:
 # global FLAGS so that importing this module defines nothing there.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("input", None, "import: .pth/.bin/.safetensors; export: mdistill checkpoint", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "import: Orbax directory; export: .pth file", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "import: Orbax directory; export: .pth or .safetensors file",
+                    flag_values=FLAGS)
 flags.DEFINE_string("variant", None, "import: fail unless the checkpoint is this ViT, e.g. L/16 (sets heads)",
                     flag_values=FLAGS)
 flags.DEFINE_integer("decoder_heads", None, "import: decoder heads (default width / 32)", flag_values=FLAGS)

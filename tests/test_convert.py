@@ -412,3 +412,60 @@ def test_timm_mae_checkpoint_imports(ref, tmp_path):
     for name in ("pytorch_model.bin", "model.safetensors"):
         model = mdistill.load_pretrained(str(tmp_path / name), variant="mu/4")
         np.testing.assert_allclose(model.features(images), tokens, atol=ATOL, err_msg=name)
+
+
+# ---- .safetensors export ---------------------------------------------------------------------
+def test_safetensors_export_needs_no_torch_and_reimports(tmp_path, monkeypatch):
+    """A smoke student written as .safetensors: the same tensors as export_state_dict, read
+    back by safetensors' numpy API and by mdistill, and a valid checkpoint again; with torch
+    made unimportable, so the writer cannot lean on it."""
+    import sys
+
+    import orbax.checkpoint as ocp
+
+    from configs import mae_vitb
+    from mdistill.config_base import apply_smoke
+    from mdistill.objectives import build_objective
+
+    config = apply_smoke(mae_vitb.get_config())
+    objective = build_objective(config)
+    params = objective.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8))
+    run = tmp_path / "run"
+    mngr = checkpoint.manager(str(run))
+    mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                         meta=ocp.args.JsonSave({"step": 0, "config": config.to_dict()})))
+    mngr.wait_until_finished()
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    out = tmp_path / "student.safetensors"
+    convert.main(["--export", "--input", str(run), "--output", str(out), "--num_classes", "10"])
+    from safetensors.numpy import load_file
+
+    written = load_file(str(out))
+    expected = convert.export_state_dict(jax.device_get(params["mae"]["encoder"]), 32, num_classes=10)
+    assert written.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(written[k], expected[k], err_msg=k)
+        assert written[k].dtype == np.float32
+    np.testing.assert_array_equal(convert.read_state_dict(str(out))["blocks.0.attn.qkv.weight"],
+                                  expected["blocks.0.attn.qkv.weight"])
+    back = weights.load_encoder(str(out), "mu/4", ignore=("head.",))
+    for path, value in convert._flatten(params["mae"]["encoder"]).items():
+        np.testing.assert_array_equal(convert._flatten(back)[path], np.asarray(value), err_msg=str(path))
+
+
+@pytest.mark.parametrize("global_pool", [False, True])
+def test_safetensors_export_loads_strictly_into_the_timm_layout(ref, release, tmp_path, global_pool):
+    import torch
+    from safetensors.torch import load_file
+
+    vit = ref.ViT(IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS, num_classes=10, global_pool=global_pool).eval()
+    out = tmp_path / "student.safetensors"
+    convert.main(["--export", "--input", release["orbax"], "--output", str(out), "--num_classes", "10"]
+                 + (["--global_pool"] if global_pool else []))
+    vit.load_state_dict(load_file(str(out)), strict=True)
+    pth = tmp_path / "student.pth"
+    convert.main(["--export", "--input", release["orbax"], "--output", str(pth), "--num_classes", "10"]
+                 + (["--global_pool"] if global_pool else []))
+    from_pth = torch.load(pth, weights_only=True)["model"]
+    for k, v in load_file(str(out)).items():
+        np.testing.assert_array_equal(v.numpy(), from_pth[k].numpy(), err_msg=k)
