@@ -26,7 +26,8 @@ from mdistill.metrics import log
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
-                     "total_steps", "num_epochs", "teacher.checkpoint", "data.path", "data.data_dir", "eval.",
+                     "total_steps", "num_epochs", "teacher.checkpoint", "student.init", "data.path", "data.data_dir",
+                     "eval.",
                      # how the input pipeline runs, not what it yields
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
                      # how the devices are laid out, not what they compute
@@ -35,7 +36,7 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
 # runs did: absent in a checkpoint and this value now is no change.
 ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "masking.block_max_patches": 75,
                 "masking.block_aspect": 0.3, "masking.block_square": 0, "masking.noise_color": "green",
-                "masking.noise_sigma": 1.0}
+                "masking.noise_sigma": 1.0, "student.init": ""}
 
 
 class CheckpointError(RuntimeError):

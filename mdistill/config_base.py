@@ -28,7 +28,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.norm_pix_loss = True
 
     c.student = ml_collections.ConfigDict(dict(
-        variant="B/16", decoder_width=512, decoder_depth=8, decoder_heads=16))
+        variant="B/16", decoder_width=512, decoder_depth=8, decoder_heads=16,
+        # start from these weights instead of a random init (continued pre-training, or an
+        # official MAE encoder + decoder): the paths teacher.checkpoint takes, checked against
+        # the student's variant and decoder; a checkpoint without a decoder sets the encoder only
+        init=""))
     c.teacher = ml_collections.ConfigDict(dict(
         variant="L/16",
         checkpoint="",       # mdistill workdir / checkpoint dir; empty = random (smoke only)

@@ -80,7 +80,37 @@ class Trainer:
         return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
 
     def init_state(self) -> TrainState:
-        return jax.jit(self._init_state, out_shardings=self.state_sharding)(self.init_rng)
+        """A fresh state: random parameters, or config.student.init's where set."""
+        state = jax.jit(self._init_state, out_shardings=self.state_sharding)(self.init_rng)
+        path = self.config.student.get("init", "")
+        return self._student_init(state, path) if path else state
+
+    def _student_init(self, state: TrainState, path: str) -> TrainState:
+        """The student's encoder (and decoder, if the checkpoint has one) from `path`, checked
+        against config.student; other trained parameters (heads) keep their random init, and
+        the optimizer state is that of the new parameters (Adam's moments are zeros either way)."""
+        c = self.config
+        try:
+            loaded = weights.load(path, c.student.variant, image_size=c.image_size, channels=c.data.channels,
+                                  decoder_heads=c.student.decoder_heads, field="config.student.variant")
+        except (ValueError, ImportError) as e:
+            raise checkpoint.CheckpointError(f"config.student.init: {e}") from e
+        mae = state.params["mae"]
+        parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params}
+        want = {"/".join(p): tuple(v.shape) for p, v in weights.flatten({k: mae[k] for k in parts}).items()}
+        have = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(parts).items()}
+        problems = weights.shape_problems(have, want)
+        if problems:
+            s = c.student
+            raise checkpoint.CheckpointError(
+                f"config.student.init: {path} does not fit the student ({s.variant}, decoder width "
+                f"{s.decoder_width} depth {s.decoder_depth}):\n" + "\n".join(problems))
+        placed = weights.place(jax.device_get(parts), {k: self.state_sharding.params["mae"][k] for k in parts})
+        params = {**state.params, "mae": {**mae, **placed}}
+        log(f"student initialised from {path}: {' and '.join(parts)}"
+            + ("" if "decoder" in parts else " (the decoder keeps its random init)"))
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
+        return TrainState(state.step, params, opt_state)
 
     def abstract_state(self) -> TrainState:
         return _abstract(jax.eval_shape(self._init_state, self.init_rng), self.state_sharding)
