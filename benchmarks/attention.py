@@ -12,7 +12,6 @@ and formulation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,6 +24,7 @@ import einops  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from mdistill import flops  # noqa: E402
 from mdistill.models.vit import multi_head_attention  # noqa: E402
@@ -92,14 +92,16 @@ def bench_shape(what: str, tokens: int, width: int, heads: int, batch: int, roun
     return records
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--shapes", default="all", help="'all' or comma-separated indices into SHAPES")
-    args = p.parse_args(argv)
-    if args.batch < 1 or args.rounds < 1:
-        p.error(f"--batch and --rounds must be positive, got {args.batch} and {args.rounds}")
+def define_flags() -> None:
+    flags.DEFINE_integer("batch", 8, "images per call", lower_bound=1)
+    flags.DEFINE_integer("rounds", 40, "interleaved calls per formulation (the median is reported)", lower_bound=1)
+    flags.DEFINE_string("shapes", "all", "'all' or comma-separated indices into SHAPES")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
     chosen = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
     for what, tokens, width, heads in chosen:
         for record in bench_shape(what, tokens, width, heads, args.batch, args.rounds):
@@ -109,4 +111,5 @@ def main(argv=None):
 if __name__ == "__main__":
     from mdistill import hugepages
     hugepages.ensure()
-    main()
+    define_flags()
+    app.run(main)

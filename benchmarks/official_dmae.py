@@ -23,7 +23,6 @@ prediction the 'original_img' loss never uses) next to mdistill's for the same m
 
 from __future__ import annotations
 
-import argparse
 import importlib.abc
 import importlib.machinery
 import json
@@ -33,6 +32,8 @@ import statistics
 import sys
 import time
 import types
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -108,15 +109,19 @@ def release_flops(batch: int) -> tuple[float, float]:
     return release, ours["total"]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", required=True, help="checkout of UCSC-VLAA/DMAE")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--out", default="", help="also append the JSON line to this file")
-    args = p.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_string("repo", None, "checkout of UCSC-VLAA/DMAE", required=True)
+    flags.DEFINE_integer("batch", 8, "images per step")
+    flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)")
+    flags.DEFINE_integer("warmup", 2, "untimed steps first")
+    flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: torch's default)")
+    flags.DEFINE_string("out", "", "also append the JSON line to this file")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
     check_repo(args.repo)
 
     import torch
@@ -179,4 +184,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -21,13 +21,13 @@ some up to 1500, quality 90) under --workdir.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
 import numpy as np
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -153,25 +153,29 @@ def bench_step(config_file: str, batch: int, steps: int) -> dict:
                 achieved_gflops=round(flops / dt / 1e9, 1))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--folder", default="", help="root of an image folder (<folder>/<split>/<class>/*); "
-                    "default: write a synthetic JPEG folder under --workdir")
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--workdir", default="/tmp/mdistill-bench")
-    ap.add_argument("--num_images", type=int, default=512)
-    ap.add_argument("--image_size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=64, help="host batch of the pipeline runs")
-    ap.add_argument("--batches", type=int, default=8, help="timed batches per pipeline run")
-    ap.add_argument("--workers", default="0,1,2", help="worker processes to try (0: in the main process)")
-    ap.add_argument("--threads", type=int, default=1, help="threads per process")
-    ap.add_argument("--loop_seconds", type=float, default=15.0)
-    ap.add_argument("--config", default="configs/dmae_vitb.py")
-    ap.add_argument("--step_batch", type=int, default=8)
-    ap.add_argument("--step_steps", type=int, default=2)
-    ap.add_argument("--skip_step", action="store_true")
-    ap.add_argument("--skip_eval", action="store_true", help="no fine-tuning / feature-extraction figures")
-    args = ap.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_string("folder", "", "root of an image folder (<folder>/<split>/<class>/*); "
+                        "default: write a synthetic JPEG folder under --workdir")
+    flags.DEFINE_string("split", "train", "the folder's split")
+    flags.DEFINE_string("workdir", "/tmp/mdistill-bench", "where the synthetic JPEG folder goes")
+    flags.DEFINE_integer("num_images", 512, "synthetic JPEGs to write")
+    flags.DEFINE_integer("image_size", 224, "crop size")
+    flags.DEFINE_integer("batch", 64, "host batch of the pipeline runs")
+    flags.DEFINE_integer("batches", 8, "timed batches per pipeline run")
+    flags.DEFINE_list("workers", ["0", "1", "2"], "worker processes to try (0: in the main process)")
+    flags.DEFINE_integer("threads", 1, "threads per process")
+    flags.DEFINE_float("loop_seconds", 15.0, "length of the single-process decode loop")
+    flags.DEFINE_string("config", "configs/dmae_vitb.py", "config file of the timed train step")
+    flags.DEFINE_integer("step_batch", 8, "global batch of the timed train step")
+    flags.DEFINE_integer("step_steps", 2, "timed train steps")
+    flags.DEFINE_bool("skip_step", False, "no train-step figures")
+    flags.DEFINE_bool("skip_eval", False, "no fine-tuning / feature-extraction figures")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
 
     from mdistill.data.image_folder import ImageFolderSource
     from mdistill.data.transforms import Transform
@@ -183,7 +187,7 @@ def main(argv=None):
 
     loop = bench_decode_loop(source, transform, args.loop_seconds)
     runs = [bench_pipeline(source, transform, args.batch, int(w), args.threads, args.batches)
-            for w in args.workers.split(",")]
+            for w in args.workers]
     per_core = loop["images_per_cpu_second"]
     summary = {"bench": "summary", "input_images_per_sec_per_core": per_core,
                "input_images_per_sec_best": max(r["images_per_sec"] for r in runs)}
@@ -194,7 +198,7 @@ def main(argv=None):
                                  ("features", features, dict(labels=True, shuffle=False))):
             per_core_eval = bench_decode_loop(source, t, args.loop_seconds, f"{name}_decode_transform_loop")
             eval_runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches,
-                                        f"{name}_pipeline", **options) for w in args.workers.split(",")]
+                                        f"{name}_pipeline", **options) for w in args.workers]
             summary[f"{name}_images_per_sec_per_core"] = per_core_eval["images_per_cpu_second"]
             summary[f"{name}_images_per_sec_best"] = max(r["images_per_sec"] for r in eval_runs)
     if not args.skip_step:
@@ -211,4 +215,5 @@ if __name__ == "__main__":
     from mdistill import hugepages
 
     hugepages.ensure()  # as mdistill.main does (MDISTILL_HUGEPAGES=0: off)
-    main()
+    define_flags()
+    app.run(main)

@@ -27,7 +27,6 @@ not part of it (benchmarks/pipeline.py measures that).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -42,6 +41,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from mdistill import flops as flops_model  # noqa: E402
 from mdistill import sharding, train, validation  # noqa: E402
@@ -155,23 +155,29 @@ def peak_memory(compiled, device) -> dict:
     return {"peak_memory_bytes": est, "peak_memory_source": "xla_estimate", "process_max_rss_bytes": rss}
 
 
-def add_one_step_args(p: argparse.ArgumentParser) -> None:
-    """The options that pick one (method, model) step, for the scripts that study one step
+def define_step_flags() -> None:
+    """The flags that shape a step, shared with step_parts.py and step_ab.py."""
+    flags.DEFINE_integer("batch", 8, "global batch (0: the config's)")
+    flags.DEFINE_enum("dtype", "float32", ("float32", "bfloat16"),
+                      "student compute dtype (parameters and optimizer state stay float32)")
+    flags.DEFINE_enum("teacher_dtype", "float32", ("float32", "bfloat16"), "teacher compute dtype")
+    flags.DEFINE_string("remat", "none", "none | full | dots")
+
+
+def define_one_step_flags() -> None:
+    """The flags that pick one (method, model) step, for the scripts that study one step
     (step_parts.py, step_ab.py)."""
-    p.add_argument("--method", default="dmae", choices=METHODS)
-    p.add_argument("--model", default="B", choices=MODELS)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--remat", default="none")
+    flags.DEFINE_enum("method", "dmae", METHODS, "method")
+    flags.DEFINE_enum("model", "B", MODELS, "model (see benchmarks/step.py)")
+    define_step_flags()
 
 
-def one_step_trainer(p: argparse.ArgumentParser, args) -> train.Trainer:
-    """The validated trainer of the step add_one_step_args picked; a parser error when the
-    method is not defined for the model."""
+def one_step_trainer(args) -> train.Trainer:
+    """The validated trainer of the step define_one_step_flags picked; a usage error when
+    the method is not defined for the model."""
     config = build_config(args.method, args.model, args)
     if config is None:
-        p.error(f"{args.method} is not defined for model {args.model}")
+        raise app.UsageError(f"{args.method} is not defined for model {args.model}", exitcode=2)
     mesh = sharding.make_mesh()
     validation.validate(config, mesh.size)
     return train.Trainer(config, mesh)
@@ -261,30 +267,18 @@ def bench_one(method: str, model: str, args, mesh) -> dict | None:
     return record
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
-    p.add_argument("--models", default="tiny", help=f"comma-separated, of {MODELS}")
-    p.add_argument("--batch", type=int, default=8, help="global batch (0: the config's)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="student compute dtype (parameters and optimizer state stay float32)")
-    p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--remat", default="none", help="none | full | dots")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
-    p.add_argument("--matmul_size", type=int, default=0,
-                   help="side of the reference matrix product (0: 2048 on CPU, 8192 elsewhere)")
-    p.add_argument("--out", default="", help="also append the JSON lines to this file")
-    args = p.parse_args(argv)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
     args.matmul_size = args.matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
-    methods = [m for m in args.methods.split(",") if m]
-    models = [m for m in args.models.split(",") if m]
+    methods, models = args.methods, args.models
     for m in methods:
         if m not in METHODS:
-            p.error(f"--methods: {m!r} is not one of {METHODS}")
+            raise app.UsageError(f"--methods: {m!r} is not one of {METHODS}", exitcode=2)
     for m in models:
         if m not in MODELS:
-            p.error(f"--models: {m!r} is not one of {MODELS}")
+            raise app.UsageError(f"--models: {m!r} is not one of {MODELS}", exitcode=2)
 
     mesh = sharding.make_mesh()
     device = jax.devices()[0]
@@ -317,4 +311,11 @@ if __name__ == "__main__":
     from mdistill import hugepages
 
     hugepages.ensure()  # as mdistill.main does (MDISTILL_HUGEPAGES=0: off)
-    main()
+    flags.DEFINE_list("methods", list(METHODS), f"comma-separated, of {METHODS}")
+    flags.DEFINE_list("models", ["tiny"], f"comma-separated, of {MODELS}")
+    define_step_flags()
+    flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)")
+    flags.DEFINE_integer("warmup", 1, "untimed steps after compiling")
+    flags.DEFINE_integer("matmul_size", 0, "side of the reference matrix product (0: 2048 on CPU, 8192 elsewhere)")
+    flags.DEFINE_string("out", "", "also append the JSON lines to this file")
+    app.run(main)

@@ -18,13 +18,13 @@ variant is XLA's defaults, what mdistill.main runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
 import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
 
@@ -60,27 +60,29 @@ def paired_summary(times: dict[str, list[float]]) -> list[dict]:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    step_bench.add_one_step_args(p)
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--variant", action="append", default=None,
-                   help="option=value[,option=value...]; repeat for each variant "
-                         "(at least two; --variant= is XLA's defaults)")
-    args = p.parse_args(argv)
+def define_flags() -> None:
+    step_bench.define_one_step_flags()
+    flags.adopt_module_key_flags(step_bench)  # listed by --help as this script's own
+    flags.DEFINE_integer("rounds", 12, "rounds of one call per variant", lower_bound=1)
+    flags.DEFINE_multi_string("variant", None, "option=value[,option=value...]; repeat for each variant "
+                              "(at least two; --variant= is XLA's defaults)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
     variants = args.variant or []
     if len(variants) < 2:
-        p.error("give at least two --variant (the empty one, --variant=, is XLA's defaults)")
+        raise app.UsageError("give at least two --variant (the empty one, --variant=, is XLA's defaults)", exitcode=2)
     if len(set(variants)) != len(variants):
-        p.error(f"--variant given twice: {variants}")
-    if args.rounds < 1:
-        p.error(f"--rounds must be positive, got {args.rounds}")
+        raise app.UsageError(f"--variant given twice: {variants}", exitcode=2)
     try:
         options = {v: parse_variant(v) for v in variants}
     except ValueError as e:
-        p.error(str(e))
+        raise app.UsageError(str(e), exitcode=2) from e
 
-    trainer = step_bench.one_step_trainer(p, args)
+    trainer = step_bench.one_step_trainer(args)
     lowered = trainer.step_fn.lower(trainer.abstract_state(), trainer.abstract_teacher(), trainer.batch_shape())
     compiled = {v: lowered.compile(compiler_options=options[v] or None) for v in variants}
     state, teacher, images = step_bench.step_inputs(trainer)
@@ -112,4 +114,5 @@ def main(argv=None):
 if __name__ == "__main__":
     from mdistill import hugepages
     hugepages.ensure()
-    main()
+    define_flags()
+    app.run(main)

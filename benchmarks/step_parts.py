@@ -11,12 +11,12 @@ line per part, with the model's FLOPs for it where mdistill.flops names them.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import jax
 import optax
+from absl import app, flags
 
 import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
 from mdistill import flops as flops_model
@@ -32,14 +32,18 @@ def median_time(fn, *args, steps: int) -> float:
     return statistics.median(times)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    step_bench.add_one_step_args(p)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--out", default="")
-    args = p.parse_args(argv)
+def define_flags() -> None:
+    step_bench.define_one_step_flags()
+    flags.adopt_module_key_flags(step_bench)  # listed by --help as this script's own
+    flags.DEFINE_integer("steps", 4, "timed runs of each part (the median is reported)", lower_bound=1)
+    flags.DEFINE_string("out", "", "also append the JSON lines to this file")
 
-    trainer = step_bench.one_step_trainer(p, args)
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    args = flags.FLAGS
+    trainer = step_bench.one_step_trainer(args)
     objective = trainer.objective
     state, teacher, images = step_bench.step_inputs(trainer)
     rng = jax.random.PRNGKey(3)
@@ -80,4 +84,5 @@ if __name__ == "__main__":
     from mdistill import hugepages
 
     hugepages.ensure()  # as mdistill.main does (MDISTILL_HUGEPAGES=0: off)
-    main()
+    define_flags()
+    app.run(main)

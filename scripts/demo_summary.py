@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from absl import app
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 from mdistill.metrics import read_metrics  # noqa: E402
 
@@ -71,7 +73,7 @@ def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def main(runs: str) -> None:
+def summarize(runs: str) -> None:
     table = rows(runs)
     print(f"{'encoder':<14}{'arch':>6}{'steps':>7}{'rec_loss':>10}{'k-NN top1':>11}{'probe top1':>12}")
     for r in table:
@@ -86,7 +88,11 @@ def main(runs: str) -> None:
     print(f"written: {os.path.join(runs, 'summary.json')}")
 
 
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError(f"expected one argument, the RUNS folder; got {argv[1:]}", exitcode=2)
+    summarize(argv[1])
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/demo_summary.py RUNS")
-    main(sys.argv[1])
+    app.run(main)

@@ -345,3 +345,78 @@ def test_feature_extraction_and_the_probe_read_the_pipeline_with_workers(image_f
     c.data.workers = 2
     results = linprobe.run(c, str(tmp_path))
     assert results["train_examples"] == 13 and 0.0 <= results["top1"] <= 100.0 and "knn_top1" in results
+
+
+def test_the_probe_can_train_on_augmented_images(image_folder, tmp_path, monkeypatch):
+    """config.data.augment='mae' or 'flip': the probe's training batches come through the
+    pipeline with that transform (each image cropped or flipped, of the records the
+    precomputed path would take at that step) and the frozen encoder runs in the step; the
+    test features and the k-NN stay those of the un-augmented images; results are written."""
+    from configs.linprobe_fmnist import get_config
+
+    from mdistill.evaluate import common, linprobe
+
+    c = get_config("smoke")
+    c.update(image_size=32, num_classes=5, batch_size=8, knn=True, num_epochs=3.0, warmup_epochs=1.0)
+    c.data.update(source="folder", path=str(image_folder), split="train", max_bad_fraction=0.1)
+    c.eval.update(train_split="train", test_split="train", batch_size=8, knn_k=3)
+    assert c.data.augment == "none"  # the default: features computed once
+    seen, extracted = [], []
+    make_batches, extract = linprobe.probe_batches, common.FeatureExtractor.extract
+
+    class Recording:
+        """The pipeline's batches, kept as the probe reads them."""
+
+        def __init__(self, pipeline):
+            self.pipeline = pipeline
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.pipeline.close()
+
+        def __next__(self):
+            images, labels = next(self.pipeline)
+            seen.append((np.asarray(images), np.asarray(labels)))
+            return images, labels
+
+    monkeypatch.setattr(linprobe, "probe_batches", lambda *a: Recording(make_batches(*a)))
+    monkeypatch.setattr(common.FeatureExtractor, "extract",
+                        lambda self, params, split, **kw: extracted.append(split) or extract(self, params, split, **kw))
+    plain = linprobe.run(c, str(tmp_path / "plain"))
+    assert seen == [] and len(extracted) == 2 and "augment" not in plain  # no batch read: features once
+
+    split = common.load_split(c, "train")
+    bad = next(i for i in range(13) if split.source.path(i).endswith("bee_9.JPEG"))
+    for augment in ("flip", "mae"):
+        c.data.augment = augment
+        seen.clear()
+        results = linprobe.run(c, str(tmp_path / augment))
+        assert results["augment"] == augment and results["steps"] == 3 and 0.0 <= results["top1"] <= 100.0
+        assert (results["knn_top1"], results["knn_top5"]) == (plain["knn_top1"], plain["knn_top5"])
+        assert os.path.exists(tmp_path / augment / "linprobe.json")
+        assert os.path.exists(tmp_path / augment / "metrics.jsonl")
+        assert len(seen) == 3
+        c_plain = c.copy_and_resolve_references()
+        c_plain.data.augment = "none"
+        unaugmented = make_batches(c_plain, split, None, 3)
+        flipped = cropped = 0
+        for step, (images, labels) in enumerate(seen):
+            reference = unaugmented.local_batch(step)  # the same records, centre-cropped
+            np.testing.assert_array_equal(labels, reference["label"])
+            rows = make_batches(c, split, None, 3).global_indices(step)
+            np.testing.assert_array_equal(rows, unaugmented.global_indices(step))
+            for image, centre, row in zip(images, reference["image"], rows):
+                if row == bad:  # replaced by a record drawn at random, the same in both
+                    continue
+                if augment == "flip":
+                    assert np.array_equal(image, centre) or np.array_equal(image, centre[:, ::-1])
+                    flipped += not np.array_equal(image, centre)
+                else:
+                    cropped += not (np.array_equal(image, centre) or np.array_equal(image, centre[:, ::-1]))
+        assert (flipped > 0) if augment == "flip" else (cropped > 20)
+    c.knn = False
+    extracted.clear()
+    linprobe.run(c, str(tmp_path / "no_knn"))
+    assert len(extracted) == 1  # the test split only: no train features without k-NN

@@ -23,7 +23,6 @@ students of one results.json must share one teacher: a different digest stops th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -34,6 +33,7 @@ import sys
 import time
 
 import numpy as np
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -556,16 +556,20 @@ def cmd_plan(args) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "report", "plan"))
-    parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
-    parser.add_argument("--out", default="runs/fmnist_study", help="workdirs (checkpoints, logs)")
-    parser.add_argument("--groups", default="teacher,core,finetune,sweeps", help="of teacher, core, finetune, sweeps")
-    parser.add_argument("--max_minutes", type=float, default=0, help="start no run after this long (0: no limit)")
-    parser.add_argument("--data_path",
-                        default=os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-    args = parser.parse_args()
-    {"run": cmd_run, "report": cmd_report, "plan": cmd_plan}[args.command](args)
+    flags.DEFINE_string("results", os.path.join(HERE, "results.json"), "the study's record")
+    flags.DEFINE_string("out", "runs/fmnist_study", "workdirs (checkpoints, logs)")
+    flags.DEFINE_string("groups", "teacher,core,finetune,sweeps", "of teacher, core, finetune, sweeps")
+    flags.DEFINE_float("max_minutes", 0, "start no run after this long (0: no limit)")
+    flags.DEFINE_string("data_path", os.environ.get("MDISTILL_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                        "Fashion-MNIST IDX folder")
+    commands = {"run": cmd_run, "report": cmd_report, "plan": cmd_plan}
+
+    def command(argv):
+        if len(argv) != 2 or argv[1] not in commands:
+            raise app.UsageError(f"expected one command, one of {tuple(commands)}; got {argv[1:]}", exitcode=2)
+        commands[argv[1]](flags.FLAGS)
+
+    app.run(command)
 
 
 if __name__ == "__main__":

@@ -236,11 +236,13 @@ class FeatureExtractor:
         self.encoder = Encoder(ViTSpec.parse(config.student.variant))
         self.batch_size = config.eval.batch_size
         self.batch_sharding = sharding.batch_sharding(mesh)
-        self._one = jax.jit(lambda params, images: self._pooled(params, images)[self.pool],
+        self._one = jax.jit(lambda params, images: self.pooled(params, images)[self.pool],
                             out_shardings=self.batch_sharding)
-        self._all = jax.jit(self._pooled, out_shardings=self.batch_sharding)
+        self._all = jax.jit(self.pooled, out_shardings=self.batch_sharding)
 
-    def _pooled(self, params, images) -> dict:
+    def pooled(self, params, images) -> dict:
+        """uint8 images [B, H, W, C] -> {pool: [B, width]}; traceable, so a jitted step can
+        call it (the linear probe on augmented images does)."""
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
         if params is None:
             flat = x.reshape(x.shape[0], -1)

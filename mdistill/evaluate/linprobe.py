@@ -2,10 +2,14 @@
 a linear classifier, trained with LARS (momentum 0.9, no weight decay), lr = blr * batch /
 256 with warm-up and cosine decay, cross-entropy without label smoothing.
 
-The encoder is frozen, so its features are computed once (sharded over the mesh) and the
-head trains on them; that makes each step a tiny matmul and the Fashion-MNIST probe runs
-in a minute or two on a CPU. It also means no data augmentation: MAE's probe sees
-RandomResizedCrop + flip on ImageNet, so expect numbers slightly off the paper's there.
+The encoder is frozen. By default (config.data.augment='none') its features are computed
+once (sharded over the mesh) and the head trains on them; that makes each step a tiny
+matmul and the Fashion-MNIST probe runs in a minute or two on a CPU, but the head never sees
+an augmented image. MAE's probe trains on RandomResizedCrop + flip: with
+config.data.augment='mae' (crop of data.crop_scale of the area, + flip; 'flip': centre crop
++ flip) each training step reads its batch through the input pipeline with that transform
+and runs the frozen encoder on it inside the step, so every epoch costs a forward pass over
+the training images. Test features are computed once, without augmentation, either way.
 
   python -m mdistill.evaluate.linprobe --config=configs/linprobe_fmnist.py \
       --config.pretrained=runs/demo/dmae --workdir=runs/demo/linprobe
@@ -18,6 +22,7 @@ random encoder of the same architecture the same way and prints them beside the 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -28,7 +33,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import optim, sharding
+from mdistill import data, optim, sharding
+from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, load_encoder, load_split,
                                       random_encoder, to_host, topk_correct, validate_downstream, write_results)
 from mdistill.evaluate.knn import knn_accuracy
@@ -54,6 +60,10 @@ def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Also evaluate the baselines (raw pixels; a random encoder of config.student.variant,
     # seed RANDOM_ENCODER_SEED) the same way; they go into linprobe.json under 'baselines'.
     c.baselines = False
+    # The training images' host transform: 'none' computes their features once (centre
+    # crop); 'mae' (RandomResizedCrop of data.crop_scale + flip, MAE's probe) or 'flip'
+    # read augmented batches and run the frozen encoder in every step.
+    c.data.augment = "none"
     return c
 
 
@@ -104,17 +114,21 @@ def run(config, workdir: str, mesh=None) -> dict:
 
 
 def evaluate_encoder(config, mesh, extractor, encoder, train_split, test_split, writer=None) -> dict:
-    """Features of both splits from one forward pass, then k-NN (config.knn) and the probe."""
+    """Features of both splits from one forward pass, then k-NN (config.knn) and the probe.
+    With an augmenting config.data.augment the probe instead trains on features computed in
+    each step (see train_probe); train features are then extracted only for k-NN."""
+    augmented = config.data.augment != "none"
+    with_train = config.knn or not augmented  # the augmented probe encodes its own training batches
     t0 = time.time()
-    if config.knn:
-        train_all, train_y = extractor.extract(encoder, train_split, all_pools=True)
-        test_all, test_y = extractor.extract(encoder, test_split, all_pools=True)
+    train_f = None
+    if with_train:
+        train_f, train_y = extractor.extract(encoder, train_split, all_pools=config.knn)
+    test_f, test_y = extractor.extract(encoder, test_split, all_pools=config.knn)
+    if config.knn:  # every pooling of one forward pass: the probe's and k-NN's
+        train_all, test_all = train_f, test_f
         train_f, test_f = train_all[extractor.pool], test_all[extractor.pool]
-    else:
-        train_f, _ = extractor.extract(encoder, train_split)
-        test_f, test_y = extractor.extract(encoder, test_split)
-    log(f"linprobe: features of {len(train_split)} train and {len(test_split)} test images "
-        f"({train_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
+    log(f"linprobe: features of {f'{len(train_split)} train and ' if with_train else ''}{len(test_split)} test "
+        f"images ({test_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
     knn = {}
     if config.knn:
         ev = config.eval
@@ -123,13 +137,29 @@ def evaluate_encoder(config, mesh, extractor, encoder, train_split, test_split, 
         knn.update(knn_pool=ev.knn_pool, knn_k=ev.knn_k)
         del train_all, test_all
         log(f"linprobe: k-NN (k={ev.knn_k}, pool {ev.knn_pool}) top1 {knn['knn_top1']:.2f}")
-    probe = train_probe(config, mesh, train_f, train_split.labels, test_f, test_y, writer)
+    if augmented:
+        probe = train_probe(config, mesh, None, train_split.labels, test_f, test_y, writer,
+                            images=(extractor, encoder, train_split))
+        probe["augment"] = config.data.augment
+    else:
+        probe = train_probe(config, mesh, train_f, train_split.labels, test_f, test_y, writer)
     return {**probe, "pool": extractor.pool, "train_examples": len(train_split), "test_examples": len(test_split),
             **knn}
 
 
-def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None) -> dict:
-    """The probe head trained on precomputed features; top-1/top-5 on the test features."""
+def probe_batches(config, split, batch_sharding, total_steps: int) -> data.Pipeline:
+    """(images, labels) of the probe's training steps 0 .. total_steps - 1 through the input
+    pipeline, with config.data's training transform (augment, crop_scale). Step s holds the
+    examples the precomputed-feature path takes at step s: the same per-epoch permutation."""
+    return data.Pipeline.from_config(config, batch_sharding, 0, total_steps, source=split.as_source(),
+                                     transform=transforms.from_config(config, train=True), labels=True)
+
+
+def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None, images=None) -> dict:
+    """The probe head trained on precomputed features train_f; top-1/top-5 on the test
+    features. With images=(extractor, encoder params, train split), train_f is not used:
+    each step reads its batch through probe_batches (augmented as config.data.augment
+    says) and computes the features with the frozen encoder inside the step."""
     n, b = len(train_labels), config.batch_size
     if n < b:
         raise ValueError(f"{n} train examples, fewer than config.batch_size={b}")
@@ -141,17 +171,13 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
     tx = optax.lars(lr, weight_decay=config.optim.weight_decay, weight_decay_mask=kernels,
                     trust_ratio_mask=kernels, momentum=0.9)
     head = ProbeHead(config.num_classes)
-    variables = head.init(jax.random.PRNGKey(config.seed), jnp.zeros((2, train_f.shape[-1])), train=False)
     rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    width = test_f.shape[-1]
+    variables = head.init(jax.random.PRNGKey(config.seed), jnp.zeros((2, width)), train=False)
     params, stats = variables["params"], variables["batch_stats"]
     params, stats, opt_state = jax.device_put((params, stats, tx.init(params)), rep)
-    train_y = jax.device_put(train_labels, rep)
 
-    # Features enter as arguments, not closures: jit would embed closed-over arrays as constants.
-    @jax.jit(in_shardings=(rep, rep, rep, batch_sharding, rep, batch_sharding), out_shardings=rep)
-    def step(params, stats, opt_state, feats, labels, idx):
-        x, y = feats[idx], labels[idx]
-
+    def update(params, stats, opt_state, x, y):
         def loss_fn(p):
             logits, new = head.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
@@ -160,6 +186,33 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, loss
 
+    if images is None:
+        train_y = jax.device_put(train_labels, rep)
+
+        # Features enter as arguments, not closures: jit would embed closed-over arrays as constants.
+        @jax.jit(in_shardings=(rep, rep, rep, batch_sharding, rep, batch_sharding), out_shardings=rep)
+        def step(params, stats, opt_state, feats, labels, idx):
+            return update(params, stats, opt_state, feats[idx], labels[idx])
+
+        def step_args(s):
+            epoch, offset = divmod(s, per_epoch)
+            idx = np.random.default_rng((config.seed, epoch)).permutation(n)[offset * b:(offset + 1) * b]
+            return train_f, train_y, jax.device_put(idx, batch_sharding)
+
+        batches = contextlib.nullcontext()
+    else:
+        extractor, encoder, split = images
+        batches = probe_batches(config, split, batch_sharding, total)
+
+        # the frozen encoder (None: the pixel baseline) is an argument, as the features above
+        @jax.jit(out_shardings=rep)
+        def step(params, stats, opt_state, encoder, pixels, labels):
+            x = jax.lax.stop_gradient(extractor.pooled(encoder, pixels)[extractor.pool])
+            return update(params, stats, opt_state, x, labels)
+
+        def step_args(s):
+            return (encoder, *next(batches))
+
     @jax.jit
     def evaluate(params, stats, feats, test_y):
         logits = head.apply({"params": params, "batch_stats": stats}, feats, train=False)
@@ -167,23 +220,22 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
         return {f"top{k}": 100.0 * topk_correct(logits, test_y, k) / count for k in (1, 5)}
 
     log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, "
-        f"peak lr {optim.peak_learning_rate(config.optim, b):.3g}")
+        f"peak lr {optim.peak_learning_rate(config.optim, b):.3g}"
+        + (f", training images augmented ({config.data.augment}) and encoded in each step" if images else ""))
     losses, metrics, t0 = [], {}, time.time()
-    for s in range(total):
-        epoch, offset = divmod(s, per_epoch)
-        idx = np.random.default_rng((config.seed, epoch)).permutation(n)[offset * b:(offset + 1) * b]
-        params, stats, opt_state, loss = step(params, stats, opt_state, train_f, train_y,
-                                              jax.device_put(idx, batch_sharding))
-        losses.append(loss)
-        if (s + 1) % config.log_every == 0 or s + 1 == total:
-            metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
-            metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)),
-                           epoch=(s + 1) / per_epoch)
-            if writer:
-                writer.write(s + 1, metrics)
-            log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "
-                f"top5 {metrics['top5']:.2f}")
-            losses = []
+    with batches:
+        for s in range(total):
+            params, stats, opt_state, loss = step(params, stats, opt_state, *step_args(s))
+            losses.append(loss)
+            if (s + 1) % config.log_every == 0 or s + 1 == total:
+                metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
+                metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)),
+                               epoch=(s + 1) / per_epoch)
+                if writer:
+                    writer.write(s + 1, metrics)
+                log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "
+                    f"top5 {metrics['top5']:.2f}")
+                losses = []
     if writer:
         writer.close()
     return {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
