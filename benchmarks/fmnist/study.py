@@ -202,16 +202,21 @@ def linprobe_record(workdir: str, run: Run, data: list[str], log: str, baselines
 
 def run_one(run: Run, out: str, data: list[str], teacher_dir: str, baselines: bool) -> dict:
     """Pre-train, then k-NN and probe: the record of a teacher, core or sweep run."""
-    from mdistill.metrics import read_metrics
-
     workdir, log = os.path.join(out, run.name), os.path.join(out, f"{run.name}.log")
     pretrain_seconds = execute(pretrain_cmd(run, workdir, data, teacher_dir), log)
+    return pretrained_record(run, workdir, data, log, teacher_dir, baselines, round(pretrain_seconds, 1))
+
+
+def pretrained_record(run: Run, workdir: str, data: list[str], log: str, teacher_dir: str, baselines: bool,
+                      pretrain_seconds) -> dict:
+    """The record of the pre-trained run in workdir: its losses, k-NN and probe, digests."""
+    from mdistill.metrics import read_metrics
+
     records = read_metrics(workdir)
     last = [r for r in records if "loss" in r][-1]
     rev, dirty = revision()
     record = {**run.settings(), "revision": rev, "dirty_files": dirty, "environment": environment(),
-              "pretrain_seconds": round(pretrain_seconds, 1),
-              **linprobe_record(workdir, run, data, log, baselines),
+              "pretrain_seconds": pretrain_seconds, **linprobe_record(workdir, run, data, log, baselines),
               "final": {k: v for k, v in last.items() if k.endswith("loss")}, "digest": params_digest(workdir),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     if run.method in TEACHER_METHODS:
@@ -281,16 +286,8 @@ def current_teacher(results: dict, run: Run, out: str, data: list[str], teacher_
     digest = params_digest(teacher_dir)
     if digest != teacher["digest"] and digest not in results.get("teachers", {}):
         if fresh is None:  # a teacher trained again by an interrupted driver: its evaluation, if any, is reused
-            from mdistill.metrics import read_metrics
-
-            log = os.path.join(out, "teacher.log")
-            records = read_metrics(teacher_dir)
-            rev, dirty = revision()
-            fresh = {**run.settings(), "revision": rev, "dirty_files": dirty, "environment": environment(),
-                     **linprobe_record(teacher_dir, run, data, log, baselines=False), "digest": digest,
-                     "final": {k: v for k, v in [r for r in records if "loss" in r][-1].items() if k.endswith("loss")},
-                     "knn_curve": [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r],
-                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            fresh = pretrained_record(run, teacher_dir, data, os.path.join(out, "teacher.log"), teacher_dir,
+                                      baselines=False, pretrain_seconds=None)
         results.setdefault("teachers", {})[digest] = fresh
         save()
         print(f"teacher {digest}: trained again, not bit-identical to the recorded {teacher['digest']} "
