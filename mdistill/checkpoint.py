@@ -273,3 +273,17 @@ def load_params(path: str, sharding) -> tuple[dict, dict]:
         raise CheckpointError(f"checkpoint {directory}/{step} could not be read "
                               f"({type(e).__name__}: {str(e)[:300]})") from e
     return out["params"], out["meta"]
+
+
+def load_shapes(path: str) -> tuple[dict, dict]:
+    """The parameters' shapes (a tree of jax.ShapeDtypeStruct) of the latest checkpoint at
+    `path` and the run's meta, without reading the arrays."""
+    directory, step = _resolve(path)
+    try:
+        mngr = manager(directory, create=False)
+        shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), mngr.item_metadata(step)["params"])
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {directory}/{step} could not be read "
+                              f"({type(e).__name__}: {str(e)[:300]})") from e
+    return shapes, meta

@@ -31,7 +31,7 @@ from absl import flags
 # the PyTorch format and the reading of weights live in mdistill.state_dict and mdistill.weights;
 # the names below are imported here too, so that `convert.<name>` keeps working
 from mdistill.state_dict import (Architecture, flatten as _flatten, flax_to_torch, infer_architecture,  # noqa: F401
-                                 read_state_dict, sincos_table, to_torch_value)
+                                 interpolate_posemb, read_state_dict, sincos_table, to_torch_value)
 from mdistill.weights import load_encoder, place, state_dict_to_params  # noqa: F401
 
 
@@ -61,39 +61,6 @@ def convert_to_orbax(src: str, out: str, variant: str | None = None, ignore=(), 
 
 # ---- export ---------------------------------------------------------------------------
 POSEMB_MODES = ("interpolate", "sincos")
-
-
-def _cubic(x: float, a: float = -0.75) -> float:
-    """Keys' cubic convolution kernel with PyTorch's a = -0.75."""
-    x = abs(x)
-    if x <= 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
-
-
-def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] weights of torch.nn.functional.interpolate(mode='bicubic',
-    align_corners=False) along one axis: source x = (j + 0.5) * in / out - 0.5, four taps,
-    indices clamped at the border."""
-    m = np.zeros((size_out, size_in), np.float64)
-    for j in range(size_out):
-        src = (j + 0.5) * size_in / size_out - 0.5
-        x0 = int(np.floor(src))
-        for k in range(-1, 3):
-            m[j, min(max(x0 + k, 0), size_in - 1)] += _cubic(src - (x0 + k))
-    return m
-
-
-def interpolate_posemb(table: np.ndarray, grid: int) -> np.ndarray:
-    """A [1, 1 + g^2, D] position table resized to `grid` x `grid` patches as the official
-    fine-tuning's interpolate_pos_embed (DeiT's) does: the cls row kept, the patch rows
-    resized bicubically as a g x g image with D channels."""
-    old = int(round((table.shape[1] - 1) ** 0.5))
-    patches = table[0, 1:].reshape(old, old, -1).astype(np.float64)
-    if old != grid:
-        m = bicubic_matrix(old, grid)
-        patches = np.einsum("ij,jkd,lk->ild", m, patches, m)
-    return np.concatenate([table[0, :1], patches.reshape(grid * grid, -1)])[None].astype(np.float32)
 
 
 def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False, num_classes: int = 1000,

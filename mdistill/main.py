@@ -37,7 +37,10 @@ def main(argv):
         sys.exit(f"error: {e}")
     mesh = sharding.make_mesh(shape=config.mesh.to_dict())
     if _DRY_RUN.value:
-        print(json.dumps(train.summarize(config, mesh)), flush=True)
+        try:
+            print(json.dumps(train.summarize(config, mesh)), flush=True)
+        except CheckpointError as e:  # a teacher checkpoint that cannot be read
+            sys.exit(f"error: {e}")
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for training")

@@ -6,8 +6,10 @@ as .pth/.bin or .safetensors) share parameter names. Names match module for modu
 ('blocks.3.attn.qkv' <-> 'block_3/attn/qkv'); only leaves change: a Linear weight [out, in]
 is a Dense kernel [in, out], a Conv2d weight [D, C, p, p] a Conv kernel [p, p, C, D], a
 LayerNorm weight a scale. The fused qkv keeps its (q, k, v) x heads layout, which Attention
-splits the same way. Position embeddings are not parameters in mdistill (fixed 2-D sin-cos
-at the run's grid).
+splits the same way. MAE's position embedding is not a parameter in mdistill (fixed 2-D
+sin-cos at the run's grid); any other table (timm's learned ones: DeiT, DINO, CLIP, fine-tuned
+checkpoints) is, `pos_embed`, in the checkpoint's Layout (mdistill.models.vit), which the
+tensors tell: infer_architecture reads it off them.
 
 Nothing here checks a checkpoint against a model: mdistill.weights does, once.
 """
@@ -24,7 +26,7 @@ import struct
 
 import numpy as np
 
-from mdistill.models.vit import SIZES, ViTSpec, posemb_sincos_2d
+from mdistill.models.vit import SIZES, Layout, ViTSpec, posemb_sincos_2d
 
 _DECODER_PREFIXES = {"decoder_embed": "embed", "decoder_norm": "norm", "decoder_pred": "pred"}
 
@@ -34,15 +36,15 @@ def torch_to_flax(key: str, ndim: int) -> tuple[str, tuple[str, ...]] | None:
     """'blocks.3.attn.qkv.weight' -> ('encoder', ('block_3', 'attn', 'qkv', 'kernel')); None
     for names mdistill has no parameter for (pos_embed, heads, anything unknown)."""
     parts = key.split(".")
-    if key in ("cls_token", "mask_token"):
-        return ("encoder" if key == "cls_token" else "decoder"), (key,)
+    if key in ("cls_token", "mask_token", "pos_embed"):  # pos_embed: a parameter in learned layouts only
+        return ("decoder" if key == "mask_token" else "encoder"), (key,)
     if parts[-1] not in ("weight", "bias"):
         return None
     leaf = "bias" if parts[-1] == "bias" else ("kernel" if ndim in (2, 4) else "scale")
     m = re.fullmatch(r"(decoder_)?blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.\w+", key)
     if m:
         return ("decoder" if m[1] else "encoder"), (f"block_{m[2]}", *m[3].split("."), leaf)
-    if parts[:-1] in (["patch_embed", "proj"], ["norm"]):
+    if parts[:-1] in (["patch_embed", "proj"], ["norm"], ["norm_pre"]):
         return "encoder", (*parts[:-1], leaf)
     if len(parts) == 2 and parts[0] in _DECODER_PREFIXES:
         return "decoder", (_DECODER_PREFIXES[parts[0]], leaf)
@@ -52,6 +54,8 @@ def torch_to_flax(key: str, ndim: int) -> tuple[str, tuple[str, ...]] | None:
 def flax_to_torch(part: str, path: tuple[str, ...]) -> str:
     """Inverse of torch_to_flax."""
     head, *rest = path
+    if head == "pos_embed":
+        return head
     if head.startswith("block_"):
         head = f"{'decoder_' if part == 'decoder' else ''}blocks.{head[6:]}"
     elif part == "decoder" and head != "mask_token":
@@ -73,13 +77,16 @@ def to_torch_value(x: np.ndarray) -> np.ndarray:
 
 
 # ---- reading --------------------------------------------------------------------------
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, values=None) -> dict[str, np.ndarray]:
     """Float32 arrays by PyTorch name, from a .pth/.pt/.bin (torch pickle; the release's
-    {'model': ...} wrapper and a DDP 'module.' prefix are removed) or a .safetensors file."""
+    {'model': ...} wrapper and a DDP 'module.' prefix are removed) or a .safetensors file.
+
+    values: the names whose data to read (None: all); every other tensor is a zero-memory
+    placeholder of its shape, so a checkpoint's architecture is read without loading it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
     try:
-        sd = _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
+        sd = _read_safetensors(path, values) if path.endswith(".safetensors") else _read_torch(path, values)
     except ImportError:
         raise
     except Exception as e:  # truncated zip, not a pickle, bad header: all mean a damaged file
@@ -90,7 +97,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _read_torch(path: str) -> dict:
+def _placeholder(shape) -> np.ndarray:
+    return np.broadcast_to(np.float32(0), tuple(shape))
+
+
+def _read_torch(path: str, values=None) -> dict:
     try:
         import torch
     except ImportError as e:
@@ -100,19 +111,32 @@ def _read_torch(path: str) -> dict:
     # an argparse 'args', allowed explicitly (torch >= 2.5 has safe_globals)
     safe = getattr(torch.serialization, "safe_globals", None)
     with safe([argparse.Namespace]) if safe else contextlib.nullcontext():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped where only some values are wanted (zip files; legacy ones are read whole)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=values is not None)
+        except RuntimeError:
+            if values is None:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):
         return {}
-    return {k: v.detach().float().numpy() if torch.is_tensor(v) else v for k, v in obj.items()}
+
+    def one(k, v):
+        if not torch.is_tensor(v):
+            return v
+        wanted = values is None or k.removeprefix("module.") in values
+        return v.detach().float().numpy() if wanted else _placeholder(v.shape)
+
+    return {k: one(k, v) for k, v in obj.items()}
 
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
 
-def _read_safetensors(path: str) -> dict:
+def _read_safetensors(path: str, values=None) -> dict:
     """The format is an 8-byte header length, a JSON header, then raw little-endian data:
     read it directly so timm's hub files need neither torch nor the safetensors package."""
     import ml_dtypes
@@ -120,20 +144,51 @@ def _read_safetensors(path: str) -> dict:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = ml_dtypes.bfloat16 if info["dtype"] == "BF16" else _SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        if end > len(data):
-            raise ValueError(f"tensor {name!r} ends at byte {end}, past the file's {len(data)} data bytes")
-        out[name] = np.frombuffer(data[begin:end], dtype).reshape(info["shape"]).astype(np.float32)
+        start = f.tell()
+        data = f.read() if values is None else b""
+        size = os.path.getsize(path) - start
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            if end > size:
+                raise ValueError(f"tensor {name!r} ends at byte {end}, past the file's {size} data bytes")
+            if values is not None:
+                if name not in values:
+                    out[name] = _placeholder(info["shape"])
+                    continue
+                f.seek(start + begin)
+                out[name] = _decode_safetensor(f.read(end - begin), info, ml_dtypes)
+            else:
+                out[name] = _decode_safetensor(data[begin:end], info, ml_dtypes)
     return out
 
 
+def _decode_safetensor(raw: bytes, info: dict, ml_dtypes) -> np.ndarray:
+    dtype = ml_dtypes.bfloat16 if info["dtype"] == "BF16" else _SAFETENSORS_DTYPES[info["dtype"]]
+    return np.frombuffer(raw, dtype).reshape(info["shape"]).astype(np.float32)
+
+
 # ---- architecture ---------------------------------------------------------------------
+POSEMB_ATOL = 1e-4  # the releases store float32 sin-cos tables; a learned one is far off
+
+# Parts of timm ViTs that mdistill's encoder does not have: a checkpoint with one is refused,
+# naming it, rather than loaded into a model that would compute something else.
+UNSUPPORTED = (
+    (r"blocks\.\d+\.(ls\d\.gamma|gamma_\d)", "LayerScale (DeiT III, CaiT, DINOv2)"),
+    (r"reg_token", "register tokens"),
+    (r"dist_token", "a distillation token (distilled DeiT)"),
+    (r"blocks\.\d+\.attn\.(q_bias|v_bias)", "separate q/v biases (BEiT, EVA)"),
+    (r"blocks\.\d+\.attn\.(q_norm|k_norm)\.", "qk normalisation"),
+    (r"blocks\.\d+\.attn\.relative_position", "relative position biases"),
+    (r"blocks\.\d+\.mlp\.(fc1_g|fc1_x|w12|norm)\.", "a gated or normalised MLP (SwiGLU)"),
+    (r"patch_embed\.norm\.", "a LayerNorm in the patch embedding"),
+)
+# A classifier's parts: not the encoder, dropped where only an encoder is read (a teacher).
+CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.", "pre_logits.", "attn_pool.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """What a checkpoint's shapes say, plus the head counts (not stored in any tensor)."""
@@ -150,18 +205,22 @@ class Architecture:
     def describe(self) -> str:
         s = self.spec
         dec = f", decoder width {self.decoder[0]} depth {self.decoder[1]}" if self.decoder else ""
-        return f"width {s.width}, depth {s.depth}, patch {s.patch_size}, {self.channels} channel(s){dec}"
+        layout = s.layout.describe()
+        return (f"width {s.width}, depth {s.depth}, patch {s.patch_size}, {self.channels} channel(s)"
+                f"{', ' + layout if layout else ''}{dec}")
 
     def to_json(self) -> dict:
         d = dict(width=self.spec.width, depth=self.spec.depth, num_heads=self.spec.num_heads,
                  patch_size=self.spec.patch_size, channels=self.channels, image_size=self.image_size)
+        if self.spec.layout != Layout():
+            d["layout"] = dataclasses.asdict(self.spec.layout)
         if self.decoder:
             d.update(decoder_width=self.decoder[0], decoder_depth=self.decoder[1], decoder_heads=self.decoder[2])
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Architecture":
-        spec = ViTSpec(d["width"], d["depth"], d["num_heads"], d["patch_size"])
+        spec = ViTSpec(d["width"], d["depth"], d["num_heads"], d["patch_size"], Layout(**d.get("layout", {})))
         decoder = (d["decoder_width"], d["decoder_depth"], d["decoder_heads"]) if "decoder_width" in d else None
         return cls(spec, d["channels"], d["image_size"] // d["patch_size"], decoder)
 
@@ -194,13 +253,51 @@ def infer_architecture(sd: dict, source: str, heads: int | None = None,
                          "mdistill's blocks use MLP ratio 4")
     if patch != patch_w:
         raise ValueError(f"{source}: non-square patches {patch}x{patch_w} are not supported")
-    grid = _grid(sd, "pos_embed", source) if "pos_embed" in sd else 0
+    check_supported(sd, source)
+    layout, grid = infer_layout(sd, source)
     decoder = None
     if "decoder_embed.weight" in sd:
         dw = sd["decoder_embed.weight"].shape[0]
         decoder = (dw, _count_blocks(sd, "decoder_blocks"), decoder_heads or default_decoder_heads(dw))
-    spec = ViTSpec(width, depth, heads or default_heads(width, depth), patch)
+    spec = ViTSpec(width, depth, heads or default_heads(width, depth), patch, layout)
     return Architecture(spec, channels, grid, decoder)
+
+
+def check_supported(sd: dict, source: str) -> None:
+    """One line naming the first part of the checkpoint mdistill's ViT cannot express."""
+    for pattern, what in UNSUPPORTED:
+        key = next((k for k in sorted(sd) if re.match(pattern, k)), None)
+        if key:
+            raise ValueError(f"{source}: {what} ({key}) cannot be expressed by mdistill's ViT, which supports "
+                             "timm-layout ViTs with or without cls token, qkv bias, norm_pre and final norm, "
+                             "and sin-cos or learned position embeddings")
+
+
+def infer_layout(sd: dict, source: str) -> tuple[Layout, int]:
+    """(layout, grid of the position table; 0 without one) from the tensors: a pos_embed
+    equal to MAE's sin-cos table (zero cls row) is MAE's fixed embedding, anything else a
+    learned one."""
+    class_token = "cls_token" in sd
+    flags = dict(class_token=class_token, norm_pre="norm_pre.weight" in sd,
+                 qkv_bias="blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.qkv.weight" not in sd,
+                 final_norm="norm.weight" in sd or "fc_norm.weight" not in sd)
+    if "pos_embed" not in sd:
+        return Layout(**flags), 0
+    table = sd["pos_embed"]
+    tokens = table.shape[-2]
+    grid = int(round(tokens ** 0.5))
+    with_cls_row = grid * grid != tokens
+    if with_cls_row:
+        grid = int(round((tokens - 1) ** 0.5))
+    if table.ndim != 3 or table.shape[0] != 1 or grid * grid != tokens - with_cls_row or (
+            with_cls_row and not class_token):
+        raise ValueError(f"{source}: pos_embed of shape {table.shape} is not [1, (1 +) grid^2, width] "
+                         f"{'with' if class_token else 'without'} a cls row: mdistill needs a square grid")
+    if with_cls_row and class_token:  # MAE's fixed table?
+        expected = sincos_table(table.shape[-1], grid)
+        if table.shape[-1] % 4 == 0 and float(np.max(np.abs(table - expected))) <= POSEMB_ATOL:
+            return Layout(**flags), grid
+    return Layout(**flags, posemb="learned", posemb_cls=with_cls_row), grid
 
 
 def architecture_of_params(params: dict, decoder_heads: int | None = None) -> Architecture:
@@ -208,15 +305,6 @@ def architecture_of_params(params: dict, decoder_heads: int | None = None) -> Ar
     heads follow default_heads / default_decoder_heads."""
     sd = {flax_to_torch(k[0], k[1:]): to_torch_value(np.empty(v.shape, np.int8)) for k, v in flatten(params).items()}
     return infer_architecture(sd, "checkpoint", decoder_heads=decoder_heads)
-
-
-def _grid(sd: dict, name: str, source: str) -> int:
-    tokens = sd[name].shape[-2]
-    grid = int(round((tokens - 1) ** 0.5))
-    if sd[name].ndim != 3 or grid * grid != tokens - 1:
-        raise ValueError(f"{source}: {name} of shape {sd[name].shape} is not [1, 1 + grid^2, width]: "
-                         "mdistill needs one cls position followed by a square grid")
-    return grid
 
 
 def flax_shapes(arch: Architecture, with_decoder: bool) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -245,7 +333,9 @@ def expected_shapes(arch: Architecture, with_decoder: bool) -> dict[str, tuple[i
     out = {flax_to_torch(path[0], path[1:]): to_torch_value(np.empty(shape, np.int8)).shape
            for path, shape in flax_shapes(arch, with_decoder).items()}
     if arch.grid:
-        out["pos_embed"] = (1, 1 + arch.grid ** 2, arch.spec.width)
+        layout = arch.spec.layout
+        rows = layout.num_positions(arch.grid) if layout.posemb == "learned" else 1 + arch.grid ** 2
+        out["pos_embed"] = (1, rows, arch.spec.width)
         if with_decoder and arch.decoder:
             out["decoder_pos_embed"] = (1, 1 + arch.grid ** 2, arch.decoder[0])
     return dict(sorted(out.items(), key=lambda kv: _release_order(kv[0])))
@@ -262,6 +352,52 @@ def _release_order(key: str) -> tuple:
 def sincos_table(width: int, grid: int) -> np.ndarray:
     """[1, 1 + grid^2, width]: the release's pos_embed, a zero cls row then the sin-cos table."""
     return np.concatenate([np.zeros((1, width), np.float32), posemb_sincos_2d(width, grid)])[None]
+
+
+def _cubic(x: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel with PyTorch's a = -0.75."""
+    x = abs(x)
+    if x <= 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
+
+
+def bicubic_matrix(size_in: int, size_out: int, antialias: bool = False) -> np.ndarray:
+    """[size_out, size_in] weights of torch.nn.functional.interpolate(mode='bicubic',
+    align_corners=False, antialias=antialias) along one axis. Without antialias: source
+    x = (j + 0.5) * in / out - 0.5, four taps of Keys' kernel (a = -0.75), indices clamped at
+    the border. With it (PIL's filter, as PyTorch implements it): a = -0.5, the kernel widened
+    by in / out when shrinking, taps inside the image only, weights normalised to sum 1."""
+    m = np.zeros((size_out, size_in), np.float64)
+    scale = size_in / size_out
+    for j in range(size_out):
+        if not antialias:
+            src = (j + 0.5) * scale - 0.5
+            x0 = int(np.floor(src))
+            for k in range(-1, 3):
+                m[j, min(max(x0 + k, 0), size_in - 1)] += _cubic(src - (x0 + k))
+            continue
+        support, inv = 2.0 * max(scale, 1.0), 1.0 / max(scale, 1.0)
+        center = scale * (j + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), size_in)
+        w = np.array([_cubic((k - center + 0.5) * inv, a=-0.5) for k in range(lo, hi)])
+        m[j, lo:hi] = w / w.sum()
+    return m
+
+
+def interpolate_posemb(table: np.ndarray, grid: int, antialias: bool = False) -> np.ndarray:
+    """A [1, (1 +) g^2, D] position table resized to `grid` x `grid` patches: a cls row kept,
+    the patch rows resized bicubically as a g x g image with D channels. Without antialias as
+    the official fine-tuning's interpolate_pos_embed (DeiT's) does; with it as timm's
+    resample_abs_pos_embed (its default, used when timm loads a checkpoint at another size)."""
+    rows = table.shape[1]
+    prefix = 0 if int(round(rows ** 0.5)) ** 2 == rows else 1
+    old = int(round((rows - prefix) ** 0.5))
+    patches = table[0, prefix:].reshape(old, old, -1).astype(np.float64)
+    if old != grid:
+        m = bicubic_matrix(old, grid, antialias)
+        patches = np.einsum("ij,jkd,lk->ild", m, patches, m)
+    return np.concatenate([table[0, :prefix], patches.reshape(grid * grid, -1)])[None].astype(np.float32)
 
 
 

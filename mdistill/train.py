@@ -53,6 +53,10 @@ class Trainer:
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
         self.objective = build_objective(config)
+        if self.objective.uses_teacher and config.teacher.checkpoint:
+            # the teacher's layout (learned position table, cls token, norm_pre, ...) is the
+            # checkpoint's; its size is config.teacher.variant's, checked when it is loaded
+            self.objective.use_teacher_layout(self._teacher_architecture().spec.layout)
         self.plan = plan_steps(config)
         self.lr_schedule = optim.schedule(config.optim, config.batch_size, self.plan.total_steps,
                                           self.plan.warmup_steps)
@@ -95,6 +99,12 @@ class Trainer:
                                   decoder_heads=c.student.decoder_heads, field="config.student.variant")
         except (ValueError, ImportError) as e:
             raise checkpoint.CheckpointError(f"config.student.init: {e}") from e
+        layout = loaded.arch.spec.layout.describe()
+        if layout:
+            raise checkpoint.CheckpointError(
+                f"config.student.init: {path} is a ViT with {layout}; the student is an MAE ViT (fixed sin-cos "
+                "position embedding, cls token, qkv bias, final norm), so it cannot start from it (as a teacher, "
+                "config.teacher.checkpoint, it can be used)")
         mae = state.params["mae"]
         parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params}
         want = {"/".join(p): tuple(v.shape) for p, v in weights.flatten({k: mae[k] for k in parts}).items()}
@@ -116,6 +126,12 @@ class Trainer:
         return _abstract(jax.eval_shape(self._init_state, self.init_rng), self.state_sharding)
 
     # ---- teacher ------------------------------------------------------------------------
+    def _teacher_architecture(self):
+        try:
+            return weights.architecture(self.config.teacher.checkpoint)
+        except (ValueError, ImportError, OSError) as e:  # unreadable, unsupported, no torch for a .pth
+            raise checkpoint.CheckpointError(f"config.teacher.checkpoint: {e}") from e
+
     def _teacher_init(self, rng):
         return self.objective.teacher.init(rng, jnp.zeros(self.batch_shape(1).shape, jnp.float32))
 

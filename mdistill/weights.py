@@ -26,11 +26,9 @@ import numpy as np
 
 from mdistill import checkpoint
 from mdistill.models.vit import ViTSpec
-from mdistill.state_dict import (Architecture, architecture_of_params, expected_shapes, flatten, flax_shapes,
-                                 infer_architecture, read_state_dict, sincos_table, to_flax_value, torch_to_flax,
-                                 unflatten)
-
-POSEMB_ATOL = 1e-4  # the releases store float32 sin-cos tables; a learned one is far off
+from mdistill.state_dict import (CLASSIFIER_PREFIXES, POSEMB_ATOL, Architecture, architecture_of_params,
+                                 expected_shapes, flatten, flax_shapes, infer_architecture, interpolate_posemb,
+                                 read_state_dict, sincos_table, to_flax_value, torch_to_flax, unflatten)
 
 
 def mae_params(params: dict) -> dict:
@@ -69,12 +67,18 @@ def _raise(header: str, lines: list[str]) -> None:
     raise ValueError(header + "\n" + "\n".join(lines))
 
 
+def with_variant(spec: ViTSpec, variant: str) -> ViTSpec:
+    """The size of `variant`, the layout of `spec` (which the tensors told)."""
+    return dataclasses.replace(ViTSpec.parse(variant), layout=spec.layout)
+
+
 def check_encoder(encoder: dict, variant: str, source: str, channels: int | None = None,
                   field: str = "variant") -> None:
     """Fail naming every parameter of an mdistill encoder that `variant` does not have."""
     # the channel count is the data's, not the variant's: take the checkpoint's unless given
     channels = channels or encoder["patch_embed"]["proj"]["kernel"].shape[2]
-    arch = Architecture(ViTSpec.parse(variant), channels, 0)
+    found = architecture_of_params({"encoder": encoder})  # its layout and table grid: the variant gives the size
+    arch = Architecture(with_variant(found.spec, variant), channels, found.grid)
     want = {"/".join(k[1:]): v for k, v in flax_shapes(arch, False).items()}
     have = {"/".join(k): tuple(v.shape) for k, v in flatten(encoder).items()}
     problems = shape_problems(have, want)
@@ -92,27 +96,36 @@ def _describe_encoder(encoder: dict) -> str:
 
 
 def check_posemb(table: np.ndarray, width: int, grid: int, name: str, source: str) -> None:
-    """The checkpoint's table must be the fixed sin-cos one mdistill computes (zero cls row)."""
+    """The decoder's table must be the fixed sin-cos one mdistill computes (zero cls row)."""
     expected = sincos_table(width, grid)[0]
     err = float(np.max(np.abs(table.reshape(expected.shape) - expected)))
     if err > POSEMB_ATOL:
         raise ValueError(f"{source}: {name} is not the fixed 2-D sin-cos embedding MAE pre-training uses "
-                         f"(max deviation {err:.3g} > {POSEMB_ATOL}); mdistill's ViT has no learned position "
-                         "embedding, so fine-tuned checkpoints cannot be imported")
+                         f"(max deviation {err:.3g} > {POSEMB_ATOL}); mdistill's MAE decoder has no learned "
+                         "position embedding")
 
 
-def check_image_size(arch: Architecture, image_size: int | None, source: str) -> None:
-    """A run at another image size gets the sin-cos table of its own grid: the embedding is a
-    function of patch position, so it is recomputed rather than interpolated, exactly as
-    mdistill's encoder does for any input size."""
-    if not image_size or image_size == arch.image_size:
-        return
+def fit_image_size(params: dict, arch: Architecture, image_size: int | None, source: str
+                   ) -> tuple[dict, Architecture]:
+    """The weights for a run at `image_size`. MAE's sin-cos table is a function of patch
+    position, so at another grid it is recomputed, exactly as mdistill's encoder does for any
+    input size; a learned table is resized bicubically as timm does when it loads a checkpoint
+    at another size (resample_abs_pos_embed, antialiased). `params` are host arrays."""
+    if not image_size or image_size == arch.image_size or not arch.grid:
+        return params, arch
     p = arch.spec.patch_size
     if image_size % p:
         raise ValueError(f"image size {image_size} is not a multiple of the checkpoint's patch size {p}")
+    grid = image_size // p
+    learned = arch.spec.layout.posemb == "learned"
     print(f"{source}: trained at {arch.image_size}px ({arch.grid}x{arch.grid} patches), used at {image_size}px: "
-          f"position embeddings are the sin-cos table of the {image_size // p}x{image_size // p} grid",
-          file=sys.stderr)
+          + (f"its learned position embedding is resized bicubically to {grid}x{grid}" if learned else
+             f"position embeddings are the sin-cos table of the {grid}x{grid} grid"), file=sys.stderr)
+    if learned:
+        encoder = {**params["encoder"], "pos_embed": interpolate_posemb(np.asarray(params["encoder"]["pos_embed"]),
+                                                                        grid, antialias=True)}
+        params = {**params, "encoder": encoder}
+    return params, dataclasses.replace(arch, grid=grid)
 
 
 # ---- PyTorch state dicts --------------------------------------------------------------
@@ -123,13 +136,13 @@ def state_dict_to_params(sd: dict, source: str, variant: str | None = None, chan
     checkpoint of another width, depth or patch size fails naming every mismatched tensor."""
     arch = infer_architecture(sd, source, decoder_heads=decoder_heads)
     if variant:
-        arch = dataclasses.replace(arch, spec=ViTSpec.parse(variant))
+        arch = dataclasses.replace(arch, spec=with_variant(arch.spec, variant))
     if channels:
         arch = dataclasses.replace(arch, channels=channels)
     with_decoder = with_decoder and arch.decoder is not None
     expected = expected_shapes(arch, with_decoder)
-    if not with_decoder:
-        ignore = (*ignore, "decoder_", "mask_token")
+    if not with_decoder:  # an encoder only: a decoder's or a classifier's tensors may be there
+        ignore = (*ignore, "decoder_", "mask_token", *CLASSIFIER_PREFIXES)
     problems = shape_problems({k: v.shape for k, v in sd.items()}, expected, ignore)
     if "pos_embed" not in sd:
         problems.append("  pos_embed: missing from the checkpoint (it tells the grid and is checked)")
@@ -138,13 +151,14 @@ def state_dict_to_params(sd: dict, source: str, variant: str | None = None, chan
         want = (f"; {variant!r} is {arch.describe()}" if variant else
                 f"; the config wants {channels} channel(s)" if channels else "")
         _raise(f"{source} holds a ViT of {found.describe()}{want}. Tensors that do not fit:", problems)
-    check_posemb(sd["pos_embed"], arch.spec.width, arch.grid, "pos_embed", source)
     if with_decoder:
         check_posemb(sd["decoder_pos_embed"], arch.decoder[0], arch.grid, "decoder_pos_embed", source)
+    learned = arch.spec.layout.posemb == "learned"  # else the table is MAE's, recomputed, not a parameter
     flat = {}
     for key, value in sd.items():
         target = torch_to_flax(key, value.ndim)
-        if target and (with_decoder or target[0] == "encoder") and key in expected:
+        if target and (with_decoder or target[0] == "encoder") and key in expected and (
+                learned or key != "pos_embed"):
             flat[(target[0], *target[1])] = np.ascontiguousarray(to_flax_value(value), np.float32)
     return unflatten(flat), (arch if with_decoder else dataclasses.replace(arch, decoder=None))
 
@@ -215,9 +229,12 @@ def load(path: str, variant: str | None = None, *, image_size: int | None = None
     if os.path.isfile(path):
         params, arch = state_dict_to_params(read_state_dict(path), path, variant, channels, with_decoder=decoder,
                                             ignore=ignore, decoder_heads=decoder_heads)
-        check_image_size(arch, image_size, path)
+        params, arch = fit_image_size(params, arch, image_size, path)
         return Weights(place(params, placement), arch, {})
-    params, meta = checkpoint.load_params(path, _restore_placement(placement))
+    early = architecture(path)  # a learned table at another grid is resized on the host, then placed
+    resize = bool(image_size and early.grid and early.image_size != image_size
+                  and early.spec.layout.posemb == "learned")
+    params, meta = checkpoint.load_params(path, None if resize else _restore_placement(placement))
     params = mae_params(params)
     if not decoder:
         params = {"encoder": params["encoder"]}
@@ -226,15 +243,27 @@ def load(path: str, variant: str | None = None, *, image_size: int | None = None
         arch = dataclasses.replace(arch, decoder=(*arch.decoder[:2], decoder_heads))
     if "decoder" not in params:
         arch = dataclasses.replace(arch, decoder=None)
+    if resize:
+        params, arch = fit_image_size(jax.device_get(params), arch, image_size, path)
+        params = place(params, placement if placement is not None else _restore_placement(None))
     if variant:
         check_encoder(params["encoder"], variant, path, channels, field)
-        spec = ViTSpec.parse(variant)
+        spec = with_variant(arch.spec, variant)
         recorded = "config" in meta or "architecture" in meta  # a run's or a conversion's head count
         if recorded and arch.spec.num_heads != spec.num_heads:  # same shapes, other heads
             raise ValueError(f"checkpoint {path} has {arch.spec.num_heads} heads, {field}={variant!r} "
                              f"has {spec.num_heads}")
         arch = dataclasses.replace(arch, spec=spec)
     return Weights(params, arch, meta)
+
+
+def architecture(path: str) -> Architecture:
+    """The architecture of the weights at `path` (its layout included), read without loading
+    them: a file's header and position table, a checkpoint's metadata."""
+    if os.path.isfile(path):
+        return infer_architecture(read_state_dict(path, values={"pos_embed", "decoder_pos_embed"}), path)
+    shapes, meta = checkpoint.load_shapes(path)
+    return _arch_from_meta(meta) or architecture_of_params(mae_params(shapes))
 
 
 def load_encoder(path: str, variant: str | None = None, **kwargs) -> dict:

@@ -241,15 +241,21 @@ def test_unknown_and_missing_keys_are_reported(ref, tmp_path):
     assert "head.weight" not in str(e.value) and "blocks.1.mlp.fc2.bias" in str(e.value)
 
 
-def test_learned_position_embedding_is_refused(ref, tmp_path):
+def test_a_learned_position_embedding_becomes_a_parameter(ref, tmp_path):
+    """A fine-tuned checkpoint's table is no longer MAE's sin-cos one: it is kept as the
+    encoder's pos_embed (a learned layout) and reproduces the reference with that table."""
     import torch
 
     model = make_mae(ref, seed=3)
-    sd = dict(model.state_dict())
-    sd["pos_embed"] = sd["pos_embed"] + 0.02 * torch.randn(sd["pos_embed"].shape)
-    torch.save({"model": sd}, tmp_path / "finetuned.pth")
-    with pytest.raises(ValueError, match="pos_embed is not the fixed 2-D sin-cos"):
-        weights.load_encoder(str(tmp_path / "finetuned.pth"))
+    with torch.no_grad():
+        model.pos_embed.add_(0.02 * torch.randn(model.pos_embed.shape))
+    path = save_release(model, tmp_path / "finetuned.pth", encoder_only=True)
+    w = weights.load(path, decoder=False)
+    assert w.arch.spec.layout.posemb == "learned" and w.encoder["pos_embed"].shape == (1, 17, WIDTH)
+    images, ids_keep = inputs()
+    latent, _, _ = torch_forward(model, images, ids_keep)
+    ours, _ = mdistill.models.Encoder(w.arch.spec).apply({"params": w.encoder}, images, ids_keep)
+    np.testing.assert_allclose(np.asarray(ours), latent, atol=ATOL)
 
 
 def test_corrupt_or_missing_files_fail_naming_the_file(release, tmp_path):

@@ -129,7 +129,11 @@ def smoke_losses(method: str, masking_kind: str | None) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["mae", "dmae", "amd"])
-def test_random_masking_keeps_the_smoke_losses_bitwise(method):
+def test_random_masking_keeps_the_smoke_losses(method):
+    """Bitwise equal to a config without config.masking; equal to the losses recorded before
+    masking kinds existed up to float32 rounding (XLA:CPU's reductions round differently on
+    other CPU types: the first loss's last bits differ between machines)."""
     losses = smoke_losses(method, "random")
     assert losses == smoke_losses(method, None)
-    assert losses == SMOKE_LOSSES[method]
+    np.testing.assert_allclose([float.fromhex(v) for v in losses],
+                               [float.fromhex(v) for v in SMOKE_LOSSES[method]], rtol=1e-5)

@@ -1,7 +1,6 @@
 """config.student.init: the student starts from a checkpoint (a run, a converted release or a
 PyTorch / safetensors file), checked against the student's variant and decoder."""
 
-import jax
 import numpy as np
 import pytest
 

@@ -28,10 +28,10 @@ def sincos_table(dim: int, grid: int) -> np.ndarray:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, qkv_bias=True):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
@@ -51,9 +51,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, qkv_bias=True):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads, qkv_bias)
         self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim)
 
     def forward(self, x):
@@ -142,12 +142,57 @@ class ViT(nn.Module):
         return self.head(self.forward_features(imgs))
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Move every parameter off its default so that each one matters to the outputs."""
+class TimmViT(nn.Module):
+    """timm's VisionTransformer as its options arrange it (module names as timm's): a learned
+    pos_embed with a cls row (or without, `no_embed_class`), `class_token`, `pre_norm`
+    (norm_pre, CLIP), `qkv_bias`, and global_pool 'avg' with fc_norm instead of norm
+    (`fc_norm`). forward_blocks runs timm's forward_features up to the blocks, on all
+    patches or on the kept ones (gathered after the position embedding, as MAE masks)."""
+
+    def __init__(self, img, patch, chans, dim, depth, heads, class_token=True, no_embed_class=False,
+                 pre_norm=False, qkv_bias=True, fc_norm=False, num_classes=0):
+        super().__init__()
+        grid = img // patch
+        self.patch_embed = PatchEmbed(patch, chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.no_embed_class = no_embed_class
+        rows = grid * grid + (0 if no_embed_class or not class_token else 1)
+        self.pos_embed = nn.Parameter(torch.randn(1, rows, dim) * 0.02)
+        self.norm_pre = nn.LayerNorm(dim, eps=1e-6) if pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList([Block(dim, heads, qkv_bias) for _ in range(depth)])
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if fc_norm else nn.Identity()
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
+
+    def forward_blocks(self, imgs, ids_keep=None):
+        """-> (tokens after the final norm, [output of each block]), cls first where there is one."""
+        x = self.patch_embed(imgs)
+        cls = None if self.cls_token is None else self.cls_token.expand(x.shape[0], -1, -1)
+        if self.no_embed_class or cls is None:  # timm's _pos_embed
+            x = x + self.pos_embed
+        else:
+            cls, x = cls + self.pos_embed[:, :1], x + self.pos_embed[:, 1:]
+        if ids_keep is not None:
+            x = torch.gather(x, 1, ids_keep[:, :, None].expand(-1, -1, x.shape[-1]))
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)
+        x = self.norm_pre(x)
+        outs = []
+        for blk in self.blocks:
+            x = blk(x)
+            outs.append(x)
+        return self.norm(x), outs
+
+
+def randomize(model: nn.Module, seed: int, pos_embed: bool = False) -> nn.Module:
+    """Move every parameter off its default so that each one matters to the outputs; position
+    tables too with pos_embed (learned ones), else they are kept."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "pos_embed" in name:
+                if pos_embed:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
                 continue
             noise = torch.randn(p.shape, generator=g)
             if name.endswith("token"):

@@ -1,5 +1,7 @@
 """Vision Transformer encoder as in MAE: patch embedding, cls token, fixed 2-D sin-cos
-position embeddings, pre-norm blocks.
+position embeddings, pre-norm blocks. A Layout describes the other timm-style ViTs a teacher
+may be (DeiT, DINO, MoCo v3, CLIP, fine-tuned checkpoints): a learned position table, no
+cls token, a LayerNorm before the blocks (CLIP's norm_pre), no qkv bias, no final norm.
 
 The encoder can run on a subset of patches (only the visible tokens enter the blocks),
 return the outputs of chosen blocks, and stop after a given block: blocks past it are
@@ -30,14 +32,56 @@ SIZES = {
 }
 
 
+POSEMB_KINDS = ("sincos", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a ViT's pieces are arranged, beyond its size; the default is MAE's. A checkpoint's
+    tensors say which layout it has (mdistill.state_dict.infer_architecture).
+
+    posemb: 'sincos' (MAE's fixed 2-D table, not a parameter) or 'learned' (a `pos_embed`
+      parameter, as timm's ViTs have; also a fixed table of another formula, e.g. MoCo v3's).
+    posemb_cls: a learned table has a row for the cls token (timm's default; False is timm's
+      `no_embed_class`).
+    """
+
+    class_token: bool = True
+    posemb: str = "sincos"
+    posemb_cls: bool = True
+    norm_pre: bool = False
+    qkv_bias: bool = True
+    final_norm: bool = True
+
+    def __post_init__(self):
+        if self.posemb not in POSEMB_KINDS:
+            raise ValueError(f"posemb={self.posemb!r}: expected one of {POSEMB_KINDS}")
+
+    def num_positions(self, grid: int) -> int:
+        """Rows of a learned table for a grid x grid input."""
+        return grid * grid + int(self.class_token and self.posemb_cls)
+
+    def describe(self) -> str:
+        """What differs from MAE's layout, e.g. 'learned position embedding, norm_pre'; '' for MAE's."""
+        parts = []
+        if self.posemb == "learned":
+            parts.append("learned position embedding" + ("" if self.posemb_cls or not self.class_token
+                                                         else " without a cls row"))
+        parts += [text for flag, text in ((not self.class_token, "no cls token"), (self.norm_pre, "norm_pre"),
+                                          (not self.qkv_bias, "no qkv bias"), (not self.final_norm, "no final norm"))
+                  if flag]
+        return ", ".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTSpec:
-    """Architecture of a ViT, parsed from a variant name such as 'B/16'."""
+    """Architecture of a ViT, parsed from a variant name such as 'B/16' (MAE's layout)."""
 
     width: int
     depth: int
     num_heads: int
     patch_size: int
+    layout: Layout = Layout()
 
     @classmethod
     def parse(cls, variant: str) -> "ViTSpec":
@@ -116,12 +160,13 @@ def multi_head_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
 class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
         # One fused qkv projection, laid out like the PyTorch releases' qkv Linear.
-        qkv = dense(3 * width, kernel_init=xavier, dtype=self.dtype, name="qkv")(x)
+        qkv = dense(3 * width, kernel_init=xavier, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         out = multi_head_attention(qkv, self.num_heads)
         return dense(width, kernel_init=xavier, dtype=self.dtype, name="proj")(out)
 
@@ -163,13 +208,14 @@ class Block(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
     drop_path: float = 0.0
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
         branch = lambda y: y if deterministic or self.drop_path == 0.0 else drop_path(  # noqa: E731
             y, self.drop_path, self.make_rng("dropout"))
-        x = x + branch(Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x)))
+        x = x + branch(Attention(self.num_heads, self.dtype, self.qkv_bias, name="attn")(norm("norm1")(x)))
         hidden = int(x.shape[-1] * self.mlp_ratio)
         return x + branch(Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x)))
 
@@ -219,8 +265,9 @@ class Encoder(nn.Module):
 
     __call__(images, ids_keep, return_blocks, stop_after) -> (tokens, {block: features})
       ids_keep: [B, K] indices of the patches that enter the blocks (None: all), in the
-        order given; the cls token is prepended.
-      return_blocks: 0-based blocks whose outputs to return ([B, 1+K, width], cls first).
+        order given; the cls token is prepended (where the layout has one).
+      return_blocks: 0-based blocks whose outputs to return ([B, 1+K, width], cls first;
+        [B, K, width] for a layout without cls).
       stop_after: last block to run (0-based). None runs all blocks and the final norm;
         otherwise the returned tokens are that block's raw output.
       deterministic: False enables drop path (fine-tuning); its rate rises linearly from 0
@@ -236,14 +283,23 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, images, ids_keep=None, return_blocks: Sequence[int] = (), stop_after=None,
                  deterministic: bool = True):
-        spec = self.spec
+        spec, layout = self.spec, self.spec.layout
         x = PatchEmbed(spec.patch_size, spec.width, self.dtype, name="patch_embed")(images, ids_keep)
         grid = images.shape[1] // spec.patch_size
-        pos = jnp.asarray(posemb_sincos_2d(spec.width, grid), x.dtype)
+        cls_pos = None
+        if layout.posemb == "learned":  # at the input's grid: a loaded table is resized to it first
+            table = self.param("pos_embed", nn.initializers.normal(0.02),
+                               (1, layout.num_positions(grid), spec.width))[0].astype(x.dtype)
+            pos, cls_pos = table[-grid * grid:], (table[:1] if layout.num_positions(grid) > grid * grid else None)
+        else:
+            pos = jnp.asarray(posemb_sincos_2d(spec.width, grid), x.dtype)
         x = x + (pos if ids_keep is None else jnp.take(pos, ids_keep, axis=0))
-        cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, spec.width))
-        cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, spec.width))
-        x = jnp.concatenate([cls, x], axis=1)
+        if layout.class_token:
+            cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, spec.width)).astype(x.dtype)
+            cls = cls if cls_pos is None else cls + cls_pos
+            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, spec.width)), x], axis=1)
+        if layout.norm_pre:  # CLIP's ln_pre
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm_pre")(x)
 
         last = spec.depth - 1 if stop_after is None else stop_after
         if not 0 <= last < spec.depth:
@@ -251,13 +307,13 @@ class Encoder(nn.Module):
         features = {}
         for i in range(last + 1):
             rate = self.drop_path * i / max(spec.depth - 1, 1)
-            x = block_class(self.remat)(spec.num_heads, dtype=self.dtype, drop_path=rate,
+            x = block_class(self.remat)(spec.num_heads, dtype=self.dtype, drop_path=rate, qkv_bias=layout.qkv_bias,
                                         name=f"block_{i}")(x, deterministic)
             if i in return_blocks:
                 features[i] = x
         missing = set(return_blocks) - set(features)
         if missing:
             raise ValueError(f"return_blocks {sorted(missing)} lie past stop_after={last}")
-        if stop_after is None:
+        if stop_after is None and layout.final_norm:
             x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         return x, features

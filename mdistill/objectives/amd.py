@@ -109,12 +109,12 @@ class AMDObjective(DistillObjective):
         masks = self.sample_masks(rng, x.shape[0])
         _, student_feats, rec = self.student_forward(params, x, masks.student)
         teacher_feats = self.teacher.features(teacher_params, x, masks.teacher_ids, self.teacher_blocks)
-        seen = 1 + masks.student.ids_keep.shape[1]  # teacher tokens the student also has: cls + K_s
+        seen = self.teacher_cls + masks.student.ids_keep.shape[1]  # teacher tokens the student has: (cls +) K_s
         metrics = {"rec_loss": rec}
         direct = generation = 0.0
         for (s, t), projected in self.project(params, student_feats).items():
             target = teacher_feats[t]
-            d = feature_loss(projected, target[:, :seen], cfg.loss, cfg.normalize)
+            d = feature_loss(self.student_tokens(projected), target[:, :seen], cfg.loss, cfg.normalize)
             generated = self.generator.apply({"params": params["generators"][generator_name(s, t)]},
                                              projected, masks.student.ids_keep, masks.diff_ids)
             g = feature_loss(generated, target[:, seen:], cfg.loss, cfg.normalize)

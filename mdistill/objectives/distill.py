@@ -3,6 +3,8 @@ teacher block) pairs, and one projection head per pair to the teacher's width.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +13,7 @@ from mdistill import masking
 from mdistill.checks import require, variant
 from mdistill.models.flops import encoder_flops
 from mdistill.models.heads import ProjectionHead
-from mdistill.models.vit import ViTSpec
+from mdistill.models.vit import Layout, ViTSpec
 from mdistill.objectives.mae import DTYPES, MAEObjective
 from mdistill.teacher import Teacher
 
@@ -74,6 +76,21 @@ class DistillObjective(MAEObjective):
         self.teacher_blocks = tuple(sorted({t for _, t in self.pairs}))
         self.teacher = Teacher(ViTSpec.parse(config.teacher.variant), DTYPES[config.teacher.dtype])
         self.head = ProjectionHead(self.teacher.spec.width, head_kind, use_bias=head_bias, dtype=self.dtype)
+
+    def use_teacher_layout(self, layout: Layout) -> None:
+        """A teacher of another ViT layout than MAE's (timm's DeiT, DINO, CLIP, ...): the one
+        its checkpoint has. Its size stays config.teacher.variant's."""
+        self.teacher = Teacher(dataclasses.replace(self.teacher.spec, layout=layout), self.teacher.dtype)
+
+    @property
+    def teacher_cls(self) -> int:
+        """1 if the teacher's tokens start with a cls token (the student's always do), else 0."""
+        return int(self.teacher.spec.layout.class_token)
+
+    def student_tokens(self, projected: jax.Array) -> jax.Array:
+        """The student's tokens [B, 1+K, D] that have a teacher counterpart: without a cls
+        token in the teacher, the patch tokens only."""
+        return projected if self.teacher_cls else projected[:, 1:]
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         params = super().init(rng, images)

@@ -70,7 +70,7 @@ class DMAEObjective(DistillObjective):
         metrics = {"rec_loss": rec}
         distill = 0.0
         for (s, t), projected in self.project(params, student_feats).items():
-            d = feature_loss(projected, teacher_feats[t], cfg.loss, cfg.normalize)
+            d = feature_loss(self.student_tokens(projected), teacher_feats[t], cfg.loss, cfg.normalize)
             metrics[f"distill/{head_name(s, t)}"] = d
             distill = distill + d
         total = cfg.rec_weight * rec + cfg.weight * distill
