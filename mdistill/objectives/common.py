@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-FEATURE_LOSSES = ("l1", "l2", "smooth_l1")
+FEATURE_LOSSES = ("l1", "l2", "smooth_l1", "cosine")
+TARGET_NORMS = ("none", "layernorm")
 
 
 def normalize_images(images: jax.Array, mean, std) -> jax.Array:
@@ -28,13 +29,30 @@ def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, nor
     return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
+def normalize_targets(teacher: jax.Array, kind: str) -> jax.Array:
+    """The teacher's features as a target: as they are ('none'), or standardised per token
+    by a LayerNorm without affine parameters ('layernorm', MaskDistill's normalised targets)."""
+    if kind == "none":
+        return teacher
+    if kind == "layernorm":
+        t = teacher.astype(jnp.float32)
+        mean, var = t.mean(axis=-1, keepdims=True), t.var(axis=-1, keepdims=True)
+        return (t - mean) / jnp.sqrt(var + 1e-6)
+    raise ValueError(f"target norm {kind!r}: expected one of {TARGET_NORMS}")
+
+
 def feature_loss(student: jax.Array, teacher: jax.Array, kind: str, normalize: bool) -> jax.Array:
-    """Mean elementwise distance between feature maps of the same shape.
+    """Mean distance between feature maps of the same shape: elementwise (l1, l2, smooth_l1)
+    or per token (cosine: 1 - cosine similarity, which needs no normalisation).
 
     With normalize, both are first L2-normalised along the feature axis.
     """
     student = student.astype(jnp.float32)
     teacher = teacher.astype(jnp.float32)
+    if kind == "cosine":
+        dot = jnp.sum(student * teacher, axis=-1)
+        norms = jnp.linalg.norm(student, axis=-1) * jnp.linalg.norm(teacher, axis=-1)
+        return jnp.mean(1.0 - dot / jnp.maximum(norms, 1e-6))
     if normalize:
         student = student / (jnp.linalg.norm(student, axis=-1, keepdims=True) + 1e-6)
         teacher = teacher / (jnp.linalg.norm(teacher, axis=-1, keepdims=True) + 1e-6)

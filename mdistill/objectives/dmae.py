@@ -4,6 +4,15 @@ The teacher runs on the student's visible patches only, up to its deepest aligne
 At each (student block, teacher block) pair, the student's tokens (cls + visible) go
 through a projection head to the teacher's width and are pulled towards the teacher's
 tokens at the same positions.
+
+The target is configurable (config.distill): DMAE's own is an intermediate block under L1
+on L2-normalised features. Aligning the last blocks (`pairs=((S-1, T-1),)`) under smooth-L1
+on LayerNorm-normalised teacher features (`loss='smooth_l1', normalize=False,
+target_norm='layernorm'`) is the target of MaskDistill (Peng et al., 2022) and of Feature
+Distillation (Wei et al., 2022), made for CLIP / DINO teachers; `loss='cosine'` compares
+directions only, as CLIP-feature targets are commonly compared. Either way the loss covers
+every token the teacher sees: cls (where the teacher has one) and the student's visible
+patches.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import ml_collections
 
 from mdistill.checks import require
 from mdistill.models.heads import PROJECTION_KINDS
-from mdistill.objectives.common import FEATURE_LOSSES, feature_loss
+from mdistill.objectives.common import FEATURE_LOSSES, TARGET_NORMS, feature_loss, normalize_targets
 from mdistill.objectives.distill import DistillObjective, head_name
 
 
@@ -29,8 +38,9 @@ class DMAEObjective(DistillObjective):
             pairs=((8, 17),),    # (student block, teacher block), 0-based
             head="linear",       # projection head: linear | mlp
             projection=(768, 1024),  # (student width, teacher width), checked at start; () skips
-            loss="l1",           # l1 | l2 | smooth_l1
+            loss="l1",           # l1 | l2 | smooth_l1 | cosine
             normalize=True,      # L2-normalise both features before the loss
+            target_norm="none",  # none | layernorm: the teacher's features standardised per token first
             weight=1.0,          # weight of each pair's feature loss
             rec_weight=1.0))     # weight of the pixel reconstruction loss
 
@@ -45,6 +55,8 @@ class DMAEObjective(DistillObjective):
         cls.validate_pairs(config, "distill.pairs", dist.pairs, student, teacher)
         require(dist.head in PROJECTION_KINDS, "distill.head", dist.head, f"expected one of {PROJECTION_KINDS}")
         require(dist.loss in FEATURE_LOSSES, "distill.loss", dist.loss, f"expected one of {FEATURE_LOSSES}")
+        require(dist.target_norm in TARGET_NORMS, "distill.target_norm", dist.target_norm,
+                f"expected one of {TARGET_NORMS}")
         if dist.get("projection"):
             require(tuple(dist.projection) == (student.width, teacher.width), "distill.projection",
                     dist.projection, f"must map the student width to the teacher width: ({student.width}, "
@@ -70,7 +82,8 @@ class DMAEObjective(DistillObjective):
         metrics = {"rec_loss": rec}
         distill = 0.0
         for (s, t), projected in self.project(params, student_feats).items():
-            d = feature_loss(self.student_tokens(projected), teacher_feats[t], cfg.loss, cfg.normalize)
+            target = normalize_targets(teacher_feats[t], cfg.target_norm)
+            d = feature_loss(self.student_tokens(projected), target, cfg.loss, cfg.normalize)
             metrics[f"distill/{head_name(s, t)}"] = d
             distill = distill + d
         total = cfg.rec_weight * rec + cfg.weight * distill
