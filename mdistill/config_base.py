@@ -24,6 +24,11 @@ def base_config() -> ml_collections.ConfigDict:
     # activation memory, more compute): none | full | dots (keep the matmul outputs).
     c.remat = "none"
     c.image_size = 224
+    # Clips instead of images: num_frames > 1 makes every ViT a VideoMAE video ViT (tubelets
+    # of tubelet_size frames x p x p, no cls token, a 1-D sin-cos table; mdistill.inputs) and
+    # every mask a tube mask (mdistill.masking).
+    c.num_frames = 1
+    c.tubelet_size = 2
     c.mask_ratio = 0.75
     c.norm_pix_loss = True
 
@@ -141,6 +146,9 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             objective.smoke(c)
     c.data.update(source="synthetic", channels=3, synthetic_size=512,
                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment="none", workers=0)
+    if c.get("num_frames", 1) > 1:  # clips of 4 frames: 2 token steps of 2-frame tubelets
+        c.num_frames, c.tubelet_size = 4, 2
+        c.student.decoder_heads = 1  # VideoMAE's 64-wide decoder heads
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 40, 5
     c.optim.update(lr=1e-3, accum_steps=1)

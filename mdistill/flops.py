@@ -21,27 +21,27 @@ step_flops(config) returns a dict of these terms (per step, global batch) plus '
 
 from __future__ import annotations
 
-from mdistill import masking
+from mdistill import inputs
 # the parts' FLOPs, here too for the callers of mdistill.flops
 from mdistill.models.flops import (attention_flops, block_flops, decoder_flops, encoder_flops,  # noqa: F401
                                    patch_embed_flops)
-from mdistill.models.vit import ViTSpec
 from mdistill.objectives import OBJECTIVES
 
 
 def step_flops(config) -> dict[str, float]:
     """FLOPs of one training step of `config` over its global batch, by term."""
-    spec = ViTSpec.parse(config.student.variant)
-    channels = config.data.channels
-    num_patches = (config.image_size // spec.patch_size) ** 2
-    visible = masking.num_visible(num_patches, config.mask_ratio)
-    patch_dim = spec.patch_size ** 2 * channels
+    spec = inputs.student_spec(config)
+    channels, tubelet = config.data.channels, spec.layout.tubelet
+    num_patches = inputs.num_tokens(config)
+    visible = inputs.visible_tokens(config, config.mask_ratio)
+    patch_dim = max(tubelet, 1) * spec.patch_size ** 2 * channels
     batch = config.batch_size
 
     student = encoder_flops(spec, channels, visible)
-    embed = patch_embed_flops(visible, spec.patch_size, channels, spec.width)
+    embed = patch_embed_flops(visible, spec.patch_size, channels, spec.width, tubelet)
     s = config.student
-    decoder = decoder_flops(spec.width, s.decoder_width, s.decoder_depth, num_patches, visible, patch_dim)
+    decoder = decoder_flops(spec.width, s.decoder_width, s.decoder_depth, num_patches, visible, patch_dim,
+                            cls=int(spec.layout.class_token))
     method = OBJECTIVES[config.method].flop_terms(config)  # the teacher and the method's heads
     teacher, heads = method["teacher_forward"], method["heads"]
     forward = student + decoder + heads

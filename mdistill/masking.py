@@ -21,6 +21,12 @@ puts its hidden structure (blocks, noise peaks) at the end.
                  the highest filtered values are hidden. noise_sigma (in patches) sets the
                  Gaussian filters' scale: low-pass G(sigma), band-pass G(sigma) - G(2 sigma).
 
+Clips (a video layout, `frames` > 1 token steps in time) are masked in tubes, as VideoMAE's
+and AMD's `t_consist` masks: the kind draws an order of the patches of one frame, and every
+frame repeats it, so each tube of patches is visible on all frames or on none. The counts
+follow those releases: int(mask_ratio * S) patches of a frame's S are hidden, the rest seen
+(images follow MAE: int(L * (1 - mask_ratio)) seen), e.g. 20 of 196 seen at 0.9, not 19.
+
 A third kind of the field, DMJD's disjoint views (several masks of one image whose visible
 sets do not overlap), is not here: it only makes sense for a loss that uses more than one
 view per image, and no objective in mdistill does."""
@@ -44,6 +50,20 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1.0 - mask_ratio))
 
 
+def num_visible_per_frame(per_frame: int, mask_ratio: float) -> int:
+    """Visible patches of a frame in a tube mask: VideoMAE's and AMD's masking generators
+    round the number of *hidden* patches down."""
+    return per_frame - int(mask_ratio * per_frame)
+
+
+def visible_tokens(num_tokens: int, mask_ratio: float, frames: int = 1) -> int:
+    """Visible tokens of a sample of `num_tokens`: MAE's count for images (frames 1), the
+    tube count on every one of `frames` token steps for clips."""
+    if frames > 1:
+        return frames * num_visible_per_frame(num_tokens // frames, mask_ratio)
+    return num_visible(num_tokens, mask_ratio)
+
+
 def random_masking(rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float) -> Mask:
     """Per-sample uniform random masking (MAE): shuffle patches by random noise and keep the
     first K of the shuffled order."""
@@ -57,7 +77,7 @@ def tube_masking(rng: jax.Array, batch_size: int, frames: int, patches_per_frame
                  mask_ratio: float) -> Mask:
     """Video masking consistent across frames (VideoMAE's tubes): one spatial mask per
     sample, the same on every frame of a [T, H*W] token grid (token t*H*W + s)."""
-    keep = num_visible(patches_per_frame, mask_ratio)
+    keep = num_visible_per_frame(patches_per_frame, mask_ratio)
     if keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {patches_per_frame}")
     spatial = _shuffle(rng, batch_size, patches_per_frame)
@@ -90,7 +110,7 @@ def asymmetric_tube_masking(rng: jax.Array, batch_size: int, frames: int, patche
                             mask_ratio: float, teacher_mask_ratio: float) -> AsymmetricMask:
     """Nested masks for video, consistent across frames: the counts are per frame, and every
     frame repeats the same spatial student, difference and hidden sets (AMD's video masks)."""
-    keep_s, keep_t = _nested_counts(patches_per_frame, mask_ratio, teacher_mask_ratio)
+    keep_s, keep_t = _nested_counts(patches_per_frame, mask_ratio, teacher_mask_ratio, num_visible_per_frame)
     spatial = _shuffle(rng, batch_size, patches_per_frame)
     order = _tube_order(spatial, frames, (keep_s, keep_t))
     return _asymmetric_from_order(order, frames * keep_s, frames * keep_t)
@@ -209,20 +229,28 @@ def options_of(config) -> dict:
 
 
 def sample(kind: str, rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float,
-           teacher_mask_ratio: float | None = None, options: dict | None = None) -> Masks:
+           teacher_mask_ratio: float | None = None, options: dict | None = None, frames: int = 1) -> Masks:
     """The masks of one batch: the student keeps num_visible(mask_ratio) patches of the
     order ORDERS[kind] draws (with `options`); with teacher_mask_ratio the teacher keeps a
-    longer prefix of the same order, else exactly the student's patches."""
+    longer prefix of the same order, else exactly the student's patches. With frames > 1
+    (clips of `frames` token steps, num_patches tokens in all) the order is of one frame's
+    patches, and the masks are its tubes (module docstring)."""
     if kind not in ORDERS:
         raise ValueError(f"masking kind {kind!r}: expected one of {sorted(ORDERS)}")
-    order = ORDERS[kind](rng, batch_size, num_patches, **(options or {}))
+    per_frame = num_patches // frames
+    order = ORDERS[kind](rng, batch_size, per_frame, **(options or {}))
+    count = num_visible_per_frame if frames > 1 else num_visible
     if teacher_mask_ratio is None:
-        keep = num_visible(num_patches, mask_ratio)
+        keep = count(per_frame, mask_ratio)
         if keep < 1:
-            raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {num_patches}")
+            raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch out of {per_frame}")
+        if frames > 1:
+            order, keep = _tube_order(order, frames, (keep,)), frames * keep
         mask = _mask_from_order(order, keep)
         return Masks(mask, mask.ids_keep)
-    keep_s, keep_t = _nested_counts(num_patches, mask_ratio, teacher_mask_ratio)
+    keep_s, keep_t = _nested_counts(per_frame, mask_ratio, teacher_mask_ratio, count)
+    if frames > 1:
+        order, keep_s, keep_t = _tube_order(order, frames, (keep_s, keep_t)), frames * keep_s, frames * keep_t
     return _asymmetric_from_order(order, keep_s, keep_t)
 
 
@@ -246,9 +274,10 @@ def _asymmetric_from_order(ids_shuffle: jax.Array, keep_s: int, keep_t: int) -> 
     return AsymmetricMask(_mask_from_order(ids_shuffle, keep_s), ids_shuffle[:, :keep_t])
 
 
-def _nested_counts(num_patches: int, mask_ratio: float, teacher_mask_ratio: float) -> tuple[int, int]:
-    keep_s = num_visible(num_patches, mask_ratio)
-    keep_t = num_visible(num_patches, teacher_mask_ratio)
+def _nested_counts(num_patches: int, mask_ratio: float, teacher_mask_ratio: float,
+                   count=num_visible) -> tuple[int, int]:
+    keep_s = count(num_patches, mask_ratio)
+    keep_t = count(num_patches, teacher_mask_ratio)
     if not 1 <= keep_s < keep_t:
         raise ValueError(f"mask ratios student={mask_ratio}, teacher={teacher_mask_ratio} give "
                          f"{keep_s} and {keep_t} visible of {num_patches} patches: need 1 <= student < teacher")

@@ -38,9 +38,12 @@ def torch_to_flax(key: str, ndim: int) -> tuple[str, tuple[str, ...]] | None:
     parts = key.split(".")
     if key in ("cls_token", "mask_token", "pos_embed"):  # pos_embed: a parameter in learned layouts only
         return ("decoder" if key == "mask_token" else "encoder"), (key,)
+    m = re.fullmatch(r"(decoder_)?blocks\.(\d+)\.attn\.(q_bias|v_bias)", key)  # VideoMAE's q / v biases
+    if m:
+        return ("decoder" if m[1] else "encoder"), (f"block_{m[2]}", "attn", m[3])
     if parts[-1] not in ("weight", "bias"):
         return None
-    leaf = "bias" if parts[-1] == "bias" else ("kernel" if ndim in (2, 4) else "scale")
+    leaf = "bias" if parts[-1] == "bias" else ("kernel" if ndim in (2, 4, 5) else "scale")
     m = re.fullmatch(r"(decoder_)?blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.\w+", key)
     if m:
         return ("decoder" if m[1] else "encoder"), (f"block_{m[2]}", *m[3].split("."), leaf)
@@ -64,13 +67,39 @@ def flax_to_torch(part: str, path: tuple[str, ...]) -> str:
     return ".".join([head, *rest])
 
 
+# VideoMAE's pre-training model (PretrainVisionTransformer, as AMD's teachers are stored):
+# its names -> the MAE release's, which the rest of this module reads
+_VIDEOMAE_NAMES = ((r"encoder\.", ""), (r"encoder_to_decoder\.", "decoder_embed."),
+                   (r"decoder\.blocks\.", "decoder_blocks."), (r"decoder\.norm\.", "decoder_norm."),
+                   (r"decoder\.head\.", "decoder_pred."))
+
+
+def canonical_names(sd: dict) -> dict:
+    """A state dict under the MAE release's names: VideoMAE's pre-training layout (every
+    encoder tensor under 'encoder.') renamed, any other returned as it is."""
+    if not any(k.startswith("encoder.patch_embed.") for k in sd):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        for pattern, new in _VIDEOMAE_NAMES:
+            if re.match(pattern, k):
+                k = new + k[re.match(pattern, k).end():]
+                break
+        out[k] = v
+    return out
+
+
 def to_flax_value(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 5:
+        return x.transpose(2, 3, 4, 1, 0)  # Conv3d [D, C, t, p, p] -> [t, p, p, C, D]
     if x.ndim == 4:
         return x.transpose(2, 3, 1, 0)  # [D, C, p, p] -> [p, p, C, D]
     return x.T if x.ndim == 2 else x
 
 
 def to_torch_value(x: np.ndarray) -> np.ndarray:
+    if x.ndim == 5:
+        return x.transpose(4, 3, 0, 1, 2)
     if x.ndim == 4:
         return x.transpose(3, 2, 0, 1)
     return x.T if x.ndim == 2 else x
@@ -94,7 +123,7 @@ def read_state_dict(path: str, values=None) -> dict[str, np.ndarray]:
                          "is the file complete? (a partial download is the usual cause)") from e
     if not sd or not all(isinstance(v, np.ndarray) for v in sd.values()):
         raise ValueError(f"{path!r} holds no state dict of tensors (top-level keys: {sorted(sd)[:10]})")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return canonical_names({k.removeprefix("module."): v for k, v in sd.items()})
 
 
 def _placeholder(shape) -> np.ndarray:
@@ -179,7 +208,6 @@ UNSUPPORTED = (
     (r"blocks\.\d+\.(ls\d\.gamma|gamma_\d)", "LayerScale (DeiT III, CaiT, DINOv2)"),
     (r"reg_token", "register tokens"),
     (r"dist_token", "a distillation token (distilled DeiT)"),
-    (r"blocks\.\d+\.attn\.(q_bias|v_bias)", "separate q/v biases (BEiT, EVA)"),
     (r"blocks\.\d+\.attn\.(q_norm|k_norm)\.", "qk normalisation"),
     (r"blocks\.\d+\.attn\.relative_position", "relative position biases"),
     (r"blocks\.\d+\.mlp\.(fc1_g|fc1_x|w12|norm)\.", "a gated or normalised MLP (SwiGLU)"),
@@ -230,9 +258,10 @@ def default_heads(width: int, depth: int) -> int:
     return next((h for w, d, h in SIZES.values() if (w, d) == (width, depth)), max(1, width // 64))
 
 
-def default_decoder_heads(width: int) -> int:
-    """32-wide heads, as the official 512-wide, 16-head decoder."""
-    return max(1, width // 32)
+def default_decoder_heads(width: int, video: bool = False) -> int:
+    """32-wide heads, as the official 512-wide, 16-head decoder; 64-wide for VideoMAE's
+    decoders (192 / 3, 384 / 6, 512 / 8)."""
+    return max(1, width // (64 if video else 32))
 
 
 def _count_blocks(sd: dict, prefix: str) -> int:
@@ -245,7 +274,11 @@ def infer_architecture(sd: dict, source: str, heads: int | None = None,
     if "patch_embed.proj.weight" not in sd:
         raise ValueError(f"{source}: not a ViT/MAE state dict: no 'patch_embed.proj.weight' "
                          f"(keys start with {sorted(sd)[:8]})")
-    width, channels, patch, patch_w = sd["patch_embed.proj.weight"].shape
+    kernel = sd["patch_embed.proj.weight"].shape
+    if len(kernel) == 5:  # VideoMAE's Conv3d: [D, C, tubelet, p, p]
+        width, channels, tubelet, patch, patch_w = kernel
+    else:
+        (width, channels, patch, patch_w), tubelet = kernel, 0
     depth = _count_blocks(sd, "blocks")
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if fc1 is not None and fc1.shape[0] != 4 * width:
@@ -255,10 +288,13 @@ def infer_architecture(sd: dict, source: str, heads: int | None = None,
         raise ValueError(f"{source}: non-square patches {patch}x{patch_w} are not supported")
     check_supported(sd, source)
     layout, grid = infer_layout(sd, source)
+    if tubelet:  # VideoMAE's fixed 1-D table is stored nowhere; a learned one would be in pos_embed
+        layout = dataclasses.replace(layout, tubelet=int(tubelet),
+                                     posemb="learned" if "pos_embed" in sd else "sincos_1d")
     decoder = None
     if "decoder_embed.weight" in sd:
         dw = sd["decoder_embed.weight"].shape[0]
-        decoder = (dw, _count_blocks(sd, "decoder_blocks"), decoder_heads or default_decoder_heads(dw))
+        decoder = (dw, _count_blocks(sd, "decoder_blocks"), decoder_heads or default_decoder_heads(dw, bool(tubelet)))
     spec = ViTSpec(width, depth, heads or default_heads(width, depth), patch, layout)
     return Architecture(spec, channels, grid, decoder)
 
@@ -278,9 +314,11 @@ def infer_layout(sd: dict, source: str) -> tuple[Layout, int]:
     equal to MAE's sin-cos table (zero cls row) is MAE's fixed embedding, anything else a
     learned one."""
     class_token = "cls_token" in sd
+    qv = "blocks.0.attn.q_bias" in sd  # VideoMAE / BEiT: q and v biases, none for k
     flags = dict(class_token=class_token, norm_pre="norm_pre.weight" in sd,
-                 qkv_bias="blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.qkv.weight" not in sd,
-                 final_norm="norm.weight" in sd or "fc_norm.weight" not in sd)
+                 qkv_bias="blocks.0.attn.qkv.bias" in sd or qv or "blocks.0.attn.qkv.weight" not in sd,
+                 k_bias=not qv, final_norm="norm.weight" in sd or "fc_norm.weight" not in sd,
+                 patch_bias="patch_embed.proj.bias" in sd or "patch_embed.proj.weight" not in sd)
     if "pos_embed" not in sd:
         return Layout(**flags), 0
     table = sd["pos_embed"]
@@ -317,7 +355,8 @@ def flax_shapes(arch: Architecture, with_decoder: bool) -> dict[tuple[str, ...],
     from mdistill.models.vit import Encoder
 
     size = arch.image_size or arch.spec.patch_size
-    images = jnp.zeros((1, size, size, arch.channels), jnp.float32)
+    tubelet = arch.spec.layout.tubelet
+    images = jnp.zeros((1, *((tubelet,) if tubelet else ()), size, size, arch.channels), jnp.float32)
     rng = jax.random.PRNGKey(0)
     if with_decoder and arch.decoder:
         ids_restore = jnp.zeros((1, (size // arch.spec.patch_size) ** 2), jnp.int32)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, optim, sharding, visualize, weights
+from mdistill import checkpoint, data, inputs, optim, sharding, visualize, weights
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
@@ -56,7 +56,10 @@ class Trainer:
         if self.objective.uses_teacher and config.teacher.checkpoint:
             # the teacher's layout (learned position table, cls token, norm_pre, ...) is the
             # checkpoint's; its size is config.teacher.variant's, checked when it is loaded
-            self.objective.use_teacher_layout(self._teacher_architecture().spec.layout)
+            try:
+                self.objective.use_teacher_layout(self._teacher_architecture().spec.layout)
+            except ValueError as e:  # a teacher that does not cut the input into the student's tokens
+                raise checkpoint.CheckpointError(str(e)) from e
         self.plan = plan_steps(config)
         self.lr_schedule = optim.schedule(config.optim, config.batch_size, self.plan.total_steps,
                                           self.plan.warmup_steps)
@@ -74,8 +77,8 @@ class Trainer:
 
     # ---- shapes -------------------------------------------------------------------------
     def batch_shape(self, batch_size: int | None = None) -> jax.ShapeDtypeStruct:
-        c = self.config
-        shape = (batch_size or c.batch_size, c.image_size, c.image_size, c.data.channels)
+        """uint8 [B, H, W, C] images, or [B, T, H, W, C] clips."""
+        shape = (batch_size or self.config.batch_size, *inputs.sample_shape(self.config))
         return jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=self.batch_sharding)
 
     def _init_state(self, rng):
@@ -229,6 +232,8 @@ def summarize(config, mesh) -> dict:
         "teacher": config.teacher.variant if objective.uses_teacher else None,
         "teacher_params": count_params(teacher) if teacher is not None else 0,
         "teacher_blocks_run": objective.teacher.blocks_run(objective.teacher_blocks) if teacher is not None else 0,
+        "num_frames": inputs.num_frames(config),
+        "tubelet_size": config.tubelet_size if inputs.is_video(config) else None,
         "global_batch_size": config.batch_size,
         "devices": mesh.size,
         "steps_per_epoch": trainer.plan.steps_per_epoch,
@@ -370,8 +375,11 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
     # grain workers start decoding now, while the step compiles
     batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
+    if config.visualize_every and inputs.is_video(config):
+        log("visualize_every: reconstruction grids are drawn for images only; none for this video run")
     pictures = (visualize.ReconstructionWriter(trainer, workdir, data.build_source(config).images(np.arange(8)),
-                                               tensorboard=writer.tensorboard) if config.visualize_every else None)
+                                               tensorboard=writer.tensorboard)
+                if config.visualize_every and not inputs.is_video(config) else None)
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
 

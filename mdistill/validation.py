@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mdistill import masking
+from mdistill import inputs, masking
 from mdistill.checks import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
 from mdistill.data import SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
@@ -27,9 +27,15 @@ def validate(config, num_devices: int | None = None) -> None:
     p = student.patch_size
     _require(config.image_size > 0 and config.image_size % p == 0, "image_size", config.image_size,
              f"must be a positive multiple of the student's patch size {p}")
-    num_patches = (config.image_size // p) ** 2
+    frames = inputs.num_frames(config)
+    _require(frames >= 1, "num_frames", frames, "must be >= 1 (1: images)")
+    if frames > 1:
+        t = config.tubelet_size
+        _require(t >= 1 and frames % t == 0, "tubelet_size", t, f"must be >= 1 and divide num_frames={frames}")
+    num_patches = (config.image_size // p) ** 2  # per frame for clips, where the masks are drawn
+    visible = (masking.num_visible_per_frame if frames > 1 else masking.num_visible)(num_patches, config.mask_ratio)
     # the loss is a mean over masked patches: none masked makes it 0/0
-    _require(0.0 < config.mask_ratio < 1.0 and 1 <= masking.num_visible(num_patches, config.mask_ratio) < num_patches,
+    _require(0.0 < config.mask_ratio < 1.0 and 1 <= visible < num_patches,
              "mask_ratio", config.mask_ratio,
              f"must be in (0, 1) and mask at least one of the {num_patches} patches while leaving one visible")
     dec = config.student

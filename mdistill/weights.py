@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from mdistill import checkpoint
-from mdistill.models.vit import ViTSpec
+from mdistill.models.vit import Layout, ViTSpec
 from mdistill.state_dict import (CLASSIFIER_PREFIXES, POSEMB_ATOL, Architecture, architecture_of_params,
                                  expected_shapes, flatten, flax_shapes, infer_architecture, interpolate_posemb,
                                  read_state_dict, sincos_table, to_flax_value, torch_to_flax, unflatten)
@@ -144,14 +144,14 @@ def state_dict_to_params(sd: dict, source: str, variant: str | None = None, chan
     if not with_decoder:  # an encoder only: a decoder's or a classifier's tensors may be there
         ignore = (*ignore, "decoder_", "mask_token", *CLASSIFIER_PREFIXES)
     problems = shape_problems({k: v.shape for k, v in sd.items()}, expected, ignore)
-    if "pos_embed" not in sd:
+    if "pos_embed" not in sd and arch.spec.layout.posemb != "sincos_1d":  # VideoMAE stores no table
         problems.append("  pos_embed: missing from the checkpoint (it tells the grid and is checked)")
     if problems:
         found = infer_architecture(sd, source, decoder_heads=decoder_heads)
         want = (f"; {variant!r} is {arch.describe()}" if variant else
                 f"; the config wants {channels} channel(s)" if channels else "")
         _raise(f"{source} holds a ViT of {found.describe()}{want}. Tensors that do not fit:", problems)
-    if with_decoder:
+    if with_decoder and "decoder_pos_embed" in sd:
         check_posemb(sd["decoder_pos_embed"], arch.decoder[0], arch.grid, "decoder_pos_embed", source)
     learned = arch.spec.layout.posemb == "learned"  # else the table is MAE's, recomputed, not a parameter
     flat = {}
@@ -279,5 +279,7 @@ def _arch_from_meta(meta: dict) -> Architecture | None:
         return None
     s = config["student"]
     spec = ViTSpec.parse(s["variant"])
+    if config.get("num_frames", 1) > 1:  # a video run's student: VideoMAE's layout
+        spec = dataclasses.replace(spec, layout=Layout.video(config["tubelet_size"]))
     return Architecture(spec, config["data"]["channels"], config["image_size"] // spec.patch_size,
                         (s["decoder_width"], s["decoder_depth"], s["decoder_heads"]))

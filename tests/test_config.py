@@ -56,7 +56,7 @@ BAD = [
     ("mask ratio", lambda c: c.update(mask_ratio=0.99), "config.mask_ratio=0.99"),
     ("batch", lambda c: c.update(batch_size=12), "multiple of the device count (8)"),
     ("method", lambda c: c.update(method="byol"), "config.method='byol'"),
-    ("loss", lambda c: c.distill.update(loss="cosine"), "config.distill.loss='cosine'"),
+    ("loss", lambda c: c.distill.update(loss="hinge"), "config.distill.loss='hinge'"),
     ("head", lambda c: c.distill.update(head="conv"), "config.distill.head='conv'"),
     ("variant", lambda c: c.teacher.update(variant="XL/16"), "config.teacher.variant"),
     ("patch", lambda c: c.teacher.update(variant="xs/8"), "student's patch size 4"),

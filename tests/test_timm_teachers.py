@@ -98,7 +98,7 @@ def test_the_layout_is_read_off_the_tensors(ref, tmp_path):
     clip = weights.architecture(save(timm_model(ref, 1, pre_norm=True, qkv_bias=False),
                                      tmp_path / "clip.safetensors"))
     assert clip.describe() == ("width 64, depth 4, patch 4, 3 channel(s), learned position embedding, "
-                               "norm_pre, no qkv bias")
+                               "norm_pre, no qkv bias, no patch embedding bias")
     no_cls = weights.architecture(save(timm_model(ref, 2, class_token=False, fc_norm=True), tmp_path / "gap.pth"))
     layout = no_cls.spec.layout
     assert (layout.class_token, layout.posemb_cls, layout.final_norm, no_cls.grid) == (False, False, False, 4)
@@ -202,3 +202,27 @@ def test_a_timm_checkpoint_cannot_initialise_the_mae_student(xs_teachers):
     c.student.variant = "xs/4"
     with pytest.raises(CheckpointError, match="learned position embedding; the student is an MAE ViT"):
         Trainer(c, sharding.make_mesh(jax.devices()[:1])).init_state()
+
+
+# ---- timm itself, where installed (tests/run.sh does not install it) -------------------------
+@pytest.mark.parametrize("options", [dict(), dict(pre_norm=True), dict(qkv_bias=False), dict(no_embed_class=True),
+                                     dict(global_pool="avg", fc_norm=True, num_classes=10),
+                                     dict(class_token=False, global_pool="avg")], ids=str)
+def test_real_timm_vits_match(tmp_path, options):
+    """timm's own VisionTransformer in these layouts: its forward_features is mdistill's."""
+    timm = pytest.importorskip("timm")
+    import torch
+
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=IMG, patch_size=PATCH, in_chans=CHANS, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS,
+        **{"num_classes": 0, **options}).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    images, _ = inputs()
+    with torch.no_grad():
+        want = vit.forward_features(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    w = weights.load(save(vit, tmp_path / "timm.safetensors"), "mu/4", decoder=False)
+    out, _ = run_encoder(w, images)
+    np.testing.assert_allclose(out, want, atol=PARITY)

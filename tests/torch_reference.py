@@ -145,7 +145,7 @@ class ViT(nn.Module):
 class TimmViT(nn.Module):
     """timm's VisionTransformer as its options arrange it (module names as timm's): a learned
     pos_embed with a cls row (or without, `no_embed_class`), `class_token`, `pre_norm`
-    (norm_pre, CLIP), `qkv_bias`, and global_pool 'avg' with fc_norm instead of norm
+    (norm_pre and a bias-free patch embedding, CLIP), `qkv_bias`, and global_pool 'avg' with fc_norm instead of norm
     (`fc_norm`). forward_blocks runs timm's forward_features up to the blocks, on all
     patches or on the kept ones (gathered after the position embedding, as MAE masks)."""
 
@@ -154,6 +154,8 @@ class TimmViT(nn.Module):
         super().__init__()
         grid = img // patch
         self.patch_embed = PatchEmbed(patch, chans, dim)
+        if pre_norm:  # timm: CLIP's patch embedding has no bias
+            self.patch_embed.proj = nn.Conv2d(chans, dim, patch, stride=patch, bias=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.no_embed_class = no_embed_class
         rows = grid * grid + (0 if no_embed_class or not class_token else 1)
@@ -202,3 +204,92 @@ def randomize(model: nn.Module, seed: int, pos_embed: bool = False) -> nn.Module
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
     return model
+
+
+# ---- VideoMAE (modeling_pretrain.PretrainVisionTransformer) ---------------------------------
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """[1, n, dim]: position / 10000^(2 (j // 2) / dim), sin on even channels, cos on odd."""
+    angles = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(n)])
+    angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    return torch.tensor(angles, dtype=torch.float32)[None]
+
+
+class QVAttention(nn.Module):
+    """Fused qkv without bias, then q_bias | zeros | v_bias added, as VideoMAE's Attention."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        q, k, v = torch.nn.functional.linear(x, self.qkv.weight, bias).reshape(
+            b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class QVBlock(Block):
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.attn = QVAttention(dim, heads)
+
+
+class VideoMAEEncoder(nn.Module):
+    def __init__(self, frames, img, patch, tubelet, chans, dim, depth, heads):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(chans, dim, (tubelet, patch, patch), stride=(tubelet, patch, patch))
+        self.pos_embed = sinusoid_table((frames // tubelet) * (img // patch) ** 2, dim)  # not a parameter
+        self.blocks = nn.ModuleList([QVBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x, mask):
+        """x [B, C, T, H, W], mask [B, N] bool (True: hidden) -> (normed visible tokens, block outputs)."""
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+        b, _, c = x.shape
+        x = x[~mask].reshape(b, -1, c)
+        outs = []
+        for blk in self.blocks:
+            x = blk(x)
+            outs.append(x)
+        return self.norm(x), outs
+
+
+class VideoMAEDecoder(nn.Module):
+    def __init__(self, dim, depth, heads, out):
+        super().__init__()
+        self.blocks = nn.ModuleList([QVBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, out)
+
+    def forward(self, x, n_masked):
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x[:, -n_masked:]))
+
+
+class VideoMAE(nn.Module):
+    """PretrainVisionTransformer: the decoder sees the visible tokens, then one mask token per
+    hidden token (each with its position), and predicts the hidden ones in index order."""
+
+    def __init__(self, frames, img, patch, tubelet, chans, dim, depth, heads, dec_dim, dec_depth, dec_heads):
+        super().__init__()
+        self.encoder = VideoMAEEncoder(frames, img, patch, tubelet, chans, dim, depth, heads)
+        self.encoder_to_decoder = nn.Linear(dim, dec_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.pos_embed = sinusoid_table((frames // tubelet) * (img // patch) ** 2, dec_dim)
+        self.decoder = VideoMAEDecoder(dec_dim, dec_depth, dec_heads, tubelet * patch * patch * chans)
+
+    def forward(self, x, mask):
+        latent, blocks = self.encoder(x, mask)
+        x_vis = self.encoder_to_decoder(latent)
+        b, _, c = x_vis.shape
+        pos = self.pos_embed.expand(b, -1, -1)
+        full = torch.cat([x_vis + pos[~mask].reshape(b, -1, c),
+                          self.mask_token + pos[mask].reshape(b, -1, c)], dim=1)
+        return latent, blocks, self.decoder(full, int(mask[0].sum()))

@@ -113,19 +113,22 @@ class ExampleReader:
         skipped = np.full(MAX_TRIES, -1, np.int64)
         decoded = None
         # in an unshuffled pass (evaluation) a bad record is not replaced: its row becomes padding
+        t = self.transform
+        rng = np.random.default_rng((self.seed, step, slot, 1)) if t.augment != "none" else None
         for attempt in range(MAX_TRIES if self.layout.shuffle else 1):
             try:
-                decoded = load_image(self.source.raw(index), self.transform.channels, self.min_side)
+                if t.reads_files:  # a clip: frames sampled, decoded and augmented by the transform
+                    decoded = t(self.source.raw(index), rng)
+                else:
+                    decoded = load_image(self.source.raw(index), t.channels, self.min_side)
                 break
             except Exception:  # corrupt, truncated or unreadable: counted and reported by the host
                 skipped[attempt] = index
                 index = int(np.random.default_rng((self.seed, step, slot, 2 + attempt)).integers(self.layout.size))
         if decoded is None:
-            t = self.transform
-            image = np.zeros((t.size, t.size, t.channels), np.uint8)
+            image = np.zeros(t.sample_shape, np.uint8)
         else:
-            rng = np.random.default_rng((self.seed, step, slot, 1)) if self.transform.augment != "none" else None
-            image = self.transform(decoded, rng)
+            image = decoded if t.reads_files else t(decoded, rng)
         example = {"image": image, "skipped": skipped}
         if self.labels:
             valid = decoded is not None and not self.is_padding(step, slot)

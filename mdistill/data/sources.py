@@ -7,20 +7,28 @@ from mdistill.data.image_folder import ImageFolderSource
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder")
+SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "video_folder", "video_list")
 
 
 def build_source(config, split: str | None = None):
     d = config.data
     split = split or d.split
     if d.source == "synthetic":
-        return SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=config.seed)
+        return SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=config.seed,
+                               frames=int(config.get("num_frames", 1)))
     if d.source == "fashion_mnist":
         return FashionMNISTSource(split, d.path, d.channels)
     if d.source == "tfds":
         return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
     if d.source == "folder":
         return ImageFolderSource(d.path, split, config.image_size, d.channels)
+    if d.source in ("video_folder", "video_list"):  # clips: VideoMAE's sampling (mdistill.data.video)
+        from mdistill.data.video import EvalClips, VideoFolderSource, VideoListSource
+
+        evaluation = EvalClips(config.image_size, int(config.num_frames), d.sampling_rate, channels=d.channels)
+        if d.source == "video_folder":
+            return VideoFolderSource(d.path, split, evaluation)
+        return VideoListSource(d.path, d.get("root") or None, evaluation)
     raise ValueError(f"config.data.source={d.source!r}: expected one of {SOURCES}")
 
 
@@ -28,6 +36,8 @@ def dataset_size(config) -> int:
     """Number of training examples, known without reading the data where possible (an
     image folder is listed; the listing is cached for the run)."""
     d = config.data
+    if d.get("size", 0) > 0:  # a published count, for planning the epochs (video configs)
+        return int(d.size)
     if d.source == "synthetic":
         return d.synthetic_size
     if d.source == "fashion_mnist":

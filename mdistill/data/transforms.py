@@ -107,6 +107,12 @@ class Transform:
         self.size, self.channels, self.augment = size, channels, augment
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
+    reads_files = False  # the pipeline decodes the record (load_image) before calling it
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.size, self.size, self.channels)
+
     def min_side(self) -> int:
         """Short side an image needs so that no crop of this transform is upsampled more
         than it would be from the full-resolution image (for JPEG draft decoding)."""
@@ -117,8 +123,8 @@ class Transform:
 
     def __call__(self, image, rng: np.random.Generator | None = None) -> np.ndarray:
         if (self.augment == "none" and isinstance(image, np.ndarray)
-                and image.shape == (self.size, self.size, self.channels)):
-            return image  # already what we want (synthetic, Fashion-MNIST): skip PIL
+                and image.shape[-3:] == (self.size, self.size, self.channels)):
+            return image  # already what we want (synthetic images or clips, Fashion-MNIST): skip PIL
         if self.augment != "none" and rng is None:
             raise ValueError(f"augment={self.augment!r} needs an rng")
         img = to_pil(image)
@@ -131,8 +137,38 @@ class Transform:
         return to_array(img, self.channels)
 
 
-def from_config(config, train: bool = True) -> Transform:
+class ClipTransform:
+    """A video file's path, rng -> uint8 [num_frames, size, size, channels]: the pipeline hands
+    it the record's path (`reads_files`), and it samples, decodes and augments the clip
+    (mdistill.data.video.TrainClips: VideoMAE's frame sampling and multi-scale crop), so a bad
+    video fails inside the pipeline's try and is skipped like a bad image."""
+
+    reads_files = True
+    augment = "clip"  # never 'none': each slot draws its own frames and crop
+
+    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, flip: bool):
+        from mdistill.data.video import TrainClips
+
+        self.size, self.num_frames, self.channels = size, num_frames, channels
+        self.clips = TrainClips(size, num_frames, sampling_rate, num_sample=1, flip=flip, channels=channels)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.num_frames, self.size, self.size, self.channels)
+
+    def min_side(self) -> int:
+        return 0
+
+    def __call__(self, path, rng: np.random.Generator) -> np.ndarray:
+        return self.clips(path, rng)[0]
+
+
+def from_config(config, train: bool = True):
     """The training transform of config.data (train=False: the evaluation one)."""
     d = config.data
+    if d.source in ("video_folder", "video_list"):
+        if not train:
+            raise ValueError("evaluation transforms of videos are mdistill.data.video.EvalClips (multi-view)")
+        return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip)
     augment = d.get("augment", "none") if train else "none"
     return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))

@@ -20,22 +20,24 @@ def block_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
     return float(dense) + attention_flops(tokens, width)
 
 
-def patch_embed_flops(patches: int, patch_size: int, channels: int, width: int) -> float:
-    return 2.0 * patches * patch_size * patch_size * channels * width
+def patch_embed_flops(patches: int, patch_size: int, channels: int, width: int, tubelet: int = 0) -> float:
+    return 2.0 * patches * max(tubelet, 1) * patch_size * patch_size * channels * width
 
 
 def encoder_flops(spec: ViTSpec, channels: int, visible: int, blocks: int | None = None) -> float:
-    """ViT encoder per sample: patch embedding of the visible patches, then `blocks` blocks
-    (all by default) on cls + visible tokens."""
+    """ViT encoder per sample: patch embedding of the visible patches (tubelets for clips),
+    then `blocks` blocks (all by default) on (cls +) visible tokens."""
     blocks = spec.depth if blocks is None else blocks
-    return (patch_embed_flops(visible, spec.patch_size, channels, spec.width)
-            + blocks * block_flops(1 + visible, spec.width))
+    cls = int(spec.layout.class_token)
+    return (patch_embed_flops(visible, spec.patch_size, channels, spec.width, spec.layout.tubelet)
+            + blocks * block_flops(cls + visible, spec.width))
 
 
 def decoder_flops(enc_width: int, width: int, depth: int, num_patches: int, visible: int,
-                  patch_dim: int) -> float:
+                  patch_dim: int, cls: int = 1) -> float:
     """MAE decoder per sample: embed cls + visible tokens, `depth` blocks on cls + all
-    patches, pixel head on cls + all patches (the cls row is dropped after it)."""
-    embed = 2.0 * (1 + visible) * enc_width * width
-    pred = 2.0 * (1 + num_patches) * width * patch_dim
-    return embed + depth * block_flops(1 + num_patches, width) + pred
+    patches, pixel head on cls + all patches (the cls row is dropped after it); cls=0 for
+    VideoMAE's decoder, which has no cls slot."""
+    embed = 2.0 * (cls + visible) * enc_width * width
+    pred = 2.0 * (cls + num_patches) * width * patch_dim
+    return embed + depth * block_flops(cls + num_patches, width) + pred

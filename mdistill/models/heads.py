@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mdistill.models.vit import Block, gather_tokens, posemb_sincos_2d, xavier
+from mdistill.models.vit import Block, gather_tokens, posemb_sincos_1d, posemb_sincos_2d, xavier
 
 PROJECTION_KINDS = ("linear", "mlp")
 
@@ -49,18 +49,24 @@ class Generator(nn.Module):
     num_heads: int
     grid: int  # patches per side of the image
     dtype: Any = jnp.float32
+    video_tokens: int = 0  # clips: the student's T*H*W tokens (no cls, VideoMAE's 1-D table)
 
     @nn.compact
     def __call__(self, visible: jax.Array, ids_visible: jax.Array, ids_target: jax.Array) -> jax.Array:
         """visible [B, 1+K, width]: projected student features, cls first, then the patches
-        ids_visible [B, K]; ids_target [B, M] -> predicted features [B, M, width]."""
+        ids_visible [B, K] ([B, K, width] for clips); ids_target [B, M] -> predicted features
+        [B, M, width]."""
         batch, num_targets = ids_target.shape
-        pos = jnp.broadcast_to(jnp.asarray(posemb_sincos_2d(self.width, self.grid), visible.dtype),
-                               (batch, self.grid ** 2, self.width))
+        if self.video_tokens:
+            table = posemb_sincos_1d(self.width, self.video_tokens)
+        else:
+            table = posemb_sincos_2d(self.width, self.grid)
+        pos = jnp.broadcast_to(jnp.asarray(table, visible.dtype), (batch,) + table.shape)
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width))
         queries = mask_token.astype(visible.dtype) + gather_tokens(pos, ids_target)
+        cls = 0 if self.video_tokens else 1
         # the cls token keeps no position embedding, as in the MAE decoder
-        x = jnp.concatenate([visible[:, :1], visible[:, 1:] + gather_tokens(pos, ids_visible), queries], axis=1)
+        x = jnp.concatenate([visible[:, :cls], visible[:, cls:] + gather_tokens(pos, ids_visible), queries], axis=1)
         for i in range(self.depth):
-            x = Block(self.num_heads, dtype=self.dtype, name=f"block_{i}")(x)
+            x = Block(self.num_heads, dtype=self.dtype, k_bias=not self.video_tokens, name=f"block_{i}")(x)
         return x[:, -num_targets:]

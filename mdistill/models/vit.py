@@ -1,7 +1,10 @@
 """Vision Transformer encoder as in MAE: patch embedding, cls token, fixed 2-D sin-cos
 position embeddings, pre-norm blocks. A Layout describes the other timm-style ViTs a teacher
 may be (DeiT, DINO, MoCo v3, CLIP, fine-tuned checkpoints): a learned position table, no
-cls token, a LayerNorm before the blocks (CLIP's norm_pre), no qkv bias, no final norm.
+cls token, a LayerNorm before the blocks (CLIP's norm_pre), no qkv bias, no final norm; and
+the video ViTs of VideoMAE / AMD (Layout.video): tubelets of `tubelet` frames x p x p
+embedded by a 3-D convolution, no cls token, a fixed 1-D sinusoid table over the T*H*W
+tokens, and q / v biases without a k bias.
 
 The encoder can run on a subset of patches (only the visible tokens enter the blocks),
 return the outputs of chosen blocks, and stop after a given block: blocks past it are
@@ -32,7 +35,7 @@ SIZES = {
 }
 
 
-POSEMB_KINDS = ("sincos", "learned")
+POSEMB_KINDS = ("sincos", "learned", "sincos_1d")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +43,14 @@ class Layout:
     """How a ViT's pieces are arranged, beyond its size; the default is MAE's. A checkpoint's
     tensors say which layout it has (mdistill.state_dict.infer_architecture).
 
-    posemb: 'sincos' (MAE's fixed 2-D table, not a parameter) or 'learned' (a `pos_embed`
-      parameter, as timm's ViTs have; also a fixed table of another formula, e.g. MoCo v3's).
+    posemb: 'sincos' (MAE's fixed 2-D table, not a parameter), 'learned' (a `pos_embed`
+      parameter, as timm's ViTs have; also a fixed table of another formula, e.g. MoCo v3's)
+      or 'sincos_1d' (VideoMAE's fixed table over the token index, sin / cos interleaved).
     posemb_cls: a learned table has a row for the cls token (timm's default; False is timm's
       `no_embed_class`).
+    k_bias: with qkv_bias, the k part of the fused bias is a parameter too (timm, MAE);
+      False: only `q_bias` and `v_bias` are, k's is zero (VideoMAE, BEiT).
+    tubelet: 0 for images (NHWC, p x p patches); t > 0 for clips (NTHWC, t x p x p tubelets).
     """
 
     class_token: bool = True
@@ -52,6 +59,14 @@ class Layout:
     norm_pre: bool = False
     qkv_bias: bool = True
     final_norm: bool = True
+    k_bias: bool = True
+    tubelet: int = 0
+    patch_bias: bool = True  # False: CLIP's bias-free patch embedding (timm's pre_norm ViTs)
+
+    @classmethod
+    def video(cls, tubelet: int = 2) -> "Layout":
+        """VideoMAE's (and AMD's) video ViT."""
+        return cls(class_token=False, posemb="sincos_1d", k_bias=False, tubelet=tubelet)
 
     def __post_init__(self):
         if self.posemb not in POSEMB_KINDS:
@@ -64,11 +79,17 @@ class Layout:
     def describe(self) -> str:
         """What differs from MAE's layout, e.g. 'learned position embedding, norm_pre'; '' for MAE's."""
         parts = []
+        if self.tubelet:
+            parts.append(f"video ({self.tubelet}-frame tubelets)")
+        if self.posemb == "sincos_1d":
+            parts.append("1-D sin-cos position table")
         if self.posemb == "learned":
             parts.append("learned position embedding" + ("" if self.posemb_cls or not self.class_token
                                                          else " without a cls row"))
         parts += [text for flag, text in ((not self.class_token, "no cls token"), (self.norm_pre, "norm_pre"),
-                                          (not self.qkv_bias, "no qkv bias"), (not self.final_norm, "no final norm"))
+                                          (not self.qkv_bias, "no qkv bias"), (not self.final_norm, "no final norm"),
+                                          (self.qkv_bias and not self.k_bias, "q/v biases"),
+                                          (not self.patch_bias, "no patch embedding bias"))
                   if flag]
         return ", ".join(parts)
 
@@ -113,6 +134,23 @@ def posemb_sincos_2d(dim: int, grid: int) -> np.ndarray:
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
     emb = np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
     return emb.astype(np.float32)
+
+
+def posemb_sincos_1d(dim: int, num_tokens: int) -> np.ndarray:
+    """[num_tokens, dim] VideoMAE's table over the token index: channel j holds
+    pos / 10000^(2 floor(j/2) / dim), sin on even channels, cos on odd ones."""
+    pos = np.arange(num_tokens, dtype=np.float64)[:, None]
+    angles = pos / np.power(10000.0, 2 * (np.arange(dim) // 2) / dim)[None]
+    table = np.where(np.arange(dim) % 2 == 0, np.sin(angles), np.cos(angles))
+    return table.astype(np.float32)
+
+
+def token_grid(spec: ViTSpec, image_size: int, num_frames: int = 1) -> tuple[int, int]:
+    """(tokens along time, tokens per frame): (1, (H/p)^2) for images, (T/t, (H/p)^2) for
+    clips; tokens are ordered time-major, t * S + s, as VideoMAE's Conv3d flattens them."""
+    per_frame = (image_size // spec.patch_size) ** 2
+    t = spec.layout.tubelet
+    return (num_frames // t if t else 1), per_frame
 
 
 def gather_tokens(x: jax.Array, ids: jax.Array) -> jax.Array:
@@ -161,12 +199,18 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
     qkv_bias: bool = True
+    k_bias: bool = True  # False: VideoMAE's q_bias and v_bias, with a zero k bias
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
         # One fused qkv projection, laid out like the PyTorch releases' qkv Linear.
-        qkv = dense(3 * width, kernel_init=xavier, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+        fused_bias = self.qkv_bias and self.k_bias
+        qkv = dense(3 * width, kernel_init=xavier, use_bias=fused_bias, dtype=self.dtype, name="qkv")(x)
+        if self.qkv_bias and not self.k_bias:
+            q_bias = self.param("q_bias", nn.initializers.zeros, (width,))
+            v_bias = self.param("v_bias", nn.initializers.zeros, (width,))
+            qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
         out = multi_head_attention(qkv, self.num_heads)
         return dense(width, kernel_init=xavier, dtype=self.dtype, name="proj")(out)
 
@@ -209,36 +253,46 @@ class Block(nn.Module):
     dtype: Any = jnp.float32
     drop_path: float = 0.0
     qkv_bias: bool = True
+    k_bias: bool = True
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
         branch = lambda y: y if deterministic or self.drop_path == 0.0 else drop_path(  # noqa: E731
             y, self.drop_path, self.make_rng("dropout"))
-        x = x + branch(Attention(self.num_heads, self.dtype, self.qkv_bias, name="attn")(norm("norm1")(x)))
+        x = x + branch(Attention(self.num_heads, self.dtype, self.qkv_bias, self.k_bias, name="attn")(norm("norm1")(x)))
         hidden = int(x.shape[-1] * self.mlp_ratio)
         return x + branch(Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x)))
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens [B, L, width] (a strided conv, as in ViT)."""
+    """Non-overlapping patches -> tokens [B, L, width] (a strided conv, as in ViT); with
+    tubelet t > 0, clips [B, T, H, W, C] -> t x p x p tubelets (a strided 3-D conv, as
+    VideoMAE's), tokens time-major."""
 
     patch_size: int
     width: int
     dtype: Any = jnp.float32
+    tubelet: int = 0
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, images, ids_keep=None):
         """-> [B, L, width]; with ids_keep [B, K], only those patches: [B, K, width]."""
-        p = self.patch_size
-        conv = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=xavier,
-                       dtype=self.dtype, name="proj")
+        p, t = self.patch_size, self.tubelet
+        window = (t, p, p) if t else (p, p)
+        conv = nn.Conv(self.width, window, strides=window, padding="VALID", kernel_init=xavier,
+                       use_bias=self.use_bias, dtype=self.dtype, name="proj")
         if ids_keep is None:
-            return einops.rearrange(conv(images), "b h w d -> b (h w) d")
+            return conv(images).reshape(images.shape[0], -1, self.width)
         # Gather the visible patches' pixels first and embed only those: K/L of the work,
         # and the backward pass needs no scatter into the hidden patches.
-        patches = einops.rearrange(images, "b (h p) (w q) c -> b (h w) p q c", p=p, q=p)
-        patches = jnp.take_along_axis(patches, ids_keep[:, :, None, None, None], axis=1)
+        if t:
+            patches = einops.rearrange(images, "b (n u) (h p) (w q) c -> b (n h w) u p q c", u=t, p=p, q=p)
+        else:
+            patches = einops.rearrange(images, "b (h p) (w q) c -> b (h w) p q c", p=p, q=p)
+        ids = ids_keep.reshape(ids_keep.shape + (1,) * (patches.ndim - 2))
+        patches = jnp.take_along_axis(patches, ids, axis=1)
         batch, keep = ids_keep.shape
         x = conv(patches.reshape((batch * keep,) + patches.shape[2:]))
         return x.reshape(batch, keep, self.width)
@@ -261,7 +315,7 @@ def block_class(remat: str = "none"):
 
 
 class Encoder(nn.Module):
-    """ViT encoder on NHWC images.
+    """ViT encoder on NHWC images (NTHWC clips for a video layout).
 
     __call__(images, ids_keep, return_blocks, stop_after) -> (tokens, {block: features})
       ids_keep: [B, K] indices of the patches that enter the blocks (None: all), in the
@@ -284,10 +338,14 @@ class Encoder(nn.Module):
     def __call__(self, images, ids_keep=None, return_blocks: Sequence[int] = (), stop_after=None,
                  deterministic: bool = True):
         spec, layout = self.spec, self.spec.layout
-        x = PatchEmbed(spec.patch_size, spec.width, self.dtype, name="patch_embed")(images, ids_keep)
-        grid = images.shape[1] // spec.patch_size
+        x = PatchEmbed(spec.patch_size, spec.width, self.dtype, layout.tubelet, layout.patch_bias,
+                       name="patch_embed")(images, ids_keep)
+        grid = images.shape[-3] // spec.patch_size
         cls_pos = None
-        if layout.posemb == "learned":  # at the input's grid: a loaded table is resized to it first
+        if layout.posemb == "sincos_1d":
+            frames = images.shape[1] // layout.tubelet if layout.tubelet else 1
+            pos = jnp.asarray(posemb_sincos_1d(spec.width, frames * grid * grid), x.dtype)
+        elif layout.posemb == "learned":  # at the input's grid: a loaded table is resized to it first
             table = self.param("pos_embed", nn.initializers.normal(0.02),
                                (1, layout.num_positions(grid), spec.width))[0].astype(x.dtype)
             pos, cls_pos = table[-grid * grid:], (table[:1] if layout.num_positions(grid) > grid * grid else None)
@@ -308,7 +366,7 @@ class Encoder(nn.Module):
         for i in range(last + 1):
             rate = self.drop_path * i / max(spec.depth - 1, 1)
             x = block_class(self.remat)(spec.num_heads, dtype=self.dtype, drop_path=rate, qkv_bias=layout.qkv_bias,
-                                        name=f"block_{i}")(x, deterministic)
+                                        k_bias=layout.k_bias, name=f"block_{i}")(x, deterministic)
             if i in return_blocks:
                 features[i] = x
         missing = set(return_blocks) - set(features)

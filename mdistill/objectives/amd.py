@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mdistill import inputs
 from mdistill.checks import require
 from mdistill.models.flops import block_flops
 from mdistill.models.heads import Generator
@@ -82,7 +83,8 @@ class AMDObjective(DistillObjective):
         generator at the teacher's width on cls + the teacher's visible tokens."""
         amd, teacher = config.amd, ViTSpec.parse(config.teacher.variant)
         t_visible = cls.visible_patches(config, amd.teacher_mask_ratio)
-        generators = len(amd.pairs) * amd.generator_depth * block_flops(1 + t_visible, teacher.width)
+        cls_token = int(inputs.student_spec(config).layout.class_token)
+        generators = len(amd.pairs) * amd.generator_depth * block_flops(cls_token + t_visible, teacher.width)
         return {"teacher_forward": cls.teacher_flops(config, amd.pairs, t_visible),
                 "heads": cls.head_flops(config, amd.pairs) + generators}
 
@@ -91,12 +93,13 @@ class AMDObjective(DistillObjective):
         super().__init__(config, cfg.pairs, head_kind="linear", head_bias=False)
         self.teacher_mask_ratio = cfg.teacher_mask_ratio
         self.generator = Generator(self.teacher.spec.width, cfg.generator_depth, cfg.generator_heads,
-                                   grid=config.image_size // self.spec.patch_size, dtype=self.dtype)
+                                   grid=config.image_size // self.spec.patch_size, dtype=self.dtype,
+                                   video_tokens=self.num_patches if self.spec.layout.tubelet else 0)
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         params = super().init(rng, images)
         # parameter shapes do not depend on the token counts: one visible and one target patch
-        visible = jnp.zeros((1, 2, self.teacher.spec.width), self.dtype)
+        visible = jnp.zeros((1, self.student_cls + 1, self.teacher.spec.width), self.dtype)
         ids = jnp.zeros((1, 1), jnp.int32)
         rngs = jax.random.split(jax.random.fold_in(rng, 1), len(self.pairs))
         params["generators"] = {generator_name(s, t): self.generator.init(r, visible, ids, ids)["params"]
@@ -114,7 +117,8 @@ class AMDObjective(DistillObjective):
         direct = generation = 0.0
         for (s, t), projected in self.project(params, student_feats).items():
             target = teacher_feats[t]
-            d = feature_loss(self.student_tokens(projected), target[:, :seen], cfg.loss, cfg.normalize)
+            d = feature_loss(self.student_tokens(projected), self.teacher_tokens(target[:, :seen]), cfg.loss,
+                             cfg.normalize)
             generated = self.generator.apply({"params": params["generators"][generator_name(s, t)]},
                                              projected, masks.student.ids_keep, masks.diff_ids)
             g = feature_loss(generated, target[:, seen:], cfg.loss, cfg.normalize)

@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import jax
 import ml_collections
 
-from mdistill import masking
-from mdistill.models.vit import ViTSpec
+from mdistill import inputs, masking
 
 
 class Objective:
@@ -63,19 +62,21 @@ class Objective:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.num_patches = (config.image_size // ViTSpec.parse(config.student.variant).patch_size) ** 2
+        self.token_steps, per_frame = inputs.tokens(config)  # (1, patches) for images
+        self.num_patches = self.token_steps * per_frame
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
-        """Trainable parameters for uint8 NHWC `images` (one image is enough: shapes only)."""
+        """Trainable parameters for uint8 NHWC `images` (NTHWC clips) (one image is enough: shapes only)."""
         raise NotImplementedError
 
     def loss(self, params: dict, teacher_params: dict | None, images: jax.Array,
              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(scalar loss, metrics) of uint8 NHWC `images` under the step's `rng`. metrics hold
+        """(scalar loss, metrics) of uint8 NHWC `images` (NTHWC clips) under the step's `rng`. metrics hold
         'loss' and any other scalars to log; teacher_params is None without a teacher."""
         raise NotImplementedError
 
     def sample_masks(self, rng: jax.Array, batch_size: int) -> masking.Masks:
         """The patches each model sees, from config.masking.kind (mdistill.masking.sample)."""
         return masking.sample(masking.kind_of(self.config), rng, batch_size, self.num_patches,
-                              self.config.mask_ratio, self.teacher_mask_ratio, masking.options_of(self.config))
+                              self.config.mask_ratio, self.teacher_mask_ratio, masking.options_of(self.config),
+                              frames=self.token_steps)

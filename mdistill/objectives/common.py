@@ -15,13 +15,21 @@ def normalize_images(images: jax.Array, mean, std) -> jax.Array:
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, norm_pix: bool) -> jax.Array:
+def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array, norm_pix: bool,
+                        channels: int | None = None) -> jax.Array:
     """MSE per patch, averaged over the hidden patches only (MAE).
 
-    With norm_pix, each target patch is standardised by its own mean and variance.
+    With norm_pix, each target patch is standardised by its own mean and variance (MAE's
+    (x - mean) / sqrt(var + 1e-6)); with `channels` (clips), each channel of a tubelet by its
+    own, as VideoMAE does: (x - mean) / (unbiased std + 1e-6), pixels laid out (..., channel).
     """
     target = target.astype(jnp.float32)
-    if norm_pix:
+    if norm_pix and channels:
+        per_channel = target.reshape(target.shape[:-1] + (-1, channels))
+        mean = per_channel.mean(axis=-2, keepdims=True)
+        std = jnp.sqrt(per_channel.var(axis=-2, keepdims=True, ddof=1))
+        target = ((per_channel - mean) / (std + 1e-6)).reshape(target.shape)
+    elif norm_pix:
         mean = target.mean(axis=-1, keepdims=True)
         var = target.var(axis=-1, keepdims=True)
         target = (target - mean) / jnp.sqrt(var + 1e-6)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mdistill import masking
+from mdistill import inputs
 from mdistill.checks import require, variant
 from mdistill.models.flops import encoder_flops
 from mdistill.models.heads import ProjectionHead
@@ -50,21 +50,20 @@ class DistillObjective(MAEObjective):
 
     @classmethod
     def visible_patches(cls, config, mask_ratio: float) -> int:
-        patch = ViTSpec.parse(config.student.variant).patch_size
-        return masking.num_visible((config.image_size // patch) ** 2, mask_ratio)
+        return inputs.visible_tokens(config, mask_ratio)
 
     @classmethod
     def teacher_flops(cls, config, pairs, teacher_visible: int) -> float:
-        """The teacher's partial forward per sample: cls + its visible tokens, blocks 0..the
+        """The teacher's partial forward per sample: (cls +) its visible tokens, blocks 0..the
         deepest aligned one, no final norm."""
-        spec = ViTSpec.parse(config.teacher.variant)
+        spec = inputs.spec_of(config, config.teacher.variant)
         return encoder_flops(spec, config.data.channels, teacher_visible, blocks=1 + max(t for _, t in pairs))
 
     @classmethod
     def head_flops(cls, config, pairs, layers: int = 1) -> float:
-        """One projection per pair on cls + the student's visible tokens (`layers` deep)."""
-        student, teacher = ViTSpec.parse(config.student.variant), ViTSpec.parse(config.teacher.variant)
-        tokens = 1 + cls.visible_patches(config, config.mask_ratio)
+        """One projection per pair on (cls +) the student's visible tokens (`layers` deep)."""
+        student, teacher = inputs.student_spec(config), ViTSpec.parse(config.teacher.variant)
+        tokens = int(student.layout.class_token) + cls.visible_patches(config, config.mask_ratio)
         first = 2.0 * tokens * student.width * teacher.width
         return len(pairs) * (first + (layers - 1) * 2.0 * tokens * teacher.width ** 2)
 
@@ -74,23 +73,37 @@ class DistillObjective(MAEObjective):
         self.pairs = tuple((int(s), int(t)) for s, t in pairs)
         self.student_blocks = tuple(sorted({s for s, _ in self.pairs}))
         self.teacher_blocks = tuple(sorted({t for _, t in self.pairs}))
-        self.teacher = Teacher(ViTSpec.parse(config.teacher.variant), DTYPES[config.teacher.dtype])
+        self.teacher = Teacher(inputs.spec_of(config, config.teacher.variant), DTYPES[config.teacher.dtype])
         self.head = ProjectionHead(self.teacher.spec.width, head_kind, use_bias=head_bias, dtype=self.dtype)
 
     def use_teacher_layout(self, layout: Layout) -> None:
-        """A teacher of another ViT layout than MAE's (timm's DeiT, DINO, CLIP, ...): the one
-        its checkpoint has. Its size stays config.teacher.variant's."""
+        """A teacher of another ViT layout than MAE's (timm's DeiT, DINO, CLIP, VideoMAE, ...):
+        the one its checkpoint has. Its size stays config.teacher.variant's. It must cut the
+        input into the student's tokens."""
+        if layout.tubelet != self.spec.layout.tubelet:
+            what = lambda t: f"{t}-frame tubelets (clips)" if t else "2-D patches (images)"  # noqa: E731
+            raise ValueError(f"config.teacher.checkpoint: the teacher embeds {what(layout.tubelet)}, the student "
+                             f"{what(self.spec.layout.tubelet)} (config.num_frames, config.tubelet_size): they must "
+                             "see the same tokens")
         self.teacher = Teacher(dataclasses.replace(self.teacher.spec, layout=layout), self.teacher.dtype)
 
     @property
     def teacher_cls(self) -> int:
-        """1 if the teacher's tokens start with a cls token (the student's always do), else 0."""
+        """1 if the teacher's tokens start with a cls token, else 0."""
         return int(self.teacher.spec.layout.class_token)
 
+    @property
+    def student_cls(self) -> int:
+        return int(self.spec.layout.class_token)
+
     def student_tokens(self, projected: jax.Array) -> jax.Array:
-        """The student's tokens [B, 1+K, D] that have a teacher counterpart: without a cls
-        token in the teacher, the patch tokens only."""
-        return projected if self.teacher_cls else projected[:, 1:]
+        """The student's tokens [B, (1+)K, D] that have a teacher counterpart: a cls token
+        only where both have one."""
+        return projected[:, 1:] if self.student_cls and not self.teacher_cls else projected
+
+    def teacher_tokens(self, features: jax.Array) -> jax.Array:
+        """The teacher's tokens that have a student counterpart (see student_tokens)."""
+        return features[:, 1:] if self.teacher_cls and not self.student_cls else features
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         params = super().init(rng, images)

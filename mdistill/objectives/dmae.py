@@ -82,7 +82,7 @@ class DMAEObjective(DistillObjective):
         metrics = {"rec_loss": rec}
         distill = 0.0
         for (s, t), projected in self.project(params, student_feats).items():
-            target = normalize_targets(teacher_feats[t], cfg.target_norm)
+            target = normalize_targets(self.teacher_tokens(teacher_feats[t]), cfg.target_norm)
             d = feature_loss(self.student_tokens(projected), target, cfg.loss, cfg.normalize)
             metrics[f"distill/{head_name(s, t)}"] = d
             distill = distill + d

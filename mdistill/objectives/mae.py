@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mdistill import masking
+from mdistill import inputs, masking
 from mdistill.models.mae import MAE, patchify
-from mdistill.models.vit import ViTSpec
 from mdistill.objectives.base import Objective
 from mdistill.objectives.common import normalize_images, reconstruction_loss
 
@@ -25,7 +24,7 @@ class MAEObjective(Objective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.spec = ViTSpec.parse(config.student.variant)
+        self.spec = inputs.student_spec(config)  # VideoMAE's layout for clips
         self.dtype = DTYPES[config.dtype]
         self.mae = MAE(self.spec, config.student.decoder_width, config.student.decoder_depth,
                        config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype,
@@ -50,8 +49,15 @@ class MAEObjective(Objective):
         """-> (pixel predictions, {student block: features}, reconstruction loss)."""
         pred, feats = self.mae.apply({"params": params["mae"]}, x.astype(self.dtype), mask.ids_keep,
                                      mask.ids_restore, return_blocks=self.student_blocks)
-        rec = reconstruction_loss(pred, patchify(x, self.spec.patch_size), mask.mask,
-                                  self.config.norm_pix_loss)
+        tubelet = self.spec.layout.tubelet
+        if tubelet:  # VideoMAE's target: pixels in [0, 1], each tubelet normalised per channel
+            d = self.config.data
+            pixels = x * jnp.asarray(d.std, jnp.float32) + jnp.asarray(d.mean, jnp.float32)
+            target = patchify(pixels, self.spec.patch_size, tubelet)
+            rec = reconstruction_loss(pred, target, mask.mask, self.config.norm_pix_loss,
+                                      channels=self.config.data.channels)
+        else:
+            rec = reconstruction_loss(pred, patchify(x, self.spec.patch_size), mask.mask, self.config.norm_pix_loss)
         return pred, feats, rec
 
     def loss(self, params, teacher_params, images, rng):
