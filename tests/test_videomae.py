@@ -172,22 +172,28 @@ def test_the_dry_run_of_the_video_config_reports_frames_and_tubelets():
     assert summary["student"] == "B/16" and summary["global_batch_size"] == 2048
 
 
+def write_clips(folder, count, frames=20, seed=0):
+    """`count` random .mp4 clips and their VideoMAE list file (label i % 2)."""
+    from mdistill.data.video import write_video
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        write_video(str(folder / f"v{i}.mp4"), rng.integers(0, 255, (frames, 40, 48, 3), dtype=np.uint8))
+        lines.append(f"v{i}.mp4 {i % 2}")
+    (folder / "train.csv").write_text("\n".join(lines) + "\n")
+    return str(folder / "train.csv")
+
+
 def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys):
     """A VideoMAE list file of real .mp4 files (one of them truncated, which is skipped and
     logged), read by the pipeline with VideoMAE's sampling and multi-scale crop."""
     pytest.importorskip("av")
     from mdistill import sharding, train
     from mdistill.config_base import apply_smoke, base_config
-    from mdistill.data.video import write_video
 
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(10):
-        path = tmp_path / f"v{i}.mp4"
-        write_video(str(path), rng.integers(0, 255, (20, 40, 48, 3), dtype=np.uint8))
-        lines.append(f"{path.name} {i % 2}")
+    write_clips(tmp_path, 10)
     (tmp_path / "v3.mp4").write_bytes((tmp_path / "v3.mp4").read_bytes()[:300])  # truncated
-    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     c = base_config()
     c.method, c.num_frames = "mae", 16
     apply_smoke(c)  # 4 frames of 32 px, 2-frame tubelets
@@ -198,3 +204,30 @@ def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys):
     assert last["step"] == 2 and np.isfinite(last["loss"])
     out = capsys.readouterr()
     assert "v3.mp4" in out.out + out.err  # the truncated video, logged by name
+
+
+def test_knn_on_clip_features_monitor_and_command(tmp_path):
+    """k-NN on average-pooled clip features: as the pre-training monitor on synthetic clips,
+    and as the standalone command on a list of video files, beside both baselines."""
+    pytest.importorskip("av")
+    from mdistill import sharding, train
+    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.evaluate import knn
+
+    c = base_config()
+    c.method, c.num_frames = "mae", 16
+    apply_smoke(c)
+    c.update(total_steps=2, warmup_steps=1, log_every=1)
+    c.eval.update(knn_every=2, knn_train_examples=32, knn_test_examples=16, batch_size=16)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    last = train.train(c, str(tmp_path / "run"), mesh, knn.monitors(c, mesh))
+    assert 0.0 <= last["knn_top1"] <= 100.0
+
+    listing = write_clips(tmp_path, 12, seed=1)
+    overrides = {"data.source": "video_list", "data.path": listing, "data.root": "", "data.sampling_rate": 2,
+                 "data.flip": False, "data.size": 0, "eval.train_split": "train", "eval.test_split": "train",
+                 "eval.knn_train_examples": -1, "eval.knn_test_examples": -1, "eval.batch_size": 4,
+                 "eval.knn_k": 5}
+    knn.evaluate_checkpoint(str(tmp_path / "run"), str(tmp_path / "knn"), overrides, mesh, baselines=True)
+    result = json.load(open(tmp_path / "knn" / "knn.json"))
+    assert set(result["baselines"]) == {"pixels", "random"} and 0.0 <= result["knn_top1"] <= 100.0

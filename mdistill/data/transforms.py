@@ -163,12 +163,28 @@ class ClipTransform:
         return self.clips(path, rng)[0]
 
 
+class EvalClipTransform(ClipTransform):
+    """A video file's path -> its single-view evaluation clip (VideoMAE's test sampling with
+    one window and the centre crop, mdistill.data.video.EvalClips), for feature passes."""
+
+    augment = "none"
+
+    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int):
+        from mdistill.data.video import EvalClips
+
+        self.size, self.num_frames, self.channels = size, num_frames, channels
+        self.clips = EvalClips(size, num_frames, sampling_rate, channels=channels)
+
+    def __call__(self, path, rng=None) -> np.ndarray:
+        return self.clips(path)[0]
+
+
 def from_config(config, train: bool = True):
     """The training transform of config.data (train=False: the evaluation one)."""
     d = config.data
     if d.source in ("video_folder", "video_list"):
         if not train:
-            raise ValueError("evaluation transforms of videos are mdistill.data.video.EvalClips (multi-view)")
+            return EvalClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate)
         return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip)
     augment = d.get("augment", "none") if train else "none"
     return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mdistill import data, sharding, weights
+from mdistill import data, inputs, sharding, weights
 from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
@@ -88,11 +88,14 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
     return loaded.encoder, run_config(loaded.meta)
 
 
-def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED) -> dict:
-    """Parameters of a freshly initialised encoder (the 'random' baseline), replicated."""
-    images = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-    init = jax.jit(Encoder(ViTSpec.parse(variant)).init, out_shardings=sharding.replicated(mesh))
-    return init(jax.random.PRNGKey(seed), images)["params"]
+def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED,
+                   config=None) -> dict:
+    """Parameters of a freshly initialised encoder (the 'random' baseline), replicated; with
+    `config`, of its inputs' layout (a video ViT for clips)."""
+    spec = inputs.spec_of(config, variant) if config is not None else ViTSpec.parse(variant)
+    shape = inputs.sample_shape(config) if config is not None else (image_size, image_size, channels)
+    init = jax.jit(Encoder(spec).init, out_shardings=sharding.replicated(mesh))
+    return init(jax.random.PRNGKey(seed), jnp.zeros((1, *shape), jnp.float32))["params"]
 
 
 def baseline_params(name: str, config, mesh):
@@ -102,7 +105,7 @@ def baseline_params(name: str, config, mesh):
         raise ValueError(f"baseline {name!r}: expected one of {BASELINES}")
     if name == "pixels":
         return None
-    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh)
+    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config=config)
 
 
 def labelled_source(config, split: str):
@@ -110,7 +113,8 @@ def labelled_source(config, split: str):
     d = config.data
     if d.source == "synthetic":  # no named splits: the test split is the same generator, other seed
         seed = config.seed + (0 if split == config.eval.train_split else 1)
-        source = SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=seed)
+        source = SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=seed,
+                                 frames=inputs.num_frames(config))
     else:
         source = data.build_source(config, split)
     error = ValueError(f"data source {d.source!r} (split {split!r}) has no labels; k-NN, linear probing and "
@@ -233,7 +237,12 @@ class FeatureExtractor:
         self.config, self.pool = config, pool or config.eval.pool
         if self.pool not in POOLS:
             raise ValueError(f"pool {self.pool!r}: expected one of {POOLS}")
-        self.encoder = Encoder(ViTSpec.parse(config.student.variant))
+        spec = inputs.student_spec(config)
+        self.cls = int(spec.layout.class_token)
+        if not self.cls and self.pool == "cls":
+            raise ValueError(f"pool 'cls': {config.student.variant} has no cls token here (a video ViT); "
+                             "use config.eval.pool='avg'")
+        self.encoder = Encoder(spec)
         self.batch_size = config.eval.batch_size
         self.batch_sharding = sharding.batch_sharding(mesh)
         self._one = jax.jit(lambda params, images: self.pooled(params, images)[self.pool],
@@ -241,14 +250,15 @@ class FeatureExtractor:
         self._all = jax.jit(self.pooled, out_shardings=self.batch_sharding)
 
     def pooled(self, params, images) -> dict:
-        """uint8 images [B, H, W, C] -> {pool: [B, width]}; traceable, so a jitted step can
+        """uint8 images [B, H, W, C] (clips [B, T, H, W, C]) -> {pool: [B, width]}; traceable, so a jitted step can
         call it (the linear probe on augmented images does)."""
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
         if params is None:
             flat = x.reshape(x.shape[0], -1)
             return {"avg": flat, "cls": flat}
         tokens, _ = self.encoder.apply({"params": params}, x)
-        return {"avg": tokens[:, 1:].mean(axis=1), "cls": tokens[:, 0]}
+        avg = tokens[:, self.cls:].mean(axis=1)
+        return {"avg": avg, "cls": tokens[:, 0] if self.cls else avg}
 
     def extract(self, params, split: Split, all_pools: bool = False):
         fn = self._all if all_pools else self._one
