@@ -101,6 +101,24 @@ def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False,
     return sd
 
 
+def export_video_state_dict(encoder: dict, global_pool: bool = True, num_classes: int = 0) -> dict[str, np.ndarray]:
+    """The state dict of VideoMAE's fine-tuning model (modeling_finetune.VisionTransformer,
+    as run_class_finetuning.py --finetune loads it) for a video encoder: patch_embed.proj a
+    Conv3d, attn.q_bias / attn.v_bias, no pos_embed (its fixed 1-D table is rebuilt for any
+    frame count and size). With global_pool (VideoMAE's default use_mean_pooling) the final
+    norm becomes a fresh fc_norm; head.* is zeros of num_classes rows (0: none)."""
+    sd = {flax_to_torch("encoder", path): np.array(to_torch_value(np.asarray(v, np.float32)), order="C")
+          for path, v in _flatten(encoder).items()}
+    width = sd["patch_embed.proj.weight"].shape[0]
+    if global_pool:
+        del sd["norm.weight"], sd["norm.bias"]
+        sd["fc_norm.weight"], sd["fc_norm.bias"] = np.ones(width, np.float32), np.zeros(width, np.float32)
+    if num_classes:
+        sd["head.weight"] = np.zeros((num_classes, width), np.float32)
+        sd["head.bias"] = np.zeros(num_classes, np.float32)
+    return sd
+
+
 def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool = False,
                     num_classes: int = 1000, posemb: str = "interpolate") -> dict:
     """Write the student encoder of an mdistill checkpoint, pos_embed for `image_size`
@@ -123,7 +141,10 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
     image_size = image_size or trained
     if not image_size:
         raise ValueError(f"{src}: no image size in the checkpoint's meta; pass --image_size")
-    sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb)
+    if loaded.arch.spec.layout.tubelet:
+        sd = export_video_state_dict(jax.device_get(encoder), global_pool, num_classes)
+    else:
+        sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if out.endswith(".safetensors"):
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, out, metadata={"format": "pt"})
@@ -181,7 +202,9 @@ def main(argv=None) -> None:
         if args.export:
             sd = export_to_torch(args.input, args.output, args.image_size, args.global_pool, args.num_classes,
                                  args.posemb)
-            print(f"wrote {args.output}: {len(sd)} tensors, pos_embed {tuple(sd['pos_embed'].shape)}")
+            table = (f"pos_embed {tuple(sd['pos_embed'].shape)}" if "pos_embed" in sd
+                     else "no pos_embed (VideoMAE's fixed 1-D table)")
+            print(f"wrote {args.output}: {len(sd)} tensors, {table}")
         else:
             arch = convert_to_orbax(args.input, args.output, args.variant, tuple(args.ignore), args.decoder_heads)
             print(f"wrote {args.output}: {arch.describe()}, {arch.spec.num_heads} heads, {arch.image_size}px")

@@ -231,3 +231,38 @@ def test_knn_on_clip_features_monitor_and_command(tmp_path):
     knn.evaluate_checkpoint(str(tmp_path / "run"), str(tmp_path / "knn"), overrides, mesh, baselines=True)
     result = json.load(open(tmp_path / "knn" / "knn.json"))
     assert set(result["baselines"]) == {"pixels", "random"} and 0.0 <= result["knn_top1"] <= 100.0
+
+
+def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
+    """A trained video student, exported, loads into the reference's fine-tuning names and
+    gives its block outputs; mdistill reads the export back."""
+    import torch
+
+    from mdistill import convert, sharding, train
+    from mdistill.config_base import apply_smoke, base_config
+
+    c = base_config()
+    c.method, c.num_frames = "mae", 16
+    apply_smoke(c)
+    c.update(total_steps=1, warmup_steps=0, log_every=1)
+    train.train(c, str(tmp_path / "run"), sharding.make_mesh(jax.devices()[:1]))
+    convert.main(["--export", "--input", str(tmp_path / "run"), "--output", str(tmp_path / "student.pth"),
+                  "--global_pool", "--num_classes", "174"])
+    sd = torch.load(tmp_path / "student.pth", weights_only=True)["model"]
+    assert sd["patch_embed.proj.weight"].shape == (64, 3, 2, 4, 4) and "blocks.0.attn.q_bias" in sd
+    assert "fc_norm.weight" in sd and "norm.weight" not in sd and sd["head.weight"].shape == (174, 64)
+    reference_encoder = ref.VideoMAEEncoder(4, 32, 4, 2, 3, 64, 4, 4)
+    reference_encoder.norm = torch.nn.Identity()
+    missing, unexpected = reference_encoder.load_state_dict(sd, strict=False)
+    assert not missing and sorted(unexpected) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    back = weights.load(str(tmp_path / "student.pth"), "mu/4", decoder=False)
+    trained = weights.load(str(tmp_path / "run"), decoder=False)
+    clips = np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)).astype(np.float32)
+    ids = np.tile(np.arange(128), (2, 1))
+    _, ours = Encoder(back.arch.spec).apply({"params": back.encoder}, clips, ids, return_blocks=(3,))
+    _, theirs = Encoder(trained.arch.spec).apply({"params": trained.encoder}, clips, ids, return_blocks=(3,))
+    np.testing.assert_allclose(np.asarray(ours[3]), np.asarray(theirs[3]), atol=1e-6)
+    with torch.no_grad():
+        _, blocks = reference_encoder(torch.from_numpy(clips.transpose(0, 4, 1, 2, 3).copy()),
+                                      torch.zeros(2, 128, dtype=torch.bool))
+    np.testing.assert_allclose(blocks[3].numpy(), np.asarray(theirs[3]), atol=PARITY)
