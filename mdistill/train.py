@@ -361,7 +361,22 @@ def train(config, workdir: str, mesh=None, monitors: Sequence[Monitor] = ()) -> 
         preemption.close()
 
 
+def check_planned_size(config) -> None:
+    """A config that plans its epochs with a published dataset size (config.data.size > 0,
+    the video configs) must read a dataset of that size, else its schedule would be another
+    run's: refused before anything is written."""
+    size = int(config.data.get("size", 0) or 0)
+    if size <= 0:
+        return
+    actual = len(data.build_source(config))
+    if actual != size:
+        raise ConfigError(f"config.data.size={size} (the published count the epochs are planned with) but "
+                          f"config.data.path={config.data.get('path', '')!r} holds {actual} examples: set "
+                          f"--config.data.size=0 to plan with the data's own count, or use the published data")
+
+
 def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: tuple) -> dict:
+    check_planned_size(config)
     trainer = Trainer(config, mesh)
     plan = trainer.plan
     check_best_metric(config, trainer, monitors)

@@ -4,6 +4,7 @@ and reproduce a PyTorch reference of VideoMAE's architecture block by block; tub
 follow the official counts; MAE, DMAE and AMD train on clips."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -266,3 +267,16 @@ def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
         _, blocks = reference_encoder(torch.from_numpy(clips.transpose(0, 4, 1, 2, 3).copy()),
                                       torch.zeros(2, 128, dtype=torch.bool))
     np.testing.assert_allclose(blocks[3].numpy(), np.asarray(theirs[3]), atol=PARITY)
+
+
+def test_a_planned_size_that_is_not_the_datas_is_refused(tmp_path):
+    pytest.importorskip("av")
+    from configs import amd_video
+    from mdistill import train
+    from mdistill.validation import ConfigError
+
+    c = amd_video.get_config("variant=S/16,smoke")
+    c.data.update(source="video_list", path=write_clips(tmp_path, 3))  # data.size: SSv2's 168913
+    with pytest.raises(ConfigError, match=r"config.data.size=168913 .* holds 3 examples: set --config.data.size=0"):
+        train.train(c, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
