@@ -280,3 +280,33 @@ def test_a_planned_size_that_is_not_the_datas_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"config.data.size=168913 .* holds 3 examples: set --config.data.size=0"):
         train.train(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_a_video_student_fine_tunes_with_the_multi_view_test(tmp_path):
+    """Fine-tuning on clip files: VideoMAE's fine-tuning sampling for training, and each test
+    video as 2 windows x 3 crops whose softmax is averaged."""
+    pytest.importorskip("av")
+    from mdistill import sharding, train
+    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.evaluate import finetune
+
+    c = base_config()
+    c.method, c.num_frames = "mae", 16
+    apply_smoke(c)
+    c.update(total_steps=1, warmup_steps=0, log_every=1)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    train.train(c, str(tmp_path / "run"), mesh)
+
+    listing = write_clips(tmp_path, 8, frames=24, seed=2)
+    ft = finetune.finetune_config(apply_smoke(base_config()))
+    ft.num_frames, ft.tubelet_size = 4, 2
+    ft.data.update(source="video_list", path=listing, root="", sampling_rate=2, flip=False, size=0,
+                   temporal="finetune", test_num_segment=2, test_num_crop=3, augment="none")
+    ft.update(pretrained=str(tmp_path / "run"), num_classes=5, batch_size=4, total_steps=2, warmup_steps=0,
+              eval_every=2, log_every=1)
+    ft.eval.update(train_split="train", test_split="train", batch_size=4)
+    ft.finetune.update(randaug_layers=0, flip=True)
+    tuner = finetune.FineTuner(ft, mesh)
+    assert tuner.test_transform().sample_shape == (6, 4, 32, 32, 3)
+    result = finetune.run(ft, str(tmp_path / "ft"), mesh)
+    assert 0.0 <= result["top1"] <= 100.0 and result["steps"] == 2

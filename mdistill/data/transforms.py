@@ -146,11 +146,13 @@ class ClipTransform:
     reads_files = True
     augment = "clip"  # never 'none': each slot draws its own frames and crop
 
-    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, flip: bool):
+    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, flip: bool,
+                 temporal: str = "pretrain"):
         from mdistill.data.video import TrainClips
 
         self.size, self.num_frames, self.channels = size, num_frames, channels
-        self.clips = TrainClips(size, num_frames, sampling_rate, num_sample=1, flip=flip, channels=channels)
+        self.clips = TrainClips(size, num_frames, sampling_rate, num_sample=1, flip=flip, temporal=temporal,
+                                channels=channels)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -179,12 +181,35 @@ class EvalClipTransform(ClipTransform):
         return self.clips(path)[0]
 
 
+class MultiViewClipTransform(ClipTransform):
+    """A video file's path -> [segments x crops, num_frames, size, size, channels]: VideoMAE's
+    multi-view test (EvalClips), for fine-tuning's evaluation."""
+
+    augment = "none"
+
+    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, segments: int, crops: int):
+        from mdistill.data.video import EvalClips
+
+        self.size, self.num_frames, self.channels = size, num_frames, channels
+        self.clips = EvalClips(size, num_frames, sampling_rate, test_num_segment=segments, test_num_crop=crops,
+                               channels=channels)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.clips.views, self.num_frames, self.size, self.size, self.channels)
+
+    def __call__(self, path, rng=None) -> np.ndarray:
+        return self.clips(path)
+
+
 def from_config(config, train: bool = True):
     """The training transform of config.data (train=False: the evaluation one)."""
     d = config.data
     if d.source in ("video_folder", "video_list"):
         if not train:
             return EvalClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate)
-        return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip)
+        # data.temporal: VideoMAE's pre-training sampling, or its fine-tuning one ('finetune')
+        return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip,
+                             d.get("temporal", "pretrain"))
     augment = d.get("augment", "none") if train else "none"
     return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))

@@ -16,8 +16,9 @@ def smooth_one_hot(labels, num_classes: int, smoothing: float):
 
 
 def random_flip(rng, images):
-    flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
-    return jnp.where(flip, images[:, :, ::-1], images)
+    """Horizontal flip of [B, (T,) H, W, C] per sample (all frames of a clip alike)."""
+    flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],) + (1,) * (images.ndim - 1))
+    return jnp.where(flip, images[..., ::-1, :], images)
 
 
 def _box_mask(rng, height: int, width: int, area_fraction):
@@ -46,10 +47,10 @@ def mixup_cutmix(rng, images, labels, num_classes: int, mixup_alpha: float, cutm
     use_cutmix = (cutmix_alpha > 0) & ((mixup_alpha <= 0) | jax.random.bernoulli(k_switch, switch_prob))
     lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
     lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else 1.0
-    h, w = images.shape[1:3]
+    h, w = images.shape[-3:-1]  # clips [B, T, H, W, C]: one box through all frames
     box = _box_mask(k_box, h, w, 1.0 - lam_cut)
     flipped = images[::-1]
-    mixed_cut = jnp.where(box[None, :, :, None], flipped, images)
+    mixed_cut = jnp.where(box[:, :, None], flipped, images)
     mixed_up = lam_mix * images + (1.0 - lam_mix) * flipped
     lam = jnp.where(use_cutmix, 1.0 - box.mean(), lam_mix)
     images = jnp.where(use_cutmix, mixed_cut, mixed_up)
@@ -60,10 +61,11 @@ def random_erasing(rng, images, prob: float, min_area: float = 0.02, max_area: f
                    min_aspect: float = 0.3):
     """With probability prob per image, replace a random box (area fraction in [min_area,
     max_area], log-uniform aspect in [min_aspect, 1/min_aspect]) by standard-normal noise.
-    One attempt per image, the box clipped to the image (timm retries up to 10 times)."""
+    One attempt per image, the box clipped to the image (timm retries up to 10 times). A
+    clip [T, H, W, C] has one box through all its frames (VideoMAE's cube erasing)."""
     if prob <= 0:
         return images
-    b, h, w, c = images.shape
+    b, h, w = images.shape[0], *images.shape[-3:-1]
 
     def erase(key, img):
         k_p, k_area, k_ar, k_y, k_x, k_noise = jax.random.split(key, 6)

@@ -212,14 +212,15 @@ def check_labels(labels: np.ndarray, num_classes: int | None, split: str) -> Non
                          f"outside [0, config.num_classes={num_classes})")
 
 
-def ordered_batches(config, split: Split, batch_size: int, batch_sharding) -> data.Pipeline:
+def ordered_batches(config, split: Split, batch_size: int, batch_sharding, transform=None) -> data.Pipeline:
     """(images, labels) of `split` in order, every example once, as global arrays through the
     input pipeline (config.data's workers and threads; each host reads its share) with the
     evaluation transform. The last batch is padded by repeating the final example, with
-    label -1 (static shapes: one compilation)."""
+    label -1 (static shapes: one compilation). `transform` replaces the evaluation transform."""
     steps = -(-len(split) // batch_size)
+    transform = transform if transform is not None else transforms.from_config(config, train=False)
     return data.Pipeline.from_config(config, batch_sharding, 0, steps, source=split.as_source(),
-                                     transform=transforms.from_config(config, train=False), batch_size=batch_size,
+                                     transform=transform, batch_size=batch_size,
                                      labels=True, shuffle=False)
 
 

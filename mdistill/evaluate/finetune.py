@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, optim, sharding
+from mdistill import checkpoint, data, inputs, optim, sharding
 from mdistill.evaluate import augment
 from mdistill.evaluate.common import (Split, ordered_batches, labelled_source, load_encoder, subset,
                                       to_host, topk_correct, validate_downstream, write_results)
@@ -86,7 +86,8 @@ class Classifier(nn.Module):
             # MAE's global pool: mean of the last block's patch tokens, then a fresh fc_norm
             # (the encoder's final norm is not used, so its parameters are not created).
             tokens, _ = enc(images, stop_after=self.spec.depth - 1, deterministic=not train)
-            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm")(tokens[:, 1:].mean(axis=1))
+            patches = tokens[:, int(self.spec.layout.class_token):]  # a video ViT has no cls token
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm")(patches.mean(axis=1))
         else:
             tokens, _ = enc(images, deterministic=not train)
             x = tokens[:, 0]
@@ -116,8 +117,12 @@ class FineTuner:
     def __init__(self, config, mesh):
         validate_downstream(config, mesh.size)
         self.config, self.mesh = config, mesh
-        self.spec = ViTSpec.parse(config.student.variant)
+        self.spec = inputs.student_spec(config)  # a video ViT for clips
         ft = config.finetune
+        self.video = inputs.is_video(config)
+        if self.video and (ft.randaug_layers > 0 or config.eval.pool != "avg"):
+            raise ValueError("fine-tuning on clips: RandAugment is for images and a video ViT has no cls token; "
+                             "set --config.finetune.randaug_layers=0 --config.eval.pool=avg")
         self.model = Classifier(self.spec, config.num_classes, config.eval.pool, ft.drop_path, DTYPES[config.dtype])
         self.replicated, self.batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
         # A split without labels fails here, before anything compiles; labels are read per batch.
@@ -149,7 +154,7 @@ class FineTuner:
 
     def _init(self, rng):
         c = self.config
-        return self.model.init(rng, jnp.zeros((1, c.image_size, c.image_size, c.data.channels)))["params"]
+        return self.model.init(rng, jnp.zeros((1, *inputs.sample_shape(c))))["params"]
 
     def init_params(self):
         """A fresh head on the pre-trained encoder (checked against the config first)."""
@@ -205,12 +210,29 @@ class FineTuner:
 
     def _eval_counts(self, params, images, labels):
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
-        logits = self.model.apply({"params": params}, x.astype(DTYPES[self.config.dtype]))
+        if self.video:  # [B, views, T, H, W, C]: the views' softmax averaged, as VideoMAE's multi-view test
+            batch, views = x.shape[:2]
+            logits = self.model.apply({"params": params}, x.reshape(batch * views, *x.shape[2:]).astype(
+                DTYPES[self.config.dtype]))
+            logits = jnp.log(jax.nn.softmax(logits).reshape(batch, views, -1).mean(axis=1))
+        else:
+            logits = self.model.apply({"params": params}, x.astype(DTYPES[self.config.dtype]))
         return jnp.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5)])
+
+    def test_transform(self):
+        """Clips: every test video as data.test_num_segment x data.test_num_crop views."""
+        if not self.video:
+            return None
+        from mdistill.data.transforms import MultiViewClipTransform
+
+        c = self.config
+        return MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
+                                      c.data.get("test_num_segment", 1), c.data.get("test_num_crop", 1))
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""
-        with ordered_batches(self.config, self.test_split, self.config.eval.batch_size, self.batch_sharding) as b:
+        with ordered_batches(self.config, self.test_split, self.config.eval.batch_size, self.batch_sharding,
+                             self.test_transform()) as b:
             counts = sum(self.eval_fn(params, images, labels) for images, labels in b)
         top1, top5 = (100.0 * to_host(counts) / len(self.test_split)).tolist()
         return {"top1": top1, "top5": top5}
