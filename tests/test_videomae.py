@@ -276,7 +276,8 @@ def test_a_planned_size_that_is_not_the_datas_is_refused(tmp_path):
     from mdistill.validation import ConfigError
 
     c = amd_video.get_config("variant=S/16,smoke")
-    c.data.update(source="video_list", path=write_clips(tmp_path, 3))  # data.size: SSv2's 168913
+    assert amd_video.get_config("variant=S/16").data.size == 168_913  # SSv2's published count
+    c.data.update(source="video_list", path=write_clips(tmp_path, 3), size=168_913)  # (smoke resets it)
     with pytest.raises(ConfigError, match=r"config.data.size=168913 .* holds 3 examples: set --config.data.size=0"):
         train.train(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
