@@ -92,6 +92,13 @@ def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False,
         sd["pos_embed"] = sincos_table(width, grid)
     else:
         sd["pos_embed"] = interpolate_posemb(sincos_table(width, trained), grid)
+    return _with_classifier(sd, width, global_pool, num_classes)
+
+
+def _with_classifier(sd: dict, width: int, global_pool: bool, num_classes: int) -> dict:
+    """The fine-tuning models' classifier: with global pooling a fresh fc_norm (ones, zeros)
+    replaces the final norm, which normalised tokens, not the pooled feature; head.* zeros
+    of num_classes rows (0: none)."""
     if global_pool:
         del sd["norm.weight"], sd["norm.bias"]
         sd["fc_norm.weight"], sd["fc_norm.bias"] = np.ones(width, np.float32), np.zeros(width, np.float32)
@@ -110,13 +117,7 @@ def export_video_state_dict(encoder: dict, global_pool: bool = True, num_classes
     sd = {flax_to_torch("encoder", path): np.array(to_torch_value(np.asarray(v, np.float32)), order="C")
           for path, v in _flatten(encoder).items()}
     width = sd["patch_embed.proj.weight"].shape[0]
-    if global_pool:
-        del sd["norm.weight"], sd["norm.bias"]
-        sd["fc_norm.weight"], sd["fc_norm.bias"] = np.ones(width, np.float32), np.zeros(width, np.float32)
-    if num_classes:
-        sd["head.weight"] = np.zeros((num_classes, width), np.float32)
-        sd["head.bias"] = np.zeros(num_classes, np.float32)
-    return sd
+    return _with_classifier(sd, width, global_pool, num_classes)
 
 
 def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool = False,

@@ -22,18 +22,24 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=4)
-def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """(class names, relative paths as bytes, labels), sorted; cached so that planning and
-    training list a large folder once."""
+def class_folders(split_dir: str, what: str, expected: str) -> list[str]:
+    """The sorted class subfolders of split_dir, or an error naming what is there instead."""
     if not os.path.isdir(split_dir):
         parent = os.path.dirname(split_dir)
         there = sorted(os.listdir(parent)) if os.path.isdir(parent) else None
         raise FileNotFoundError(
-            f"image folder {split_dir!r} does not exist"
+            f"{what} {split_dir!r} does not exist"
             + (f" ({parent!r} holds {there[:10]})" if there is not None else f" (nor does {parent!r})")
-            + f". Expected {LAYOUT}; set config.data.path to <path> and config.data.split to <split>.")
-    classes = sorted(e.name for e in os.scandir(split_dir) if _is_dir(e) and not e.name.startswith("."))
+            + f". Expected {expected}.")
+    return sorted(e.name for e in os.scandir(split_dir) if _is_dir(e) and not e.name.startswith("."))
+
+
+@functools.lru_cache(maxsize=4)
+def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(class names, relative paths as bytes, labels), sorted; cached so that planning and
+    training list a large folder once."""
+    classes = class_folders(split_dir, "image folder",
+                            f"{LAYOUT}; set config.data.path to <path> and config.data.split to <split>")
     paths, labels = [], []
     for label, name in enumerate(classes):
         # links that lead nowhere (dangling, or a loop) are listed too: reading them fails by

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from mdistill.data.errors import DataError
+from mdistill.data.image_folder import class_folders
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
 LAYOUT = "<path>/<split>/<class>/<video> (e.g. train/abseiling/0347ZoDXyP0_000095_000105.mp4)"
@@ -430,14 +431,7 @@ def _is_video(entry: os.DirEntry) -> bool:
 def list_video_folder(split_dir: str) -> tuple[tuple[str, ...], list[str], np.ndarray]:
     """(class names, 'class/file' paths, labels), sorted. Dangling links are listed: reading
     them fails by name, and the pipeline skips them like corrupt files."""
-    if not os.path.isdir(split_dir):
-        parent = os.path.dirname(split_dir)
-        there = sorted(os.listdir(parent)) if os.path.isdir(parent) else None
-        raise FileNotFoundError(
-            f"video folder {split_dir!r} does not exist"
-            + (f" ({parent!r} holds {there[:10]})" if there is not None else f" (nor does {parent!r})")
-            + f". Expected {LAYOUT}.")
-    classes = sorted(e.name for e in os.scandir(split_dir) if _is_dir(e) and not e.name.startswith("."))
+    classes = class_folders(split_dir, "video folder", LAYOUT)
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(e.name for e in os.scandir(os.path.join(split_dir, name)) if _is_video(e))
