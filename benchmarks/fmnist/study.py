@@ -48,8 +48,8 @@ METHOD_CONFIGS = {"mae": ("configs/fmnist_dmae.py", ("--config.method=mae",)),
 # One-factor sweeps at SWEEP_BUDGET, each against the MAE student of the same seed:
 # name -> (method, overrides). The core configs' settings are the reference point.
 SWEEPS = {
-    # the core DMAE config again, from the teacher instance the sweeps learn from (the core grid's
-    # DMAE students learnt from the first instance): the reference the DMAE variants are read against
+    # the core configs again, from the teacher instance the sweeps learn from: the references the
+    # variants are read against (the core grid's AMD students learnt from another instance)
     "dmae_ref": ("dmae", ()),
     "dmae_weight1": ("dmae", ("--config.distill.weight=1.0",)),    # the paper's weight
     "dmae_weight3": ("dmae", ("--config.distill.weight=3.0",)),
@@ -59,6 +59,7 @@ SWEEPS = {
     "dmae_mask0.95": ("dmae", ("--config.mask_ratio=0.95",)),
     # AMD's L2 on raw features starts near 10 per alignment against a pixel loss of 0.65:
     # weights that bring them to the pixel loss's scale
+    "amd_ref": ("amd", ()),
     "amd_weights0.1": ("amd", ("--config.amd.dir_weight=0.1", "--config.amd.gen_weight=0.1")),
     "amd_weights0.03": ("amd", ("--config.amd.dir_weight=0.03", "--config.amd.gen_weight=0.03")),
 }
@@ -427,9 +428,10 @@ def report_text(results: dict) -> str:
         lines += ["", f"## One-factor sweeps at {SWEEP_BUDGET} steps", "",
                   "| variant | overrides | runs | k-NN | linear probe | k-NN vs MAE | probe vs MAE | "
                   "k-NN vs the reference |", "|---|---|---:|---:|---:|---|---|---|", *sweep_rows, "",
-                  "The reference of a DMAE variant is `dmae_ref` (the core config, same teacher instance); of "
-                  "`dmae_ref` itself, the core grid's DMAE student (the first teacher instance); of an AMD variant, "
-                  "the core grid's AMD student."]
+                  "The reference of a variant is the core config of its method trained again from the teacher "
+                  "instance the sweeps learn from (`dmae_ref`, `amd_ref`); theirs is the core grid's student of "
+                  "the same seed, so their row shows what the teacher instance changes (nothing where both "
+                  "learnt from the same instance: then the runs are bit-identical)."]
     lines += finetune_section(runs)
     revisions = sorted({r["revision"] for r in runs.values()})
     digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"} | set(results.get("teachers", {})))
