@@ -11,10 +11,12 @@ pixel target, mask ratio 0.75), the optimizer as its main_distill.py does (AdamW
 engine_distill.train_one_epoch with accum_iter=1: the teacher's forward_encoder_customized
 and forward_decoder under no_grad, the student's forward, the summed losses, backward, the
 gradient norm its loss scaler computes, and the optimizer step. float32 on CPU (the
-release's torch.cuda.amp.autocast does nothing there), random weights, one random batch.
+release's torch.cuda.amp.autocast does nothing there); on a GPU (--device=cuda) --amp turns
+on the release's float16 autocast and gradient scaler. Random weights, one random batch.
 
   pip install timm==0.4.9   # a timm whose Block still takes qk_scale, as the release calls it
   python benchmarks/official_dmae.py --repo=/path/to/DMAE --batch=8 --steps=5
+  python benchmarks/official_dmae.py --repo=/path/to/DMAE --device=cuda --amp --batch=256
 
 One JSON line: step times, images/s, and the FLOPs of what the release computes per step
 by mdistill.flops' model (it runs all 24 teacher blocks and the teacher's decoder, whose
@@ -116,6 +118,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup", 2, "untimed steps first")
     flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: torch's default)")
     flags.DEFINE_string("out", "", "also append the JSON line to this file")
+    flags.DEFINE_string("device", "cpu", "torch device: cpu, or cuda as the release trains")
+    flags.DEFINE_bool("amp", False, "the release's mixed precision on cuda: torch.cuda.amp.autocast "
+                      "(float16) around the forward passes and a GradScaler for the backward, as "
+                      "engine_distill.py and util/misc.py's NativeScalerWithGradNormCount do")
 
 
 def main(argv):
@@ -138,26 +144,37 @@ def main(argv):
         aligned_feature_projection_mode="fc-1layer", aligned_feature_projection_dim=[768, 1024])
     teacher = models.mae_vit_large_patch16_dec512d8b(
         norm_pix_loss=False, img_size=224, embedding_distillation_func="L1", aligned_blks_indices=[17])
-    student.train(True)
-    teacher.eval()
+    if args.amp and args.device != "cuda":
+        raise app.UsageError("--amp: the release's autocast is torch.cuda.amp; use it with --device=cuda",
+                             exitcode=2)
+    device = torch.device(args.device)
+    student.to(device).train(True)
+    teacher.to(device).eval()
     groups = optim_factory.add_weight_decay(student, 0.05)
     optimizer = torch.optim.AdamW(groups, lr=1.5e-4 * args.batch / 256, betas=(0.9, 0.95))
-    images = torch.randn(args.batch, 3, 224, 224)
+    # the release's loss scaler; with enabled=False its scale/unscale_/step are plain passes
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
+    images = torch.randn(args.batch, 3, 224, 224, device=device)
 
     def step():
-        with torch.no_grad():
-            latents_teacher, mask, ids_restore, ids_keep = teacher.forward_encoder_customized(images, 0.75)
-            teacher_prediction = teacher.forward_decoder(latents_teacher[-1], ids_restore)
-        loss, distill, _, _ = student(images, ids_keep, ids_restore, mask, teacher_prediction, None,
-                                      latents_teacher)
-        loss_value = loss.item()
-        for value in distill.values():
-            loss = loss + value
-        loss.backward()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=args.amp):
+            with torch.no_grad():
+                latents_teacher, mask, ids_restore, ids_keep = teacher.forward_encoder_customized(images, 0.75)
+                teacher_prediction = teacher.forward_decoder(latents_teacher[-1], ids_restore)
+            loss, distill, _, _ = student(images, ids_keep, ids_restore, mask, teacher_prediction, None,
+                                          latents_teacher)
+            loss_value = loss.item()
+            for value in distill.values():
+                loss = loss + value
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         grads = [q.grad for q in student.parameters() if q.grad is not None]
         norm = torch.norm(torch.stack([torch.norm(g.detach(), 2.0) for g in grads]), 2.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # as the release's loop does after every step
         return loss_value, float(norm)
 
     for _ in range(args.warmup):
@@ -170,7 +187,8 @@ def main(argv):
     seconds = statistics.median(times)
     flops_release, flops_mdistill = release_flops(args.batch)
     record = dict(
-        bench="official_dmae_step", torch=torch.__version__, threads=torch.get_num_threads(),
+        bench="official_dmae_step", torch=torch.__version__, device=str(device), amp=args.amp,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None, threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(), machine=platform.processor() or platform.machine(),
         glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), torchvision_stubbed=stubbed,
         batch=args.batch, step_s_median=round(seconds, 4), step_s_all=[round(t, 4) for t in times],
