@@ -159,7 +159,8 @@ def main(argv):
     def step():
         with torch.autocast("cuda", dtype=torch.float16, enabled=args.amp):
             with torch.no_grad():
-                latents_teacher, mask, ids_restore, ids_keep = teacher.forward_encoder_customized(images, 0.75)
+                latents_teacher, mask, ids_restore, ids_keep = teacher.forward_encoder_customized(
+                    images, 0.75)
                 teacher_prediction = teacher.forward_decoder(latents_teacher[-1], ids_restore)
             loss, distill, _, _ = student(images, ids_keep, ids_restore, mask, teacher_prediction, None,
                                           latents_teacher)
@@ -188,7 +189,8 @@ def main(argv):
     flops_release, flops_mdistill = release_flops(args.batch)
     record = dict(
         bench="official_dmae_step", torch=torch.__version__, device=str(device), amp=args.amp,
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None, threads=torch.get_num_threads(),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(), machine=platform.processor() or platform.machine(),
         glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), torchvision_stubbed=stubbed,
         batch=args.batch, step_s_median=round(seconds, 4), step_s_all=[round(t, 4) for t in times],

@@ -11,27 +11,10 @@ import os
 
 import numpy as np
 
+from mdistill.data.folders import class_folders, is_dir
+
 EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = "<path>/<split>/<class>/<image> (ImageNet layout: train/n01440764/n01440764_10026.JPEG)"
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:  # a symlink loop (ELOOP): no folder
-        return False
-
-
-def class_folders(split_dir: str, what: str, expected: str) -> list[str]:
-    """The sorted class subfolders of split_dir, or an error naming what is there instead."""
-    if not os.path.isdir(split_dir):
-        parent = os.path.dirname(split_dir)
-        there = sorted(os.listdir(parent)) if os.path.isdir(parent) else None
-        raise FileNotFoundError(
-            f"{what} {split_dir!r} does not exist"
-            + (f" ({parent!r} holds {there[:10]})" if there is not None else f" (nor does {parent!r})")
-            + f". Expected {expected}.")
-    return sorted(e.name for e in os.scandir(split_dir) if _is_dir(e) and not e.name.startswith("."))
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,7 +28,7 @@ def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray
         # links that lead nowhere (dangling, or a loop) are listed too: reading them fails by
         # name in the pipeline, which skips and counts them like corrupt files
         files = sorted(e.name for e in os.scandir(os.path.join(split_dir, name))
-                       if (e.is_symlink() or e.is_file()) and not _is_dir(e) and not e.name.startswith(".")
+                       if (e.is_symlink() or e.is_file()) and not is_dir(e) and not e.name.startswith(".")
                        and e.name.lower().endswith(EXTENSIONS))
         paths += [f"{name}/{f}" for f in files]
         labels += [label] * len(files)

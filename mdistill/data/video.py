@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from mdistill.data.errors import DataError
-from mdistill.data.image_folder import class_folders
+from mdistill.data.folders import class_folders, is_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
 LAYOUT = "<path>/<split>/<class>/<video> (e.g. train/abseiling/0347ZoDXyP0_000095_000105.mp4)"
@@ -416,16 +416,9 @@ class EvalClips:
 
 # ---- sources: the interface of mdistill/data/image_folder.py ----
 
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:  # a symlink loop: no folder
-        return False
-
-
 def _is_video(entry: os.DirEntry) -> bool:
     return (not entry.name.startswith(".") and entry.name.lower().endswith(VIDEO_EXTENSIONS)
-            and (entry.is_symlink() or entry.is_file()) and not _is_dir(entry))
+            and (entry.is_symlink() or entry.is_file()) and not is_dir(entry))
 
 
 def list_video_folder(split_dir: str) -> tuple[tuple[str, ...], list[str], np.ndarray]:
