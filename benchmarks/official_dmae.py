@@ -25,46 +25,17 @@ prediction the 'original_img' loss never uses) next to mdistill's for the same m
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-import types
 
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def _placeholder(attr: str):
-    if attr.startswith("__"):
-        raise AttributeError(attr)
-    return type(attr, (), {"__init__": lambda self, *args, **kwargs: None})
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Stands in for torchvision when it cannot be imported (PyPI's torchvision builds for a
-    CPU-only torch may not load). timm imports it for its data transforms, which this timing
-    never calls; any attribute of the stub is a placeholder class."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        module.__getattr__ = _placeholder
-        return module
-
-    def exec_module(self, module):
-        pass
 
 
 def check_repo(repo: str) -> None:
@@ -74,14 +45,12 @@ def check_repo(repo: str) -> None:
 
 
 def import_release(repo: str):
-    try:
-        import torchvision  # noqa: F401
-        stubbed = False
-    except Exception:  # ImportError, or a build that fails to load its operators
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.meta_path.insert(0, _StubFinder())
-        stubbed = True
+    # PyPI's torchvision for a CPU-only torch may not load; timm imports it only for its data
+    # transforms, which this timing never calls: the tests' stand-in answers those imports
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from real_timm import install_torchvision_stand_in
+
+    stubbed = install_torchvision_stand_in()
     import numpy as np
 
     if not hasattr(np, "float"):  # the release's util/pos_embed.py uses np.float (gone since NumPy 1.24)

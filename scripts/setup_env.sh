@@ -12,6 +12,11 @@
 #                                       wheel torch-2.13.0+cpu, if it is not importable and
 #                                       that wheel is in $PIP_FIND_LINKS (default /opt/wheels);
 #                                       never from an index, which would bring the CUDA build
+#   mdistill_install_timm               install timm 0.9.16 without its dependencies (the tests
+#                                       check timm-layout import and export against its
+#                                       VisionTransformer; tests/real_timm.py stands in for
+#                                       torchvision, whose PyPI build does not load beside the
+#                                       CPU torch), if torch is importable and timm is not
 #   mdistill_apt_install PACKAGE...     apt-get install the Debian packages when we are root
 #                                       (apt-get update once first); fail otherwise
 #   mdistill_fmnist_ready               succeed when the Fashion-MNIST IDX files are in
@@ -65,6 +70,16 @@ mdistill_setup_venv() {
     mdistill_die "'pip install -e $spec' failed (log above, also in .venv/pip-install.log)"
   fi
   touch "$stamp"
+}
+
+mdistill_install_timm() {
+  python -c "import torch" >/dev/null 2>&1 || return 1
+  python -c "import timm" >/dev/null 2>&1 && return 0
+  python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('timm') is None)" && return 0
+  pip install -q --no-deps "timm==0.9.16" >.venv/pip-timm.log 2>&1 || {
+    echo "timm install failed (log: .venv/pip-timm.log)" >&2
+    return 1
+  }
 }
 
 mdistill_install_torch() {

@@ -19,6 +19,8 @@ source scripts/setup_env.sh
 mdistill_setup_venv '.[test]' mdistill pytest xdist nbclient matplotlib
 mdistill_install_torch ||
   echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
+mdistill_install_timm ||
+  echo "timm not installed: the checks against timm's own VisionTransformer will be skipped"
 mdistill_fmnist_ready ||
   echo "Fashion-MNIST not in $MDISTILL_FMNIST_DIR: tests that need the real data will be skipped"
 

@@ -14,6 +14,7 @@ import mdistill
 from mdistill import checkpoint, convert, weights
 from mdistill.models.vit import ViTSpec
 from mdistill.pretrained import ids_restore_for
+from real_timm import import_timm
 
 # mdistill's 'mu/4' encoder, a 2-block decoder whose heads follow the width/32 default
 IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS = 16, 4, 3, 64, 4, 4
@@ -372,12 +373,9 @@ def test_dmae_smoke_run_with_a_pth_teacher(ref, xs_teacher, tmp_path):
     vit.load_state_dict(torch.load(tmp_path / "student.pth", weights_only=True)["model"], strict=True)
 
 
-# ---- timm itself, where installed (tests/run.sh does not install it) -------------------------
+# ---- timm itself (tests/run.sh installs it; tests/real_timm.py) ------------------------------
 def timm_vit(global_pool="token", num_classes=0):
-    timm = pytest.importorskip("timm")
-    from timm.models.vision_transformer import VisionTransformer
-
-    del timm
+    VisionTransformer = import_timm().models.vision_transformer.VisionTransformer
     return VisionTransformer(img_size=IMG, patch_size=PATCH, in_chans=CHANS, embed_dim=WIDTH, depth=DEPTH,
                              num_heads=HEADS, num_classes=num_classes, global_pool=global_pool).eval()
 

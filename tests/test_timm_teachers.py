@@ -15,6 +15,7 @@ from mdistill.checkpoint import CheckpointError
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.models.vit import Encoder
 from mdistill.train import Trainer, train
+from real_timm import import_timm
 
 IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS = 16, 4, 3, 64, 4, 4  # mu/4
 PARITY = 1e-4
@@ -204,13 +205,13 @@ def test_a_timm_checkpoint_cannot_initialise_the_mae_student(xs_teachers):
         Trainer(c, sharding.make_mesh(jax.devices()[:1])).init_state()
 
 
-# ---- timm itself, where installed (tests/run.sh does not install it) -------------------------
+# ---- timm itself (tests/run.sh installs it; tests/real_timm.py) ------------------------------
 @pytest.mark.parametrize("options", [dict(), dict(pre_norm=True), dict(qkv_bias=False), dict(no_embed_class=True),
                                      dict(global_pool="avg", fc_norm=True, num_classes=10),
                                      dict(class_token=False, global_pool="avg")], ids=str)
 def test_real_timm_vits_match(tmp_path, options):
     """timm's own VisionTransformer in these layouts: its forward_features is mdistill's."""
-    timm = pytest.importorskip("timm")
+    timm = import_timm()
     import torch
 
     vit = timm.models.vision_transformer.VisionTransformer(
