@@ -12,14 +12,11 @@ the hidden count down), student blocks {6, 12} <-> teacher blocks {12, 24} (1-ba
 2, L2 on raw features, decoder depth 4 (B: 384-d, 6 heads; S: 192-d, 3 heads), AdamW
 (0.9, 0.95), wd 0.05, 200 epochs with 10 warm-up, grad clip 0.02, normalised tubelet
 targets (VideoMAE's per-channel normalisation). Batch: 16 videos per GPU on 32 GPUs, each
-video sampled 4 times (`num_sample`, repeated sampling), so 2048 clips per step; the
-release's lr is 1.2e-3 x 512 videos / 256 = 2.4e-3, which with mdistill's rule
-(blr x batch / 256, batch counting clips) is blr 3e-4 at batch 2048.
-
-Not the release's: mdistill's pipeline has no repeated sampling yet, so a step's 2048 clips
-come from 2048 videos (one clip each), and the schedule runs 800 epochs of single clips,
-which is the release's number of 2048-clip steps and clips seen (200 epochs x 4 samples);
-warm-up likewise 40 (10 x 4).
+video sampled 4 times (`data.num_sample`, repeated sampling: one decoded window, 4
+independent multi-scale crops), so 512 videos and 2048 clips per step (`batch_size` counts
+clips); an epoch is a pass over the videos. The release's lr is 1.2e-3 x 512 videos / 256 =
+2.4e-3, which with mdistill's rule (blr x batch / 256, batch counting clips) is blr 3e-4 at
+batch 2048.
 
   python -m mdistill.main --config=configs/amd_video.py:variant=B/16,dataset=ssv2 \
       --workdir=runs/amd_video_vitb --config.data.path=ssv2/train.csv --config.data.root=ssv2/videos \
@@ -48,7 +45,8 @@ def video_config(variant: str, dataset: str):
     c.num_frames, c.tubelet_size = 16, 2
     c.student.update(variant=variant, decoder_width=width // 2, decoder_depth=4, decoder_heads=width // 128)
     c.data.update(source="video_list", path="", root="", split="train", sampling_rate=sampling_rate,
-                  flip=False, size=size)  # neither release flips in pre-training
+                  flip=False, size=size,  # neither release flips in pre-training
+                  num_sample=1)  # clips per video read (repeated sampling); AMD's release: 4
     c.norm_pix_loss = True
     c.optim.update(b1=0.9, b2=0.95, weight_decay=0.05)
     return c
@@ -62,7 +60,8 @@ def get_config(arg=None):
     c.teacher.update(variant="L/16", dtype="bfloat16")
     c.amd.update(teacher_mask_ratio=0.75, pairs=((5, 11), (11, 23)), generator_depth=2, generator_heads=16,
                  loss="l2", normalize=False, dir_weight=1.0, gen_weight=1.0, rec_weight=1.0)
-    c.batch_size = 2048
-    c.num_epochs, c.warmup_epochs = 800.0, 40.0  # the release's 200 and 10 epochs of 4 samples per video
+    c.batch_size = 2048  # clips: 512 videos x num_sample 4
+    c.data.num_sample = 4
+    c.num_epochs, c.warmup_epochs = 200.0, 10.0
     c.optim.update(blr=3e-4, grad_clip=0.02)
     return apply_smoke(c) if args["smoke"] else c

@@ -148,6 +148,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment="none", workers=0)
     if "size" in c.data:  # a published dataset size: synthetic data has its own
         c.data.size = 0
+    if "num_sample" in c.data:  # repeated sampling reads video files; synthetic clips are arrays
+        c.data.num_sample = 1
     if c.get("num_frames", 1) > 1:  # clips of 4 frames: 2 token steps of 2-frame tubelets
         c.num_frames, c.tubelet_size = 4, 2
         c.student.decoder_heads = 1  # VideoMAE's 64-wide decoder heads

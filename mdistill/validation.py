@@ -8,7 +8,7 @@ import numpy as np
 
 from mdistill import inputs, masking
 from mdistill.checks import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
-from mdistill.data import SOURCES
+from mdistill.data import SOURCES, VIDEO_SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
 from mdistill.data.transforms import AUGMENTS
 from mdistill.models.vit import REMAT_POLICIES
@@ -83,6 +83,13 @@ def validate(config, num_devices: int | None = None) -> None:
         _require(bool(d.path), "data.path", d.path,
                  "must name the image folder's root (<path>/<split>/<class>/<image>)")
     _validate_pipeline(d)
+    num_sample = d.get("num_sample", 1)
+    _require(isinstance(num_sample, int) and num_sample >= 1, "data.num_sample", num_sample,
+             "must be an integer >= 1 (clips drawn from each video read: repeated sampling)")
+    _require(num_sample == 1 or d.source in VIDEO_SOURCES, "data.num_sample", num_sample,
+             f"repeated sampling is for video sources {VIDEO_SOURCES}, not data.source={d.source!r}")
+    _require(config.batch_size % num_sample == 0, "batch_size", config.batch_size,
+             f"counts clips, so it must be a multiple of data.num_sample={num_sample} (videos per step x clips each)")
 
     kind = masking.kind_of(config)
     _require(kind in masking.ORDERS, "masking.kind", kind, f"expected one of {sorted(masking.ORDERS)}")

@@ -428,3 +428,74 @@ def test_moving_fmnist_is_deterministic_and_checks_its_flags(tmp_path):
         script.build(str(tmp_path / "a"), train_clips=1, test_clips=1)
     with pytest.raises(ValueError, match="travels"):
         script.build(str(tmp_path / "c"), speed=5.0)
+
+
+# ---- repeated sampling (config.data.num_sample) through the pipeline ----
+
+def ramp_list(tmp_path, count: int, length: int = 20) -> str:
+    """`count` gray-ramp videos whose first frame level names the video (frame ids offset by
+    10 * i), listed with label i."""
+    lines = []
+    for i in range(count):
+        frames = gray_ramp(length) + np.uint8(30 * i)
+        video.write_video(str(tmp_path / f"r{i}.mp4"), frames)
+        lines.append(f"r{i}.mp4 {i}")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "train.csv")
+
+
+def repeated_config(path: str, num_sample: int, batch_size: int):
+    from mdistill.config_base import apply_smoke, base_config
+
+    c = base_config()
+    c.method, c.num_frames = "mae", 16
+    apply_smoke(c)
+    c.data.update(source="video_list", path=path, root="", sampling_rate=2, flip=False, size=0,
+                  num_sample=num_sample)
+    c.update(batch_size=batch_size, num_epochs=2.0, total_steps=-1, warmup_steps=0)
+    return c
+
+
+def test_repeated_sampling_gives_each_video_num_sample_adjacent_clips(tmp_path):
+    """VideoMAE's num_sample: a step reads batch / num_sample videos, each decoded once, and
+    lays out num_sample independently cropped clips of the same frames as adjacent rows with
+    the video's label; epochs count videos; the batches are a function of (seed, step)."""
+    from mdistill import train
+    from mdistill.data import Pipeline, transforms
+
+    c = repeated_config(ramp_list(tmp_path, 6), num_sample=3, batch_size=6)
+    assert train.plan_steps(c).steps_per_epoch == 3  # 6 videos, 2 per step
+    tf = transforms.from_config(c)
+    assert tf.repeats == 3 and tf.sample_shape == (3, 4, 32, 32, 3)
+    pipe = Pipeline.from_config(c, labels=True, workers=0)
+    assert pipe.layout.global_batch == 2 and pipe.steps_per_epoch == 3
+    batch = pipe.local_batch(1)
+    assert batch["image"].shape == (6, 4, 32, 32, 3) and batch["skipped"].shape[0] == 2
+    labels = batch["label"].tolist()
+    assert labels[:3] == [labels[0]] * 3 and labels[3:] == [labels[3]] * 3 and labels[0] != labels[3]
+    ids = frame_ids(batch["image"])  # [6, 4]: frame ids (+ 10 x the video's index)
+    for video_rows in (ids[:3], ids[3:]):
+        assert (video_rows == video_rows[0]).all()  # one temporal sample per video
+    for row in (0, 3):  # the frames are the labelled video's: ids 10 * label + [0, 20)
+        assert ((ids[row] - 10 * labels[row] >= 0) & (ids[row] - 10 * labels[row] < 20)).all()
+    again = Pipeline.from_config(c, labels=True, workers=0).local_batch(1)
+    np.testing.assert_array_equal(batch["image"], again["image"])
+    seen = {int(label) for step in range(3) for label in pipe.local_batch(step)["label"][::3]}
+    assert seen == set(range(6))  # an epoch reads every video once
+
+
+def test_repeated_sampling_is_refused_where_it_cannot_apply(tmp_path):
+    from mdistill import validation
+
+    c = repeated_config(ramp_list(tmp_path, 2), num_sample=4, batch_size=6)
+    with pytest.raises(validation.ConfigError, match="batch_size.*multiple of data.num_sample=4") as e:
+        validation.validate(c, 1)
+    assert "\n" not in str(e.value)
+    c.batch_size = 8
+    validation.validate(c, 1)
+    c.data.source = "synthetic"
+    with pytest.raises(validation.ConfigError, match="data.num_sample.*video sources"):
+        validation.validate(c, 1)
+    c.data.update(source="video_list", num_sample=0)
+    with pytest.raises(validation.ConfigError, match="data.num_sample.*integer >= 1"):
+        validation.validate(c, 1)

@@ -171,6 +171,9 @@ def test_the_dry_run_of_the_video_config_reports_frames_and_tubelets():
     assert (summary["num_frames"], summary["tubelet_size"]) == (16, 2)
     assert (summary["teacher"], summary["teacher_blocks_run"]) == ("L/16", 24)
     assert summary["student"] == "B/16" and summary["global_batch_size"] == 2048
+    # the release's repeated sampling: 512 videos x 4 clips a step, 200 epochs over SSv2's videos
+    assert summary["records_per_step"] == 512 and summary["steps_per_epoch"] == 168_913 // 512
+    assert summary["total_steps"] == 200 * summary["steps_per_epoch"]
 
 
 def write_clips(folder, count, frames=20, seed=0):
@@ -186,9 +189,11 @@ def write_clips(folder, count, frames=20, seed=0):
     return str(folder / "train.csv")
 
 
-def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys):
+@pytest.mark.parametrize("batch_size,num_sample", [(5, 1), (10, 2)])
+def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys, batch_size, num_sample):
     """A VideoMAE list file of real .mp4 files (one of them truncated, which is skipped and
-    logged), read by the pipeline with VideoMAE's sampling and multi-scale crop."""
+    logged), read by the pipeline with VideoMAE's sampling and multi-scale crop; with
+    repeated sampling (num_sample 2) each step reads 5 videos for its 10 clips."""
     pytest.importorskip("av")
     from mdistill import sharding, train
     from mdistill.config_base import apply_smoke, base_config
@@ -199,8 +204,8 @@ def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys):
     c.method, c.num_frames = "mae", 16
     apply_smoke(c)  # 4 frames of 32 px, 2-frame tubelets
     c.data.update(source="video_list", path=str(tmp_path / "train.csv"), root="", sampling_rate=2, flip=False,
-                  size=0, max_bad_fraction=0.5)
-    c.update(batch_size=5, total_steps=2, warmup_steps=1, log_every=1)  # 2 steps: every video once
+                  size=0, max_bad_fraction=0.5, num_sample=num_sample)
+    c.update(batch_size=batch_size, total_steps=2, warmup_steps=1, log_every=1)  # 2 steps: every video once
     last = train.train(c, str(tmp_path / "run"), sharding.make_mesh(jax.devices()[:1]))
     assert last["step"] == 2 and np.isfinite(last["loss"])
     out = capsys.readouterr()

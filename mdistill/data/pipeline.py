@@ -180,6 +180,9 @@ class Pipeline:
         if global_batch_size % process_count:
             raise DataError(f"global batch size {global_batch_size} is not divisible by {process_count} hosts")
         self.source, self.sharding, self.labels = source, sharding, labels
+        # repeated sampling: each record read gives this many rows of the batch (a video's
+        # clips, adjacent); the layout, the state and the epochs count records
+        self.repeats = getattr(transform, "repeats", 1)
         self.layout = Layout(len(source), global_batch_size, process_index, process_count, shuffle)
         self.reader = ExampleReader(source, transform, seed, self.layout, labels)
         self.seed, self.step = seed, start_step
@@ -199,7 +202,8 @@ class Pipeline:
                     batch_size: int | None = None, **overrides) -> "Pipeline":
         """The pipeline of config.data; `state` (from a checkpoint's meta) must match the data.
         `source`, `transform` and `batch_size` replace config.data's source, its training
-        transform and config.batch_size."""
+        transform and config.batch_size. The batch counts rows (clips); with repeated sampling
+        the pipeline reads batch / transform.repeats records a step."""
         from mdistill.data.sources import build_source
         from mdistill.data.transforms import from_config as transform_from_config
 
@@ -211,7 +215,11 @@ class Pipeline:
                       max_bad_fraction=d.get("max_bad_fraction", 0.0))
         kwargs.update(overrides)
         transform = transform if transform is not None else transform_from_config(config)
-        pipeline = cls(source, transform, batch_size or config.batch_size, sharding, **kwargs)
+        rows = batch_size or config.batch_size
+        repeats = getattr(transform, "repeats", 1)
+        if rows % repeats:
+            raise DataError(f"batch size {rows} is not a multiple of data.num_sample={repeats} (clips per video)")
+        pipeline = cls(source, transform, rows // repeats, sharding, **kwargs)
         if state:
             pipeline.restore(state)
             if pipeline.step != start_step:
@@ -237,7 +245,17 @@ class Pipeline:
         """This host's batch `step`, computed here and now (for tests and debugging)."""
         lb = self.layout.local_batch
         examples = [self.reader(step * lb + j) for j in range(lb)]
-        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        return self._rows({k: np.stack([e[k] for e in examples]) for k in examples[0]})
+
+    def _rows(self, batch: dict) -> dict:
+        """A batch of records as the step's rows: a record's repeated clips become adjacent
+        rows, each with the record's label ('skipped' stays per record)."""
+        if self.repeats == 1:
+            return batch
+        out = dict(batch, image=np.reshape(batch["image"], (-1, *batch["image"].shape[2:])))
+        if "label" in batch:
+            out["label"] = np.repeat(np.asarray(batch["label"]), self.repeats)
+        return out
 
     # ---- state ----------------------------------------------------------------------------
     def state(self) -> dict:
@@ -286,9 +304,9 @@ class Pipeline:
                 # nothing may keep grain's shared memory past this point: it is freed when
                 # `batch` goes (the device copy, or our own host copy, holds the data)
                 if self.sharding is not None:
-                    item = {"skipped": np.array(batch["skipped"]), "device": self._to_device(batch)}
+                    item = {"skipped": np.array(batch["skipped"]), "device": self._to_device(self._rows(batch))}
                 else:
-                    item = {k: np.array(v) for k, v in batch.items()}
+                    item = {k: np.array(v) for k, v in self._rows(batch).items()}
                 del batch
                 if not self._put(item):
                     return
@@ -309,7 +327,7 @@ class Pipeline:
         def one(local):
             if next(iter(self.sharding.device_set)).platform == "cpu":
                 local = np.array(local)  # a CPU jax.Array may alias host memory, here grain's shared memory
-            shape = (self.layout.global_batch,) + local.shape[1:]
+            shape = (self.layout.global_batch * self.repeats,) + local.shape[1:]
             return jax.make_array_from_process_local_data(self.sharding, local, shape)
 
         images = one(batch["image"])

@@ -7,7 +7,8 @@ from mdistill.data.image_folder import ImageFolderSource
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "video_folder", "video_list")
+VIDEO_SOURCES = ("video_folder", "video_list")  # video files, decoded and sampled by mdistill.data.video
+SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", *VIDEO_SOURCES)
 
 
 def build_source(config, split: str | None = None):
@@ -22,7 +23,7 @@ def build_source(config, split: str | None = None):
         return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
     if d.source == "folder":
         return ImageFolderSource(d.path, split, config.image_size, d.channels)
-    if d.source in ("video_folder", "video_list"):  # clips: VideoMAE's sampling (mdistill.data.video)
+    if d.source in VIDEO_SOURCES:  # clips: VideoMAE's sampling (mdistill.data.video)
         from mdistill.data.video import EvalClips, VideoFolderSource, VideoListSource
 
         evaluation = EvalClips(config.image_size, int(config.num_frames), d.sampling_rate, channels=d.channels)
@@ -45,3 +46,9 @@ def dataset_size(config) -> int:
     if d.source == "tfds" and (d.name, d.split) in KNOWN_SIZES:
         return KNOWN_SIZES[(d.name, d.split)]
     return len(build_source(config))
+
+
+def videos_per_step(config, batch_size: int | None = None) -> int:
+    """Records a step reads: the batch counts clips, and with repeated sampling
+    (config.data.num_sample, VideoMAE's) each video read gives num_sample of them."""
+    return (batch_size or config.batch_size) // config.data.get("num_sample", 1)

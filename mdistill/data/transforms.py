@@ -141,28 +141,34 @@ class ClipTransform:
     """A video file's path, rng -> uint8 [num_frames, size, size, channels]: the pipeline hands
     it the record's path (`reads_files`), and it samples, decodes and augments the clip
     (mdistill.data.video.TrainClips: VideoMAE's frame sampling and multi-scale crop), so a bad
-    video fails inside the pipeline's try and is skipped like a bad image."""
+    video fails inside the pipeline's try and is skipped like a bad image. With repeats > 1
+    (VideoMAE's repeated sampling, config.data.num_sample) one decoded window gives `repeats`
+    independently cropped clips, [repeats, num_frames, ...], which the pipeline lays out as
+    that many rows of the batch."""
 
     reads_files = True
     augment = "clip"  # never 'none': each slot draws its own frames and crop
+    repeats = 1
 
     def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, flip: bool,
-                 temporal: str = "pretrain"):
+                 temporal: str = "pretrain", repeats: int = 1):
         from mdistill.data.video import TrainClips
 
-        self.size, self.num_frames, self.channels = size, num_frames, channels
-        self.clips = TrainClips(size, num_frames, sampling_rate, num_sample=1, flip=flip, temporal=temporal,
+        self.size, self.num_frames, self.channels, self.repeats = size, num_frames, channels, repeats
+        self.clips = TrainClips(size, num_frames, sampling_rate, num_sample=repeats, flip=flip, temporal=temporal,
                                 channels=channels)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return (self.num_frames, self.size, self.size, self.channels)
+        clip = (self.num_frames, self.size, self.size, self.channels)
+        return clip if self.repeats == 1 else (self.repeats, *clip)
 
     def min_side(self) -> int:
         return 0
 
     def __call__(self, path, rng: np.random.Generator) -> np.ndarray:
-        return self.clips(path, rng)[0]
+        clips = self.clips(path, rng)
+        return clips[0] if self.repeats == 1 else clips
 
 
 class EvalClipTransform(ClipTransform):
@@ -210,6 +216,6 @@ def from_config(config, train: bool = True):
             return EvalClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate)
         # data.temporal: VideoMAE's pre-training sampling, or its fine-tuning one ('finetune')
         return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip,
-                             d.get("temporal", "pretrain"))
+                             d.get("temporal", "pretrain"), d.get("num_sample", 1))
     augment = d.get("augment", "none") if train else "none"
     return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))

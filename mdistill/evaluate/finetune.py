@@ -128,12 +128,13 @@ class FineTuner:
         # A split without labels fails here, before anything compiles; labels are read per batch.
         train = labelled_source(config, config.eval.train_split)
         self.train_split = Split(train, subset(len(train), config.train_examples))
-        if len(self.train_split) < config.batch_size:
-            raise ValueError(f"{len(self.train_split)} train examples, fewer than "
-                             f"config.batch_size={config.batch_size}")
+        records = data.videos_per_step(config)  # the batch counts clips: num_sample of each video read
+        if len(self.train_split) < records:
+            raise ValueError(f"{len(self.train_split)} train examples, fewer than the {records} a step reads "
+                             f"(config.batch_size={config.batch_size})")
         test = labelled_source(config, config.eval.test_split)
         self.test_split = Split(test, subset(len(test), config.test_examples))
-        self.per_epoch = len(self.train_split) // config.batch_size
+        self.per_epoch = len(self.train_split) // records
         self.total_steps = (config.total_steps if config.total_steps >= 0
                             else round(config.num_epochs * self.per_epoch))
         warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * self.per_epoch)
