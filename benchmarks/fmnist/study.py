@@ -114,14 +114,16 @@ def plan() -> list[Run]:
 
 
 # ---- running ------------------------------------------------------------------------------
-def revision() -> tuple[str, list[str]]:
-    """The code's git revision ('+dirty' when tracked files differ from it) and those files."""
+OUTPUTS = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png", "finetune_curve.png")
+
+
+def revision(outputs=tuple(f"benchmarks/fmnist/{o}" for o in OUTPUTS)) -> tuple[str, list[str]]:
+    """The code's git revision ('+dirty' when tracked files differ from it) and those files;
+    a study's own outputs (paths from the repository root) do not count."""
     rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.split("\n")
-    outputs = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png", "finetune_curve.png")
-    dirty = sorted(line[3:] for line in dirty
-                   if line.strip() and not line[3:].startswith(tuple(f"benchmarks/fmnist/{o}" for o in outputs)))
+    dirty = sorted(line[3:] for line in dirty if line.strip() and not line[3:].startswith(tuple(outputs)))
     return (rev.stdout.strip() or "unknown") + ("+dirty" if dirty else ""), dirty
 
 
