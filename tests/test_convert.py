@@ -397,6 +397,17 @@ def test_export_loads_strictly_into_timm(release, tmp_path, global_pool):
         np.testing.assert_allclose(tokens, model.features(images), atol=ATOL)
     else:  # norm is Identity, fc_norm comes after pooling: the last block's raw output
         np.testing.assert_allclose(tokens, model.encode(images, layers=(DEPTH - 1,))[DEPTH - 1], atol=ATOL)
+    # the .safetensors export (written without torch) loads as strictly, with the same logits
+    from safetensors.torch import load_file
+
+    st = tmp_path / "student.safetensors"
+    convert.main(["--export", "--input", release["orbax"], "--output", str(st), "--num_classes", "10"]
+                 + (["--global_pool"] if global_pool == "avg" else []))
+    again = timm_vit(global_pool, num_classes=10)
+    again.load_state_dict(load_file(str(st)), strict=True)
+    batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(batch).numpy(), vit(batch).numpy())
 
 
 def test_timm_mae_checkpoint_imports(ref, tmp_path):
