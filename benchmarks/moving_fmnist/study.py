@@ -37,7 +37,8 @@ CONFIG = "configs/moving_fmnist.py"
 SEEDS = (0, 1, 2)
 METHODS = ("mae", "amd")
 LABELS = ("direction", "class")  # the two labellings of the same clips
-DATASET = ("--train_clips=2000", "--test_clips=1000", "--directions=8", "--seed=0")
+TRAIN_CLIPS, TEST_CLIPS = 2000, 1000
+DATASET = (f"--train_clips={TRAIN_CLIPS}", f"--test_clips={TEST_CLIPS}", "--directions=8", "--seed=0")
 TEACHER_MONITOR = ("--config.eval.knn_every=250", "--config.eval.knn_train_examples=1000",
                    "--config.eval.knn_test_examples=500")
 
@@ -89,11 +90,16 @@ def knn_record(workdir: str, data: str, log: str, baselines: bool) -> dict:
         eval_dir = os.path.join(workdir, f"knn_{label}")
         path = os.path.join(eval_dir, "knn.json")
         if not os.path.exists(path):  # an evaluation an interrupted driver finished is reused
+            # every encoder on the whole splits (the teacher's run config holds its monitor's subsets)
             common.execute([sys.executable, "-m", "mdistill.evaluate.knn", f"--workdir={eval_dir}",
-                            f"--checkpoint={workdir}", f"--config.data.path={os.path.join(data, label)}"]
+                            f"--checkpoint={workdir}", f"--config.data.path={os.path.join(data, label)}",
+                            "--config.eval.knn_train_examples=-1", "--config.eval.knn_test_examples=-1"]
                            + (["--baselines"] if baselines else []), log)
         with open(path) as f:
             result = json.load(f)
+        if (result["train_examples"], result["test_examples"]) != (TRAIN_CLIPS, TEST_CLIPS):
+            sys.exit(f"{path}: k-NN on {result['train_examples']} / {result['test_examples']} clips, expected the "
+                     f"whole splits ({TRAIN_CLIPS} / {TEST_CLIPS}); delete that folder and run again")
         out[f"knn_{label}"] = result["knn_top1"]
         for name, b in result.get("baselines", {}).items():
             out.setdefault("baselines", {})[f"{name}_{label}"] = b["knn_top1"]
