@@ -8,8 +8,9 @@ Departs from the paper in one setting: the feature loss weight is 10, not 1. At 
 the normalised-feature L1 is small beside the pixel loss (about 0.07 against 0.6), and at
 weight 1 the student barely moves towards the teacher. benchmarks/fmnist/results.md sweeps
 the weight at 200 steps, 3 seeds: weight 1 gives 2.1 points less k-NN than 10 (95% interval
-[-3.5, -0.7]), 3 and 30 no detectable difference; last <-> last blocks 0.6 less. With --config.method=mae the same file is
-the student trained alone (the teacher and the distillation settings are then unused).
+[-3.5, -0.7]), 3 and 30 no detectable difference; last <-> last blocks 0.6 less. With
+--config.method=mae the same file is the student trained alone (the teacher and the
+distillation settings are then unused).
 
   python -m mdistill.main --config=configs/fmnist_dmae.py --workdir=runs/fmnist_dmae \
       --config.teacher.checkpoint=runs/fmnist_teacher

@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.data.update(source="video_folder", path="data/moving_fmnist/direction", split="train", channels=1,
                   mean=(0.055,), std=(0.19,), sampling_rate=2, flip=False, size=0, num_sample=1, workers=0)
     c.eval.update(train_split="train", test_split="test", knn_train_examples=-1, knn_test_examples=-1,
-                  batch_size=100)
+                  batch_size=128)
     c.norm_pix_loss = True
     c.optim.update(lr=1.5e-3, b1=0.9, b2=0.95, weight_decay=0.05)
     c.batch_size = 64
