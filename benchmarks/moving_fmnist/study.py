@@ -5,6 +5,7 @@ motion (which no single frame shows) and the object's class (which one frame sho
   python benchmarks/moving_fmnist/study.py run [--max_minutes=M]
   python benchmarks/moving_fmnist/study.py report   # results.md from results.json only
   python benchmarks/moving_fmnist/study.py plan     # the runs, and which are recorded
+  python benchmarks/moving_fmnist/study.py reevaluate  # the k-NN of every recorded run again
 
 `run` writes the dataset first if --data lacks it (scripts/make_moving_fmnist.py: 2000
 training clips from Fashion-MNIST's train split, 1000 test clips from its test split, 8
@@ -24,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -137,6 +139,31 @@ def is_recorded(results: dict, run: Run) -> bool:
     return r is not None and all(r.get(k) == v for k, v in run.settings().items())
 
 
+def cmd_reevaluate(args) -> None:
+    """The k-NN evaluations of every recorded run again, from its checkpoint in --out (after
+    a change to the evaluation); pre-training and its record stay as they are."""
+    results = common.load_results(args.results)
+    out, data = os.path.abspath(args.out), os.path.abspath(args.data)
+    for run in plan():
+        r = results["runs"].get(run.name)
+        if r is None:
+            continue
+        workdir = os.path.join(out, "teacher" if run.method == "teacher" else run.name)
+        if common.params_digest(workdir) != r["digest"]:
+            sys.exit(f"{workdir}: not the recorded {run.name} (digest {r['digest']}); nothing re-evaluated after it")
+        for label in LABELS:
+            shutil.rmtree(os.path.join(workdir, f"knn_{label}"), ignore_errors=True)
+        t0 = time.time()
+        baselines = run.name in ("teacher", f"{METHODS[0]}_s{SEEDS[0]}")
+        fresh = knn_record(workdir, data, os.path.join(out, f"{run.name}.log"), baselines)
+        rev, dirty = common.revision(OUTPUTS)
+        r.update(fresh, eval_seconds=round(time.time() - t0, 1), eval_revision=rev, eval_dirty_files=dirty)
+        common.save_results(args.results, results)
+        print(f"{run.name}: k-NN direction {r['knn_direction']:.2f}, class {r['knn_class']:.2f} (re-evaluated)",
+              flush=True)
+    cmd_report(args)
+
+
 def cmd_run(args) -> None:
     results = common.load_results(args.results)
     out, data = os.path.abspath(args.out), os.path.abspath(args.data)
@@ -226,7 +253,7 @@ def cmd_plan(args) -> None:
 
 
 def main(argv):
-    commands = {"run": cmd_run, "report": cmd_report, "plan": cmd_plan}
+    commands = {"run": cmd_run, "reevaluate": cmd_reevaluate, "report": cmd_report, "plan": cmd_plan}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"expected one command of {sorted(commands)}", exitcode=2)
     commands[argv[1]](flags.FLAGS)
