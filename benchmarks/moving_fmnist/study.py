@@ -39,6 +39,7 @@ CONFIG = "configs/moving_fmnist.py"
 SEEDS = (0, 1, 2)
 METHODS = ("mae", "amd")
 LABELS = ("direction", "class")  # the two labellings of the same clips
+EVAL_BATCH = 128  # configs/moving_fmnist.py's eval.batch_size
 TRAIN_CLIPS, TEST_CLIPS = 2000, 1000
 DATASET = (f"--train_clips={TRAIN_CLIPS}", f"--test_clips={TEST_CLIPS}", "--directions=8", "--seed=0")
 TEACHER_MONITOR = ("--config.eval.knn_every=250", "--config.eval.knn_train_examples=1000",
@@ -92,10 +93,12 @@ def knn_record(workdir: str, data: str, log: str, baselines: bool) -> dict:
         eval_dir = os.path.join(workdir, f"knn_{label}")
         path = os.path.join(eval_dir, "knn.json")
         if not os.path.exists(path):  # an evaluation an interrupted driver finished is reused
-            # every encoder on the whole splits (the teacher's run config holds its monitor's subsets)
+            # every encoder on the whole splits (the teacher's run config holds its monitor's subsets),
+            # in batches of one size: a batch's size can change float rounding and so a close vote
             common.execute([sys.executable, "-m", "mdistill.evaluate.knn", f"--workdir={eval_dir}",
                             f"--checkpoint={workdir}", f"--config.data.path={os.path.join(data, label)}",
-                            "--config.eval.knn_train_examples=-1", "--config.eval.knn_test_examples=-1"]
+                            "--config.eval.knn_train_examples=-1", "--config.eval.knn_test_examples=-1",
+                            f"--config.eval.batch_size={EVAL_BATCH}"]
                            + (["--baselines"] if baselines else []), log)
         with open(path) as f:
             result = json.load(f)
