@@ -37,7 +37,7 @@ class Plan:
 
 def plan_steps(config) -> Plan:
     """Steps from epochs (or explicit step counts where set, >= 0)."""
-    per_epoch = max(data.dataset_size(config) // data.videos_per_step(config), 1)
+    per_epoch = max(data.dataset_size(config) // data.records_per_step(config), 1)
     total = config.total_steps if config.total_steps >= 0 else round(config.num_epochs * per_epoch)
     warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * per_epoch)
     return Plan(per_epoch, int(total), int(min(warmup, total)))
@@ -235,7 +235,7 @@ def summarize(config, mesh) -> dict:
         "num_frames": inputs.num_frames(config),
         "tubelet_size": config.tubelet_size if inputs.is_video(config) else None,
         "global_batch_size": config.batch_size,
-        "records_per_step": data.videos_per_step(config),  # fewer than the batch with repeated sampling
+        "records_per_step": data.records_per_step(config),  # fewer than the batch with repeated sampling
         "devices": mesh.size,
         "steps_per_epoch": trainer.plan.steps_per_epoch,
         "total_steps": trainer.plan.total_steps,

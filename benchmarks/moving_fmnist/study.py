@@ -137,11 +137,6 @@ def run_one(run: Run, out: str, data: str, teacher_dir: str, baselines: bool) ->
     return record
 
 
-def is_recorded(results: dict, run: Run) -> bool:
-    r = results["runs"].get(run.name)
-    return r is not None and all(r.get(k) == v for k, v in run.settings().items())
-
-
 def cmd_reevaluate(args) -> None:
     """The k-NN evaluations of every recorded run again, from its checkpoint in --out (after
     a change to the evaluation); pre-training and its record stay as they are."""
@@ -178,7 +173,7 @@ def cmd_run(args) -> None:
         if time.time() > deadline:
             print(f"--max_minutes={args.max_minutes} reached; rerun to continue")
             break
-        if is_recorded(results, run):
+        if common.is_recorded(results, run):
             if run.method == "teacher" and not os.path.isdir(os.path.join(teacher_dir, "checkpoints")):
                 print("recorded teacher, but no checkpoint here: training it again for the students", flush=True)
                 fresh = run_one(run, out, data, teacher_dir, baselines=False)
@@ -252,7 +247,7 @@ def cmd_report(args) -> None:
 def cmd_plan(args) -> None:
     results = common.load_results(args.results)
     for run in plan():
-        print(f"{'done' if is_recorded(results, run) else 'todo':5} {run.name:10} {run.config}")
+        print(f"{'done' if common.is_recorded(results, run) else 'todo':5} {run.name:10} {run.config}")
 
 
 def main(argv):

@@ -48,7 +48,7 @@ def dataset_size(config) -> int:
     return len(build_source(config))
 
 
-def videos_per_step(config, batch_size: int | None = None) -> int:
-    """Records a step reads: the batch counts clips, and with repeated sampling
+def records_per_step(config) -> int:
+    """Records a step reads: the batch counts rows (clips), and with repeated sampling
     (config.data.num_sample, VideoMAE's) each video read gives num_sample of them."""
-    return (batch_size or config.batch_size) // config.data.get("num_sample", 1)
+    return config.batch_size // config.data.get("num_sample", 1)

@@ -128,7 +128,7 @@ class FineTuner:
         # A split without labels fails here, before anything compiles; labels are read per batch.
         train = labelled_source(config, config.eval.train_split)
         self.train_split = Split(train, subset(len(train), config.train_examples))
-        records = data.videos_per_step(config)  # the batch counts clips: num_sample of each video read
+        records = data.records_per_step(config)  # the batch counts clips: num_sample of each video read
         if len(self.train_split) < records:
             raise ValueError(f"{len(self.train_split)} train examples, fewer than the {records} a step reads "
                              f"(config.batch_size={config.batch_size})")
