@@ -9,7 +9,7 @@ epoch: 61.4% top-1, below its linear probe's 72.4%). No flip: garments here are 
 upright; no RandomResizedCrop either (28x28 images, centred). About 4.5 minutes for `mu/4` on 2 CPU cores.
 
   python -m mdistill.evaluate.finetune --config=configs/finetune_fmnist.py \
-      --config.pretrained=runs/demo/dmae --workdir=runs/demo/finetune
+      --config.pretrained=runs/demo/student_dmae --workdir=runs/demo/student_dmae/finetune
 
 `:labels10` is the study's fine-tuning (benchmarks/fmnist/study.py): the same recipe on a
 fixed 10% of the train labels (6000 images, drawn once with seed 0), batch 256, 40 epochs
@@ -26,7 +26,6 @@ from mdistill.evaluate.finetune import finetune_config
 def get_config(arg=None):
     c = finetune_config(fashion_mnist(base_config()))
     c.student.variant = "mu/4"
-    c.num_classes = 10
     c.batch_size = 512
     c.num_epochs, c.warmup_epochs = 2.0, 0.5
     c.optim.update(blr=1e-3)
@@ -41,7 +40,7 @@ def get_config(arg=None):
         c.log_every, c.eval_every, c.checkpoint_every = 46, 92, 460
     elif arg == "smoke":
         c = apply_smoke(c)  # synthetic 32px gratings, mu/4 from scratch
-        c.update(num_classes=10, batch_size=32, log_every=10, eval_every=30, checkpoint_every=30)
+        c.update(batch_size=32, log_every=10, eval_every=30, checkpoint_every=30)
         c.total_steps, c.warmup_steps = 60, 5
         c.optim.update(lr=3e-3)
         # a few dozen steps from (nearly) scratch: no layer decay, no regularisation, or

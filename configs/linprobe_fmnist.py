@@ -10,7 +10,7 @@ in its 1160 steps: with MAE's blr 0.1 (lr 0.4) the probe of a 300-step MAE stude
 still underfit at 50.1% top-1 (train loss 1.39); with lr 6.4, 71.2% (loss 0.81).
 
   python -m mdistill.evaluate.linprobe --config=configs/linprobe_fmnist.py \
-      --config.pretrained=runs/demo/dmae --workdir=runs/demo/linprobe
+      --config.pretrained=runs/demo/student_dmae --workdir=runs/demo/student_dmae/linprobe
 """
 
 from mdistill.config_base import apply_smoke, base_config, fashion_mnist
@@ -20,7 +20,6 @@ from mdistill.evaluate.linprobe import linprobe_config
 def get_config(arg=None):
     c = linprobe_config(fashion_mnist(base_config()))
     c.student.variant = "mu/4"
-    c.num_classes = 10
     c.batch_size = 1024
     c.num_epochs, c.warmup_epochs = 20.0, 2.0
     c.optim.blr = 1.6
@@ -28,7 +27,7 @@ def get_config(arg=None):
     c.log_every = 200
     if arg == "smoke":
         c = apply_smoke(c)
-        c.update(num_classes=10, batch_size=64, train_examples=-1, test_examples=-1, log_every=20)
+        c.update(batch_size=64, train_examples=-1, test_examples=-1, log_every=20)
         c.total_steps = -1
         c.num_epochs, c.warmup_epochs = 10.0, 1.0
         c.optim.update(lr=-1.0, blr=0.1)  # lr = 0.1 * 64 / 256

@@ -26,8 +26,8 @@ from mdistill.metrics import log
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
-                     "total_steps", "num_epochs", "teacher.checkpoint", "student.init", "data.path", "data.data_dir",
-                     "eval.",
+                     "total_steps", "num_epochs", "teacher.checkpoint", "student.init", "student.init_ignore",
+                     "data.path", "data.data_dir", "eval.",
                      # how the input pipeline runs, not what it yields
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
                      # how the devices are laid out, not what they compute
@@ -36,8 +36,8 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
 # runs did: absent in a checkpoint and this value now is no change.
 ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "masking.block_max_patches": 75,
                 "masking.block_aspect": 0.3, "masking.block_square": 0, "masking.noise_color": "green",
-                "masking.noise_sigma": 1.0, "student.init": "", "distill.target_norm": "none",
-                "num_frames": 1, "tubelet_size": 2, "data.num_sample": 1}
+                "masking.noise_sigma": 1.0, "student.init": "", "student.init_ignore": "",
+                "distill.target_norm": "none", "num_frames": 1, "tubelet_size": 2, "data.num_sample": 1}
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +93,30 @@ def _lock_holder(fd: int) -> str:
             return text
         time.sleep(0.05)
     return "another run"
+
+
+CONFIG_FILE = "config.json"  # in the workdir: the resolved config of the run, readable without Orbax
+
+
+def write_config(workdir: str, config) -> str | None:
+    """<workdir>/config.json: the run's resolved config as indented JSON, written at start by
+    pre-training, fine-tuning and the linear probe. Process 0 only; written beside the target
+    and renamed, so a reader never sees half a file. Returns the path (None elsewhere)."""
+    if jax.process_index() != 0:
+        return None
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    text = json.dumps(as_dict, indent=2, sort_keys=True, default=str) + "\n"
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -4,7 +4,10 @@ Import: the official MAE releases (mae_pretrain_vit_*.pth: encoder; mae_visualiz
 encoder + decoder; state dict under 'model') and timm's MAE ViTs (vit_*_patch16_224.mae, as
 .pth/.bin or .safetensors) become mdistill parameters {'encoder', 'decoder'?}.
 Export: an mdistill encoder becomes the state dict of timm's vit_*_patch16_224 / the official
-fine-tuning models_vit.VisionTransformer, which share parameter names.
+fine-tuning models_vit.VisionTransformer, which share parameter names. A pre-trained run
+exports the tensors of the pre-training release (no head, no fc_norm) unless asked for a zero
+head (--num_classes) or fc_norm (--global_pool); a fine-tuned run (mdistill.evaluate.finetune)
+exports its trained classifier: its head of its classes, fc_norm if it pooled globally.
 
     python -m mdistill.convert --input mae_pretrain_vit_large.pth --output runs/mae_vitl
     python -m mdistill.convert --export --input runs/dmae_vitb --output student.pth [--global_pool]
@@ -63,8 +66,9 @@ def convert_to_orbax(src: str, out: str, variant: str | None = None, ignore=(), 
 POSEMB_MODES = ("interpolate", "sincos")
 
 
-def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False, num_classes: int = 1000,
-                      trained_image_size: int | None = None, posemb: str = "interpolate") -> dict[str, np.ndarray]:
+def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False, num_classes: int = 0,
+                      trained_image_size: int | None = None, posemb: str = "interpolate",
+                      classifier: dict | None = None) -> dict[str, np.ndarray]:
     """The state dict of timm's VisionTransformer (global_pool 'token' or 'avg') and of the
     official models_vit.VisionTransformer (global_pool False/True) for this encoder.
 
@@ -75,8 +79,9 @@ def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False,
     sin-cos table of the new grid.
     With global pooling the final norm becomes fc_norm, freshly initialised (ones, zeros) as
     the official fine-tuning starts it, since it normalises the pooled feature, not tokens.
-    The classifier head.* is zeros ([num_classes, width]); num_classes=0 writes none, which is
-    also the layout of the MAE pre-training release.
+    The classifier head.* is zeros ([num_classes, width]); num_classes=0 (the default) writes
+    none, the layout of the MAE pre-training release. `classifier`: a fine-tuned run's trained
+    {'fc_norm'?, 'head'} params, written instead of fresh ones.
     """
     if posemb not in POSEMB_MODES:
         raise ValueError(f"posemb {posemb!r}: expected one of {POSEMB_MODES}")
@@ -92,39 +97,74 @@ def export_state_dict(encoder: dict, image_size: int, global_pool: bool = False,
         sd["pos_embed"] = sincos_table(width, grid)
     else:
         sd["pos_embed"] = interpolate_posemb(sincos_table(width, trained), grid)
-    return _with_classifier(sd, width, global_pool, num_classes)
+    return _with_classifier(sd, width, global_pool, num_classes, classifier)
 
 
-def _with_classifier(sd: dict, width: int, global_pool: bool, num_classes: int) -> dict:
-    """The fine-tuning models' classifier: with global pooling a fresh fc_norm (ones, zeros)
-    replaces the final norm, which normalised tokens, not the pooled feature; head.* zeros
-    of num_classes rows (0: none)."""
+def _with_classifier(sd: dict, width: int, global_pool: bool, num_classes: int, classifier: dict | None = None
+                     ) -> dict:
+    """The fine-tuning models' classifier: with global pooling fc_norm replaces the final norm,
+    which normalised tokens, not the pooled feature (a globally pooled fine-tuned encoder has
+    none); head.* of num_classes rows (0: none). Both fresh (ones, zeros; zeros) as the
+    official fine-tuning starts them, or the trained ones of `classifier`."""
+    classifier = classifier or {}
     if global_pool:
-        del sd["norm.weight"], sd["norm.bias"]
-        sd["fc_norm.weight"], sd["fc_norm.bias"] = np.ones(width, np.float32), np.zeros(width, np.float32)
-    if num_classes:
+        sd.pop("norm.weight", None), sd.pop("norm.bias", None)
+        trained = classifier.get("fc_norm")
+        sd["fc_norm.weight"] = _f32(trained["scale"]) if trained else np.ones(width, np.float32)
+        sd["fc_norm.bias"] = _f32(trained["bias"]) if trained else np.zeros(width, np.float32)
+    if "head" in classifier:
+        head = classifier["head"]
+        sd["head.weight"], sd["head.bias"] = np.ascontiguousarray(_f32(head["kernel"]).T), _f32(head["bias"])
+    elif num_classes:
         sd["head.weight"] = np.zeros((num_classes, width), np.float32)
         sd["head.bias"] = np.zeros(num_classes, np.float32)
     return sd
 
 
-def export_video_state_dict(encoder: dict, global_pool: bool = True, num_classes: int = 0) -> dict[str, np.ndarray]:
+def _f32(x) -> np.ndarray:
+    return np.array(x, np.float32, order="C")  # a writable copy (device_get's arrays are read-only)
+
+
+def classifier_settings(source: str, classifier: dict, global_pool: bool | None, num_classes: int | None
+                        ) -> tuple[bool, int]:
+    """(global_pool, num_classes) of an export. A fine-tuned run's come from its checkpoint (the
+    head's rows; fc_norm means it pooled globally, eval.pool='avg'): a flag may repeat them
+    and is refused if it disagrees. Otherwise the flags', by default neither: a pre-trained
+    run exports as the pre-training release, without head or fc_norm."""
+    if not classifier:
+        return bool(global_pool), int(num_classes or 0)
+    rows, pooled = int(np.shape(classifier["head"]["bias"])[0]), "fc_norm" in classifier
+    if num_classes is not None and num_classes != rows:
+        raise ValueError(f"--num_classes {num_classes}: {source} is a fine-tuned run whose trained head has {rows} "
+                         "classes, which the export writes; leave --num_classes out")
+    if global_pool is not None and global_pool != pooled:
+        raise ValueError(f"--{'' if global_pool else 'no'}global_pool: {source} was fine-tuned on "
+                         f"{'the global average of the patch tokens + fc_norm' if pooled else 'the cls token'} "
+                         f"(eval.pool={'avg' if pooled else 'cls'}), which the export keeps; leave the flag out")
+    return pooled, rows
+
+
+def export_video_state_dict(encoder: dict, global_pool: bool = False, num_classes: int = 0,
+                            classifier: dict | None = None) -> dict[str, np.ndarray]:
     """The state dict of VideoMAE's fine-tuning model (modeling_finetune.VisionTransformer,
     as run_class_finetuning.py --finetune loads it) for a video encoder: patch_embed.proj a
     Conv3d, attn.q_bias / attn.v_bias, no pos_embed (its fixed 1-D table is rebuilt for any
     frame count and size). With global_pool (VideoMAE's default use_mean_pooling) the final
-    norm becomes a fresh fc_norm; head.* is zeros of num_classes rows (0: none)."""
+    norm becomes fc_norm; head.* is zeros of num_classes rows (0: none); both the trained
+    ones of a fine-tuned run's `classifier` where given."""
     sd = {flax_to_torch("encoder", path): np.array(to_torch_value(np.asarray(v, np.float32)), order="C")
           for path, v in _flatten(encoder).items()}
     width = sd["patch_embed.proj.weight"].shape[0]
-    return _with_classifier(sd, width, global_pool, num_classes)
+    return _with_classifier(sd, width, global_pool, num_classes, classifier)
 
 
-def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool = False,
-                    num_classes: int = 1000, posemb: str = "interpolate") -> dict:
+def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool | None = None,
+                    num_classes: int | None = None, posemb: str = "interpolate") -> dict:
     """Write the student encoder of an mdistill checkpoint, pos_embed for `image_size`
     (default: the run's; see export_state_dict): a .safetensors file holds the state dict
-    itself (timm's hub layout; no PyTorch needed), any other name {'model': state_dict} (.pth)."""
+    itself (timm's hub layout; no PyTorch needed), any other name {'model': state_dict} (.pth).
+    A fine-tuned run's trained classifier comes with it (see classifier_settings);
+    global_pool / num_classes None: the checkpoint's (a pre-trained run: no fc_norm, no head)."""
     if os.path.isdir(out):  # checked first: torch.save would fail on it only after the reading
         raise ValueError(f"--output {out!r} is a folder: name the file to write, e.g. "
                          f"{os.path.join(out, 'student.pth')}")
@@ -139,13 +179,16 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
 
     loaded = weights.load(src, placement=jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]), decoder=False)
     encoder, trained = loaded.encoder, _meta_image_size(loaded.meta)
+    classifier = jax.device_get(loaded.classifier)
+    global_pool, num_classes = classifier_settings(src, classifier, global_pool, num_classes)
     image_size = image_size or trained
     if not image_size:
         raise ValueError(f"{src}: no image size in the checkpoint's meta; pass --image_size")
     if loaded.arch.spec.layout.tubelet:
-        sd = export_video_state_dict(jax.device_get(encoder), global_pool, num_classes)
+        sd = export_video_state_dict(jax.device_get(encoder), global_pool, num_classes, classifier)
     else:
-        sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb)
+        sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb,
+                               classifier)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if out.endswith(".safetensors"):
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, out, metadata={"format": "pt"})
@@ -175,8 +218,10 @@ flags.DEFINE_integer("image_size", None, "export: image size of pos_embed (defau
 flags.DEFINE_enum("posemb", "interpolate", POSEMB_MODES,
                   "export at another --image_size than the run's: resize the trained table bicubically as the "
                   "official fine-tuning does (interpolate), or recompute sin-cos (sincos)", flag_values=FLAGS)
-flags.DEFINE_bool("global_pool", False, "export: fc_norm for average pooling", flag_values=FLAGS)
-flags.DEFINE_integer("num_classes", 1000, "export: zero head rows (0: no head)", flag_values=FLAGS)
+flags.DEFINE_bool("global_pool", None, "export: fc_norm for average pooling (default: a fine-tuned run's own "
+                 "pooling; none for a pre-trained run)", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", None, "export: zero head rows (default: a fine-tuned run's trained head; no "
+                     "head for a pre-trained run)", flag_values=FLAGS)
 
 
 def parse(argv: list[str]):
@@ -205,7 +250,9 @@ def main(argv=None) -> None:
                                  args.posemb)
             table = (f"pos_embed {tuple(sd['pos_embed'].shape)}" if "pos_embed" in sd
                      else "no pos_embed (VideoMAE's fixed 1-D table)")
-            print(f"wrote {args.output}: {len(sd)} tensors, {table}")
+            head = f"head of {sd['head.weight'].shape[0]} classes" if "head.weight" in sd else "no head"
+            norm = "fc_norm" if "fc_norm.weight" in sd else "norm"
+            print(f"wrote {args.output}: {len(sd)} tensors, {table}, {norm}, {head}")
         else:
             arch = convert_to_orbax(args.input, args.output, args.variant, tuple(args.ignore), args.decoder_heads)
             print(f"wrote {args.output}: {arch.describe()}, {arch.spec.num_heads} heads, {arch.image_size}px")

@@ -1,7 +1,8 @@
 """Command line: python -m mdistill.main --config=configs/dmae_vitb.py --workdir=DIR
 
 --config.<field>=<value> overrides any field; --dry_run builds the run abstractly (no data,
-no training) and prints a JSON summary as its last line."""
+no training), prints the memory one device needs beside what it has (and how to fit when it
+does not) and a JSON summary as its last line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build and compile abstractly, print a summary, exit.")
+_DEVICE_MEMORY = flags.DEFINE_float("device_memory_gib", None, "With --dry_run: the memory (GiB) of the device to plan "
+                                    "for, instead of what JAX reports for this one (nothing on a CPU).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process "
                                    "runs outside Cloud TPU and SLURM (which are detected).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: number of processes.")
@@ -25,22 +28,28 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save chatter out of the console
-    from mdistill import distributed, sharding, train, validation
+    from mdistill import distributed, resolve, sharding, train, validation
     from mdistill.checkpoint import CheckpointError
     from mdistill.data import DataError
 
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     try:
+        # what the teacher's checkpoint says (its variant) fills the config before it is checked
+        resolve.teacher(config, resolve.explicit_fields(config_flags.get_override_values(flags.FLAGS["config"])))
         validation.validate(config)
-    except validation.ConfigError as e:
+    except (validation.ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")
     mesh = sharding.make_mesh(shape=config.mesh.to_dict())
     if _DRY_RUN.value:
+        memory = None if _DEVICE_MEMORY.value is None else int(_DEVICE_MEMORY.value * train.GIB)
         try:
-            print(json.dumps(train.summarize(config, mesh)), flush=True)
+            summary = train.summarize(config, mesh, device_memory=memory)
         except CheckpointError as e:  # a teacher checkpoint that cannot be read
             sys.exit(f"error: {e}")
+        for line in dry_run_report(config, mesh, summary, planned=memory is not None):
+            print(line)
+        print(json.dumps(summary), flush=True)  # the last line, for scripts
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for training")
@@ -52,6 +61,42 @@ def main(argv):
         train.train(config, _WORKDIR.value, mesh, monitors)
     except (validation.ConfigError, CheckpointError, DataError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
+
+
+def dry_run_report(config, mesh, summary: dict, planned: bool = False) -> list[str]:
+    """The dry run's lines for people: one device's memory against what it has (`planned`: the
+    --device_memory_gib given), how to fit when it does not, and a teacher-less distillation."""
+    gib = lambda b: f"{b / 2 ** 30:.2f} GiB"  # noqa: E731
+    lines = []
+    have = summary["device_memory_gib"]
+    where = (f"of {have:.2f} GiB" + (" (--device_memory_gib)" if planned
+                                     else f" that JAX may allocate on the {mesh.devices.flat[0].platform} device")
+             if have is not None else
+             f"of unknown device memory (JAX reports none on {mesh.devices.flat[0].platform}; "
+             "--device_memory_gib=N checks against N GiB)")
+    if summary["memory_gib_per_device"] is None:
+        lines.append(f"memory per device: unknown (XLA has no memory analysis on this backend), {where}")
+    else:
+        micro = config.batch_size // (mesh.size * config.optim.accum_steps)
+        lines.append(f"memory per device: {summary['memory_gib_per_device']:.2f} GiB "
+                     f"(arguments {gib(summary['argument_bytes_per_device'])}: state, teacher, batch; temporaries "
+                     f"{gib(summary['temp_bytes_per_device'])} for a micro-batch of {micro} images per device) {where}")
+    if summary.get("fits_device_memory") is False:
+        fixes = []
+        if summary["accum_steps_to_fit"]:
+            a = summary["accum_steps_to_fit"]
+            fixes.append(f"--config.optim.accum_steps={a} ({config.batch_size // (mesh.size * a)} images per "
+                         "device per micro-step)")
+        if summary["fsdp_to_fit"]:
+            fixes.append(f"--config.mesh.fsdp={summary['fsdp_to_fit']} --config.mesh.data=-1")
+        lines.append("WARNING: the step does not fit in one device's memory; " +
+                     (f"estimated to fit with {' or '.join(fixes)} (check with another --dry_run)" if fixes else
+                      f"no accum_steps or fsdp over these {mesh.size} device(s) is estimated to fit: more devices "
+                      "(with --config.mesh.fsdp), a smaller batch or a smaller model"))
+    if summary["teacher"] is not None and not summary["teacher_checkpoint"]:
+        lines.append(f"WARNING: config.teacher.checkpoint is empty: {config.method} would distil from a randomly "
+                     "initialised teacher (set --config.teacher.checkpoint=RUN_DIR_OR_FILE)")
+    return lines
 
 
 def parse_flags(argv):

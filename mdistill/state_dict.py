@@ -89,6 +89,33 @@ def canonical_names(sd: dict) -> dict:
     return out
 
 
+# ---- method heads ----------------------------------------------------------------------
+# The distillation heads the official releases store beside their students: DMAE's
+# aligned_feature_projection_heads.<i> (models_mae_distill.py: a Linear for 'fc-1layer',
+# timm's Mlp fc1 -> GELU -> fc2 for 'mlp-1layer', two Mlps for 'mlp-2layer'), AMD's
+# encoder.projection_heads.<i> (bias-free Linears; 'encoder.' is dropped as for every
+# VideoMAE encoder tensor) and generators.<i> (VideoMAE blocks at the teacher's width, and a
+# `norm` its forward never uses; its mask tokens are a plain list, stored nowhere). Head i
+# belongs to the i-th aligned student block, in block order.
+METHOD_HEAD_PREFIXES = ("aligned_feature_projection_heads.", "projection_heads.", "generators.")
+
+
+def method_head_to_flax(key: str, ndim: int) -> tuple[str, int, tuple[str, ...]] | None:
+    """'aligned_feature_projection_heads.0.weight' -> ('heads', 0, ('out', 'kernel')),
+    'generators.1.blocks.0.attn.q_bias' -> ('generators', 1, ('block_0', 'attn', 'q_bias')):
+    mdistill's ProjectionHead ('linear': out; 'mlp': fc1, out) and Generator names; None for a
+    head tensor they have no place for."""
+    m = re.fullmatch(r"(?:aligned_feature_)?projection_heads\.(\d+)\.(?:(fc1|fc2)\.)?(weight|bias)", key)
+    if m:
+        layer = "fc1" if m[2] == "fc1" else "out"
+        return "heads", int(m[1]), (layer, "kernel" if m[3] == "weight" else "bias")
+    m = re.fullmatch(r"generators\.(\d+)\.(blocks\..+)", key)
+    target = torch_to_flax(m[2], ndim) if m else None
+    if target and target[0] == "encoder":
+        return "generators", int(m[1]), target[1]
+    return None
+
+
 def to_flax_value(x: np.ndarray) -> np.ndarray:
     if x.ndim == 5:
         return x.transpose(2, 3, 4, 1, 0)  # Conv3d [D, C, t, p, p] -> [t, p, p, C, D]

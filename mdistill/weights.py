@@ -26,9 +26,10 @@ import numpy as np
 
 from mdistill import checkpoint
 from mdistill.models.vit import Layout, ViTSpec
-from mdistill.state_dict import (CLASSIFIER_PREFIXES, POSEMB_ATOL, Architecture, architecture_of_params,
-                                 expected_shapes, flatten, flax_shapes, infer_architecture, interpolate_posemb,
-                                 read_state_dict, sincos_table, to_flax_value, torch_to_flax, unflatten)
+from mdistill.state_dict import (CLASSIFIER_PREFIXES, METHOD_HEAD_PREFIXES, POSEMB_ATOL, Architecture,
+                                 architecture_of_params, expected_shapes, flatten, flax_shapes, infer_architecture,
+                                 interpolate_posemb, method_head_to_flax, read_state_dict, sincos_table,
+                                 to_flax_value, torch_to_flax, unflatten)
 
 
 def mae_params(params: dict) -> dict:
@@ -141,8 +142,8 @@ def state_dict_to_params(sd: dict, source: str, variant: str | None = None, chan
         arch = dataclasses.replace(arch, channels=channels)
     with_decoder = with_decoder and arch.decoder is not None
     expected = expected_shapes(arch, with_decoder)
-    if not with_decoder:  # an encoder only: a decoder's or a classifier's tensors may be there
-        ignore = (*ignore, "decoder_", "mask_token", *CLASSIFIER_PREFIXES)
+    if not with_decoder:  # an encoder only: a decoder's, a classifier's or a method's heads may be there
+        ignore = (*ignore, "decoder_", "mask_token", *CLASSIFIER_PREFIXES, *METHOD_HEAD_PREFIXES)
     problems = shape_problems({k: v.shape for k, v in sd.items()}, expected, ignore)
     if "pos_embed" not in sd and arch.spec.layout.posemb != "sincos_1d":  # VideoMAE stores no table
         problems.append("  pos_embed: missing from the checkpoint (it tells the grid and is checked)")
@@ -204,14 +205,27 @@ def _restore_placement(placement):
 
 
 # ---- loading --------------------------------------------------------------------------
+METHOD_PARTS = ("heads", "generators")  # an mdistill run's method heads (DMAE, AMD), beside 'mae'
+CLASSIFIER_PARTS = ("fc_norm", "head")  # a fine-tuned run's classifier, beside 'encoder'
+
+
 @dataclasses.dataclass
 class Weights:
     """Parameters {'encoder', 'decoder'?}, their architecture, and the checkpoint's meta
-    (step, the run's config or a conversion's architecture; {} for a PyTorch file)."""
+    (step, the run's config or a conversion's architecture; {} for a PyTorch file).
+
+    classifier: a fine-tuned run's {'fc_norm'? (global pooling), 'head'} ({} otherwise).
+    method (with load(method_heads=True)): distillation heads {'heads' | 'generators': {key:
+    params}}, keyed by name for an mdistill run (proj_s8_t17, ...), by index for an official
+    release's file (head i of the i-th aligned student block); unused: lines naming the head
+    tensors of a file that no mdistill head has a place for."""
 
     params: dict
     arch: Architecture
     meta: dict
+    classifier: dict = dataclasses.field(default_factory=dict)
+    method: dict = dataclasses.field(default_factory=dict)
+    unused: tuple[str, ...] = ()
 
     @property
     def encoder(self) -> dict:
@@ -220,22 +234,36 @@ class Weights:
 
 def load(path: str, variant: str | None = None, *, image_size: int | None = None, channels: int | None = None,
          placement=None, decoder: bool = True, decoder_heads: int | None = None, ignore=(),
-         field: str = "variant") -> Weights:
+         field: str = "variant", drop=(), method_heads: bool = False) -> Weights:
     """The weights at `path` (see the module's docstring), checked against `variant` (which
     also sets the head count, stored in no tensor) and `channels` where given. `field` names
     the setting the variant came from in errors, e.g. 'config.teacher.variant'. Without
     `decoder`, only the encoder is kept. `ignore`: prefixes of a PyTorch file's tensors that
-    may be dropped (its heads, say)."""
+    may be dropped (its heads, say). `drop`: prefixes of tensors left out before anything is
+    read from them (a file's PyTorch names; '/'-joined parameter paths of an mdistill
+    checkpoint, 'decoder/', 'heads/'). `method_heads`: also read the distillation heads
+    (Weights.method) instead of refusing a file that holds them."""
+    drop = tuple(drop)
     if os.path.isfile(path):
-        params, arch = state_dict_to_params(read_state_dict(path), path, variant, channels, with_decoder=decoder,
+        sd = {k: v for k, v in read_state_dict(path).items() if not k.startswith(drop)}
+        method, unused = ({}, ())
+        if method_heads:
+            sd, method, unused = split_method_heads(sd)
+        params, arch = state_dict_to_params(sd, path, variant, channels, with_decoder=decoder,
                                             ignore=ignore, decoder_heads=decoder_heads)
         params, arch = fit_image_size(params, arch, image_size, path)
-        return Weights(place(params, placement), arch, {})
+        return Weights(place(params, placement), arch, {}, method=method, unused=unused)
     early = architecture(path)  # a learned table at another grid is resized on the host, then placed
     resize = bool(image_size and early.grid and early.image_size != image_size
                   and early.spec.layout.posemb == "learned")
     params, meta = checkpoint.load_params(path, None if resize else _restore_placement(placement))
+    classifier = {k: params[k] for k in CLASSIFIER_PARTS if k in params and "encoder" in params}
+    method = {k: params[k] for k in METHOD_PARTS if k in params and "mae" in params} if method_heads else {}
     params = mae_params(params)
+    if drop:
+        params, method = (_drop(tree, drop) for tree in (params, method))
+        if "encoder" not in params:
+            raise ValueError(f"{path}: dropping {list(drop)} leaves no encoder")
     if not decoder:
         params = {"encoder": params["encoder"]}
     arch = _arch_from_meta(meta) or architecture_of_params(params, decoder_heads)
@@ -254,7 +282,37 @@ def load(path: str, variant: str | None = None, *, image_size: int | None = None
             raise ValueError(f"checkpoint {path} has {arch.spec.num_heads} heads, {field}={variant!r} "
                              f"has {spec.num_heads}")
         arch = dataclasses.replace(arch, spec=spec)
-    return Weights(params, arch, meta)
+    return Weights(params, arch, meta, classifier, method)
+
+
+def prefixes(value) -> tuple[str, ...]:
+    """Key prefixes from a comma-separated string ('decoder_,heads/') or a sequence of them."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(p.strip() for p in items if p.strip())
+
+
+def _drop(tree: dict, prefixes: tuple[str, ...]) -> dict:
+    """`tree` without the leaves whose '/'-joined path starts with one of `prefixes`."""
+    kept = {p: v for p, v in flatten(tree).items() if not "/".join(p).startswith(prefixes)}
+    return unflatten(kept)
+
+
+def split_method_heads(sd: dict) -> tuple[dict, dict, tuple[str, ...]]:
+    """A release's state dict -> (the rest, its distillation heads {'heads' | 'generators':
+    {index: params}} in mdistill's names and layouts, lines naming the head tensors mdistill's
+    heads have no place for). See state_dict.METHOD_HEAD_PREFIXES."""
+    rest, flat, unused = {}, {}, []
+    for key, value in sd.items():
+        if not key.startswith(METHOD_HEAD_PREFIXES):
+            rest[key] = value
+            continue
+        target = method_head_to_flax(key, value.ndim)
+        if target is None:
+            unused.append(f"  {key} {tuple(value.shape)}: no counterpart in mdistill's projection heads or generators")
+            continue
+        kind, index, path = target
+        flat[(kind, index, *path)] = np.ascontiguousarray(to_flax_value(value), np.float32)
+    return rest, unflatten(flat), tuple(unused)
 
 
 def architecture(path: str) -> Architecture:

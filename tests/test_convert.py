@@ -484,3 +484,27 @@ def test_safetensors_export_loads_strictly_into_the_timm_layout(ref, release, tm
     from_pth = torch.load(pth, weights_only=True)["model"]
     for k, v in load_file(str(out)).items():
         np.testing.assert_array_equal(v.numpy(), from_pth[k].numpy(), err_msg=k)
+
+
+# ---- export defaults: the pre-training release's tensors ------------------------------------------
+def test_a_pretrained_export_by_default_has_the_pretraining_releases_tensors(ref, release, tmp_path):
+    """mae_pretrain_vit_*.pth holds the encoder and its final norm, no head and no fc_norm: the
+    official main_finetune.py --finetune drops head.* only when its shape differs and then asserts
+    that exactly head.* (and fc_norm.*) are missing, so a zero head of 1000 rows kept there fails."""
+    import torch
+    from safetensors.numpy import load_file
+
+    release_keys = {k for k in release["model"].state_dict() if not (k.startswith("decoder_") or k == "mask_token")}
+    pth, st = tmp_path / "student.pth", tmp_path / "student.safetensors"
+    for out in (pth, st):
+        convert.main(["--export", "--input", release["orbax"], "--output", str(out)])
+    assert set(torch.load(pth, weights_only=True)["model"]) == release_keys
+    assert set(load_file(str(st))) == release_keys
+    assert set(convert.export_state_dict(weights.load_encoder(release["orbax"]), IMG)) == release_keys
+    # asked for: a zero head of --num_classes rows, fc_norm (ones, zeros) in place of norm
+    convert.main(["--export", "--input", release["orbax"], "--output", str(pth), "--num_classes", "7",
+                  "--global_pool"])
+    sd = torch.load(pth, weights_only=True)["model"]
+    assert set(sd) == release_keys - {"norm.weight", "norm.bias"} | {"fc_norm.weight", "fc_norm.bias",
+                                                                      "head.weight", "head.bias"}
+    assert sd["head.weight"].shape == (7, WIDTH) and not sd["head.weight"].any() and sd["fc_norm.weight"].all()

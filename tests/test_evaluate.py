@@ -234,14 +234,20 @@ def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(pretrained, tm
     from configs.finetune_fmnist import get_config as finetune_config
     from configs.linprobe_fmnist import get_config as linprobe_config
 
+    # a variant given on the command line that is not the run's: refused before anything is read
+    flag = {"student.variant"}
     c = finetune_config("smoke")
     c.student.variant, c.pretrained = "xs/4", pretrained  # 128 wide, 6 blocks; the checkpoint is mu/4
-    with pytest.raises(ValueError, match="does not match"):
-        finetune.run(c, str(tmp_path / "ft"))
+    with pytest.raises(ValueError, match=r"--config.student.variant='xs/4' disagrees with config.pretrained .* 'mu/4'"):
+        finetune.run(c, str(tmp_path / "ft"), explicit=flag)
     c = linprobe_config("smoke")
     c.student.variant, c.pretrained = "xs/4", pretrained
-    with pytest.raises(ValueError, match="does not match"):
-        linprobe.run(c, str(tmp_path / "lp"))
+    with pytest.raises(ValueError, match="disagrees with config.pretrained"):
+        linprobe.run(c, str(tmp_path / "lp"), explicit=flag)
+    # a config file's variant is a default: the run's replaces it
+    c = linprobe_config("smoke")
+    c.student.variant, c.pretrained, c.total_steps = "xs/4", pretrained, 1
+    assert linprobe.run(c, str(tmp_path / "lp2"))["data"]["source"] == "synthetic" and c.student.variant == "mu/4"
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz")),

@@ -308,11 +308,13 @@ def test_a_video_student_fine_tunes_with_the_multi_view_test(tmp_path):
     ft.num_frames, ft.tubelet_size = 4, 2
     ft.data.update(source="video_list", path=listing, root="", sampling_rate=2, flip=False, size=0,
                    temporal="finetune", test_num_segment=2, test_num_crop=3, augment="none")
-    ft.update(pretrained=str(tmp_path / "run"), num_classes=5, batch_size=4, total_steps=2, warmup_steps=0,
+    ft.update(pretrained=str(tmp_path / "run"), batch_size=4, total_steps=2, warmup_steps=0,
               eval_every=2, log_every=1)
     ft.eval.update(train_split="train", test_split="train", batch_size=4)
     ft.finetune.update(randaug_layers=0, flip=True)
-    tuner = finetune.FineTuner(ft, mesh)
+    # other data than the (synthetic) run's, named as the command line would
+    explicit = {"data.source", "data.path", "data.root", "data.sampling_rate", "eval.train_split", "eval.test_split"}
+    tuner = finetune.FineTuner(ft, mesh, explicit)
     assert tuner.test_transform().sample_shape == (6, 4, 32, 32, 3)
-    result = finetune.run(ft, str(tmp_path / "ft"), mesh)
+    result = finetune.run(ft, str(tmp_path / "ft"), mesh, explicit)
     assert 0.0 <= result["top1"] <= 100.0 and result["steps"] == 2

@@ -79,6 +79,8 @@ class FashionMNISTSource:
     def fingerprint(self) -> str:
         return f"fashion_mnist:{self.split}:{len(self)}:{self._digest}"
 
+    num_classes = 10
+
     def label(self, index: int) -> int:
         return int(self._labels[int(index)])
 

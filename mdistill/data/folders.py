@@ -7,6 +7,22 @@ from __future__ import annotations
 import os
 
 
+# Names one split goes by: ImageNet's folder holds val/, TFDS calls it 'validation'.
+SPLIT_ALIASES = {"validation": ("val",), "val": ("validation",)}
+
+
+def split_dir(root: str, split: str) -> str:
+    """<root>/<split>, or the folder of a name that split goes by where only that exists
+    (config.eval.test_split='validation' reads an ImageNet-style val/)."""
+    wanted = os.path.join(root, split)
+    if os.path.isdir(wanted):
+        return wanted
+    for alias in SPLIT_ALIASES.get(split, ()):
+        if os.path.isdir(os.path.join(root, alias)):
+            return os.path.join(root, alias)
+    return wanted
+
+
 def is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from mdistill.data.folders import class_folders, is_dir
+from mdistill.data.folders import class_folders, is_dir, split_dir
 
 EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = "<path>/<split>/<class>/<image> (ImageNet layout: train/n01440764/n01440764_10026.JPEG)"
@@ -22,7 +22,7 @@ def list_folder(split_dir: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray
     """(class names, relative paths as bytes, labels), sorted; cached so that planning and
     training list a large folder once."""
     classes = class_folders(split_dir, "image folder",
-                            f"{LAYOUT}; set config.data.path to <path> and config.data.split to <split>")
+                            f"{LAYOUT}; config.data.path is <path>, the split names <split>")
     paths, labels = [], []
     for label, name in enumerate(classes):
         # links that lead nowhere (dangling, or a loop) are listed too: reading them fails by
@@ -46,11 +46,15 @@ class ImageFolderSource:
 
     def __init__(self, root: str, split: str, image_size: int, channels: int = 3):
         self.root, self.split, self.image_size, self.channels = root, split, image_size, channels
-        self.directory = os.path.join(root, split)
+        self.directory = split_dir(root, split)
         self.classes, self._paths, self._labels = list_folder(os.path.abspath(self.directory))
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def path(self, index: int) -> str:
         return os.path.join(self.directory, self._paths[int(index)].decode())

@@ -77,6 +77,14 @@ class TFDSSource:
         transform = Transform(self.image_size, self.channels, "none")
         return np.stack([transform(self.raw(i)) for i in indices])
 
+    @property
+    def num_classes(self) -> int | None:
+        """The label feature's class count from the dataset's metadata (None if it has none)."""
+        try:
+            return int(self._source.dataset_info.features["label"].num_classes)
+        except (AttributeError, KeyError, TypeError):
+            return None
+
     def label(self, index: int) -> int:
         return int(self._source[int(index)]["label"])
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from mdistill.data.errors import DataError
-from mdistill.data.folders import class_folders, is_dir
+from mdistill.data.folders import class_folders, is_dir, split_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv")
 LAYOUT = "<path>/<split>/<class>/<video> (e.g. train/abseiling/0347ZoDXyP0_000095_000105.mp4)"
@@ -500,8 +500,9 @@ class VideoFolderSource(_VideoSource):
 
     def __init__(self, root: str, split: str, evaluation: EvalClips | None = None):
         self.root, self.split = root, split
-        self.classes, paths, labels = list_video_folder(os.path.abspath(os.path.join(root, split)))
-        super().__init__(os.path.join(root, split), paths, labels, evaluation)
+        directory = split_dir(root, split)
+        self.classes, paths, labels = list_video_folder(os.path.abspath(directory))
+        super().__init__(directory, paths, labels, evaluation)
 
     @property
     def num_classes(self) -> int:

@@ -116,7 +116,12 @@ def labelled_source(config, split: str):
         source = SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=seed,
                                  frames=inputs.num_frames(config))
     else:
-        source = data.build_source(config, split)
+        try:
+            source = data.build_source(config, split)
+        except FileNotFoundError as e:  # name the field that picks this split, not the pre-training's
+            field = next((f"config.eval.{name}" for name in ("test_split", "train_split")
+                          if config.eval[name] == split), "the split")
+            raise FileNotFoundError(f"{field}={split!r}: {e}") from e
     error = ValueError(f"data source {d.source!r} (split {split!r}) has no labels; k-NN, linear probing and "
                        "fine-tuning need a labelled dataset")
     if not callable(getattr(source, "labels", None)):
@@ -126,6 +131,47 @@ def labelled_source(config, split: str):
     except (KeyError, TypeError) as e:
         raise error from e
     return source
+
+
+def count_classes(source, labels: np.ndarray | None = None) -> int:
+    """The class count of a labelled source: what it declares (its class folders, its
+    metadata), else the largest label seen in `labels` (or all its labels) plus one."""
+    declared = getattr(source, "num_classes", None)
+    if declared:
+        return int(declared)
+    if labels is None:
+        labels = source.labels(np.arange(len(source)))
+    return int(np.max(labels)) + 1
+
+
+def with_top5(num_classes: int) -> bool:
+    """Top-5 accuracy means something only with more than 5 classes (with 5 or fewer it is
+    100%, and top_k cannot take k above the class count)."""
+    return num_classes > 5
+
+
+def data_record(config, splits: dict, num_classes: int | None = None) -> dict:
+    """What an evaluation was computed on, for its result JSON: the source and where it is,
+    each split's name and example count, and the class count (and names, where known)."""
+    d = config.data
+    out = {"source": d.source}
+    if d.source == "tfds":
+        out.update(name=d.name, data_dir=d.data_dir or "~/tensorflow_datasets")
+    elif d.source != "synthetic":
+        out["path"] = os.path.abspath(d.path)
+    for role, split in splits.items():
+        source = split.source
+        folder = getattr(source, "directory", None) or getattr(source, "base", None)
+        name = config.eval[f"{role}_split"]
+        out[role] = dict(split=name, examples=len(split), **({"folder": os.path.abspath(folder)} if folder else {}))
+    num_classes = num_classes or config.get("num_classes")
+    if num_classes:
+        out["num_classes"] = int(num_classes)
+    first = next(iter(splits.values()), None)
+    classes = getattr(getattr(first, "source", None), "classes", None)
+    if classes is not None:
+        out["classes"] = list(classes)
+    return out
 
 
 def subset(size: int, n: int, seed: int = 0) -> np.ndarray:
@@ -306,8 +352,9 @@ def validate_downstream(config, num_devices: int) -> None:
     from mdistill.validation import ConfigError, validate
 
     validate(config, num_devices)
-    if config.num_classes < 2:
-        raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2")
+    if config.num_classes != 0 and config.num_classes < 2:
+        raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2, or 0 for the data's "
+                          "class count")
     for name in ("train_examples", "test_examples"):
         if config[name] != -1 and config[name] < 1:
             raise ConfigError(f"config.{name}={config[name]} is invalid: must be >= 1, or -1 for the whole split")
@@ -330,7 +377,7 @@ def write_results(workdir: str, name: str, results: dict) -> str:
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
         baselines = results.get("baselines", {})
-        results = {k: v for k, v in results.items() if k != "baselines"}
+        results = {k: v for k, v in results.items() if not isinstance(v, dict)}  # nested: in the JSON only
         cells = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in results.items()}
         w1, w2 = max(map(len, cells)), max(map(len, cells.values()))
         rows = [f"| {'metric':<{w1}} | {'value':>{w2}} |", f"|{'-' * (w1 + 2)}|{'-' * (w2 + 2)}|"]

@@ -16,7 +16,7 @@ step's rng: flip (config.finetune.flip), RandAugment (randaugment.py), then norm
 random erasing and mixup / cutmix (augment.py).
 
   python -m mdistill.evaluate.finetune --config=configs/finetune_fmnist.py \
-      --config.pretrained=runs/demo/dmae --workdir=runs/demo/finetune
+      --config.pretrained=runs/demo/student_dmae --workdir=runs/demo/student_dmae/finetune
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, inputs, optim, sharding
+from mdistill import checkpoint, data, inputs, optim, resolve, sharding
 from mdistill.evaluate import augment
-from mdistill.evaluate.common import (Split, ordered_batches, labelled_source, load_encoder, subset,
-                                      to_host, topk_correct, validate_downstream, write_results)
+from mdistill.evaluate.common import (Split, count_classes, data_record, labelled_source, load_encoder,
+                                      ordered_batches, subset, to_host, topk_correct, validate_downstream, with_top5,
+                                      write_results)
 from mdistill.evaluate.randaugment import rand_augment
 from mdistill.metrics import MetricsWriter, log
 from mdistill.models.vit import Encoder, ViTSpec
@@ -46,7 +47,7 @@ from mdistill.objectives.mae import DTYPES
 def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """MAE's ViT-B fine-tuning recipe on top of base_config()."""
     c.pretrained = ""        # mdistill workdir / checkpoint / converted release; empty = from scratch
-    c.num_classes = 1000
+    c.num_classes = 0        # 0: the data's class count; set, it must agree with the data
     c.batch_size = 1024
     c.num_epochs, c.warmup_epochs = 100.0, 5.0
     c.optim.update(blr=5e-4, lr=-1.0, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=0.0)
@@ -114,7 +115,13 @@ def layer_decay_multipliers(params, depth: int, decay: float):
 class FineTuner:
     """The classifier, its optimizer and the compiled train and eval steps for one config."""
 
-    def __init__(self, config, mesh):
+    def __init__(self, config, mesh, explicit: frozenset = frozenset()):
+        # the model and data of config.pretrained's run, the class count of the data (mdistill.resolve)
+        resolve.pretrained_run(config, explicit)
+        # A split without labels fails here, before anything compiles; labels are read per batch.
+        train = labelled_source(config, config.eval.train_split)
+        resolve.num_classes(config, count_classes(train), f"split {config.eval.train_split!r} of "
+                            f"{config.data.source} data", explicit)
         validate_downstream(config, mesh.size)
         self.config, self.mesh = config, mesh
         self.spec = inputs.student_spec(config)  # a video ViT for clips
@@ -123,10 +130,9 @@ class FineTuner:
         if self.video and (ft.randaug_layers > 0 or config.eval.pool != "avg"):
             raise ValueError("fine-tuning on clips: RandAugment is for images and a video ViT has no cls token; "
                              "set --config.finetune.randaug_layers=0 --config.eval.pool=avg")
+        self.topk = (1, 5) if with_top5(config.num_classes) else (1,)
         self.model = Classifier(self.spec, config.num_classes, config.eval.pool, ft.drop_path, DTYPES[config.dtype])
         self.replicated, self.batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        # A split without labels fails here, before anything compiles; labels are read per batch.
-        train = labelled_source(config, config.eval.train_split)
         self.train_split = Split(train, subset(len(train), config.train_examples))
         records = data.records_per_step(config)  # the batch counts clips: num_sample of each video read
         if len(self.train_split) < records:
@@ -218,7 +224,7 @@ class FineTuner:
             logits = jnp.log(jax.nn.softmax(logits).reshape(batch, views, -1).mean(axis=1))
         else:
             logits = self.model.apply({"params": params}, x.astype(DTYPES[self.config.dtype]))
-        return jnp.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5)])
+        return jnp.stack([topk_correct(logits, labels, k) for k in self.topk])
 
     def test_transform(self):
         """Clips: every test video as data.test_num_segment x data.test_num_crop views."""
@@ -235,14 +241,14 @@ class FineTuner:
         with ordered_batches(self.config, self.test_split, self.config.eval.batch_size, self.batch_sharding,
                              self.test_transform()) as b:
             counts = sum(self.eval_fn(params, images, labels) for images, labels in b)
-        top1, top5 = (100.0 * to_host(counts) / len(self.test_split)).tolist()
-        return {"top1": top1, "top5": top5}
+        return {f"top{k}": v for k, v in zip(self.topk, (100.0 * to_host(counts) / len(self.test_split)).tolist())}
 
 
-def run(config, workdir: str, mesh=None) -> dict:
-    """Fine-tune (or resume) and return the results written to <workdir>/finetune.json."""
+def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
+    """Fine-tune (or resume) and return the results written to <workdir>/finetune.json.
+    `explicit`: the fields set on the command line (see mdistill.resolve)."""
     mesh = mesh or sharding.make_mesh()
-    ft = FineTuner(config, mesh)
+    ft = FineTuner(config, mesh, explicit)
     last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
     best_mngr = checkpoint.manager(os.path.join(os.path.abspath(workdir), "best"), keep=1)
     restored = checkpoint.restore_latest_good(last_mngr, *ft.abstract_state())
@@ -250,7 +256,7 @@ def run(config, workdir: str, mesh=None) -> dict:
         params = ft.init_params()
         opt_state = jax.jit(ft.tx.init, out_shardings=ft.replicated)(params)
         start, initial = 0, ft.evaluate(params)
-        best, data_state = {"top1": -1.0, "top5": -1.0, "step": 0}, None
+        best, data_state = {"top1": -1.0, "step": 0}, None
     else:
         params, opt_state, meta = restored
         changes = checkpoint.config_changes(meta["config"], config.to_dict())
@@ -259,6 +265,7 @@ def run(config, workdir: str, mesh=None) -> dict:
                                              "use another --workdir, or undo:\n" + "\n".join(changes))
         start, initial, best, data_state = meta["step"], meta["initial"], meta["best"], meta.get("data")
         log(f"finetune: resumed from {last_mngr.directory}/{start}")
+    checkpoint.write_config(workdir, config)  # <workdir>/config.json, once the config is known to fit the run
     batches = ft.batches(start, data_state).start()
     writer = MetricsWriter(workdir)
     log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
@@ -302,10 +309,12 @@ def run(config, workdir: str, mesh=None) -> dict:
         writer.close()
     if not evals:  # resumed a finished run
         evals = ft.evaluate(params)
-    results = {"top1": evals["top1"], "top5": evals["top5"], "best_top1": best["top1"], "best_step": best["step"],
+    results = {"top1": evals["top1"], **({"top5": evals["top5"]} if "top5" in evals else {}),
+               "best_top1": best["top1"], "best_step": best["step"],
                "initial_top1": initial["top1"], "steps": ft.total_steps, "train_seconds": round(time.time() - t0, 1),
-               "variant": config.student.variant, "pool": config.eval.pool,
-               "pretrained": config.pretrained or "(scratch)"}
+               "variant": config.student.variant, "pool": config.eval.pool, "num_classes": config.num_classes,
+               "pretrained": config.pretrained or "(scratch)",
+               "data": data_record(config, {"train": ft.train_split, "test": ft.test_split})}
     write_results(workdir, "finetune", results)
     return results
 
@@ -318,7 +327,9 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        from mdistill.resolve import explicit_fields
+
+        run(_CONFIG.value, _WORKDIR.value, explicit=explicit_fields(config_flags.get_override_values(_FLAGS["config"])))
     except (ConfigError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
         sys.exit(f"error: {e}")
 
@@ -330,6 +341,7 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    _FLAGS = flags.FLAGS
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (path[:arg]).")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, finetune.json and metrics go.", required=True)
     flags.mark_flag_as_required("config")

@@ -10,7 +10,7 @@ release). Model and data come from the run's saved config (a converted release
 gets its architecture and base_config()'s ImageNet data); --config.<field> overrides any
 field, e.g. the data or the k-NN settings in config.eval:
 
-  python -m mdistill.evaluate.knn --checkpoint=runs/demo/dmae --workdir=runs/demo/knn \
+  python -m mdistill.evaluate.knn --checkpoint=runs/demo/student_dmae --workdir=runs/demo/student_dmae/knn \
       --config.eval.knn_train_examples=-1 --config.eval.knn_test_examples=-1
 
 writes <workdir>/knn.json and prints it as a table; --baselines adds raw pixels and a
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdistill.checkpoint import CheckpointError
-from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, encoder_params, load_encoder,
-                                      load_split, to_host, write_results)
+from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, count_classes, data_record,
+                                      encoder_params, load_encoder, load_split, to_host, with_top5, write_results)
 from mdistill.metrics import log
 
 
@@ -75,7 +75,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k=20, tempe
                                k, temperature, num_classes, chunk))[:m]
     valid = test_labels >= 0
     out = {"knn_top1": accuracy(scores[valid], test_labels[valid], 1)}
-    if num_classes >= 5:
+    if with_top5(num_classes):
         out["knn_top5"] = accuracy(scores[valid], test_labels[valid], 5)
     return out
 
@@ -100,13 +100,14 @@ class KNNMonitor:
         self.train_split = load_split(config, ev.train_split, ev.knn_train_examples)
         self.test_split = load_split(config, ev.test_split, ev.knn_test_examples)
         self.extractor = FeatureExtractor(config, mesh)
-        self.num_classes = int(max(self.train_split.labels.max(), self.test_split.labels.max())) + 1
+        self.num_classes = max(count_classes(self.train_split.source, self.train_split.labels),
+                               int(self.test_split.labels.max()) + 1)
 
     def metric_names(self) -> set[str]:
-        """What it logs when it runs (top-5 only with at least 5 classes)."""
+        """What it logs when it runs (top-5 only with more than 5 classes)."""
         if not self.every:
             return set()
-        return {"knn_top1", "knn_seconds"} | ({"knn_top5"} if self.num_classes >= 5 else set())
+        return {"knn_top1", "knn_seconds"} | ({"knn_top5"} if with_top5(self.num_classes) else set())
 
     def due(self, step: int, is_last: bool = False, saving: bool = False) -> bool:
         """Every knn_every steps, at the end, and at every save when checkpoints are ranked by it."""
@@ -115,8 +116,8 @@ class KNNMonitor:
     def __call__(self, step: int, params) -> dict:
         """{'knn_top1', 'knn_top5', 'knn_seconds'} of the encoder in `params` at `step`, logged."""
         out = self.run(params)
-        log(f"step {step} | k-NN top1 {out['knn_top1']:.2f} | top5 {out.get('knn_top5', float('nan')):.2f} "
-            f"| {out['knn_seconds']:.0f}s")
+        top5 = f" | top5 {out['knn_top5']:.2f}" if "knn_top5" in out else ""
+        log(f"step {step} | k-NN top1 {out['knn_top1']:.2f}{top5} | {out['knn_seconds']:.0f}s")
         return out
 
     def maybe_run(self, step: int, params, is_last: bool = False, saving: bool = False) -> dict:
@@ -168,9 +169,11 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
     monitor = KNNMonitor(config, mesh)
     results = monitor.run({"encoder": params})
     ev = config.eval
-    results.update(checkpoint=path, variant=config.student.variant, data=config.data.source, pool=ev.pool,
+    results.update(checkpoint=path, variant=config.student.variant, pool=ev.pool,
                    k=ev.knn_k, temperature=ev.knn_temperature, train_examples=len(monitor.train_split),
-                   test_examples=len(monitor.test_split))
+                   test_examples=len(monitor.test_split),
+                   data=data_record(config, {"train": monitor.train_split, "test": monitor.test_split},
+                                    monitor.num_classes))
     if baselines:
         results["baselines"] = {name: monitor.run_encoder(baseline_params(name, config, mesh)) for name in BASELINES}
     write_results(workdir, "knn", results)

@@ -12,7 +12,7 @@ and runs the frozen encoder on it inside the step, so every epoch costs a forwar
 the training images. Test features are computed once, without augmentation, either way.
 
   python -m mdistill.evaluate.linprobe --config=configs/linprobe_fmnist.py \
-      --config.pretrained=runs/demo/dmae --workdir=runs/demo/linprobe
+      --config.pretrained=runs/demo/student_dmae --workdir=runs/demo/student_dmae/linprobe
 
 writes <workdir>/linprobe.json and metrics.jsonl. --config.knn=True adds k-NN accuracy on
 the same examples from the same forward pass (demo.sh uses it: the features of 70k images
@@ -33,10 +33,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import data, optim, sharding
+from mdistill import checkpoint, data, optim, resolve, sharding
 from mdistill.data import transforms
-from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, load_encoder, load_split,
-                                      random_encoder, to_host, topk_correct, validate_downstream, write_results)
+from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
+                                      data_record, load_encoder, load_split, random_encoder, to_host, topk_correct,
+                                      validate_downstream, with_top5, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
 from mdistill.validation import ConfigError
@@ -45,7 +46,7 @@ from mdistill.validation import ConfigError
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """MAE's ViT-B linear-probe recipe on top of base_config()."""
     c.pretrained = ""          # mdistill workdir / checkpoint; empty = random encoder (smoke only)
-    c.num_classes = 1000
+    c.num_classes = 0          # 0: the data's class count; set, it must agree with the data
     c.batch_size = 16384
     c.num_epochs, c.warmup_epochs = 90.0, 10.0
     c.optim.update(blr=0.1, lr=-1.0, weight_decay=0.0, min_lr=0.0)
@@ -88,21 +89,30 @@ def frozen_encoder(config, mesh):
     return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed)
 
 
-def run(config, workdir: str, mesh=None) -> dict:
+def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
     """Probe (and with config.knn, k-NN) the encoder of config.pretrained, and with
     config.baselines the raw pixels and a random encoder too (under 'baselines' in the
-    results). Writes <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe."""
+    results). The model and data are config.pretrained's run's, num_classes the data's
+    (mdistill.resolve; `explicit`: the fields set on the command line). Writes
+    <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe."""
     mesh = mesh or sharding.make_mesh()
+    resolve.pretrained_run(config, explicit)
+    # Labels are read and checked before anything compiles.
+    train_split = load_split(config, config.eval.train_split, config.train_examples, eager=False)
+    test_split = load_split(config, config.eval.test_split, config.test_examples, eager=False)
+    resolve.num_classes(config, count_classes(train_split.source, train_split.labels),
+                        f"split {config.eval.train_split!r} of {config.data.source} data", explicit)
     validate_downstream(config, mesh.size)
     if config.knn and config.eval.knn_pool not in POOLS:
         raise ConfigError(f"config.eval.knn_pool={config.eval.knn_pool!r} is invalid: expected one of {POOLS}")
-    # Labels are checked before anything compiles.
-    train_split = load_split(config, config.eval.train_split, config.train_examples, config.num_classes)
-    test_split = load_split(config, config.eval.test_split, config.test_examples, config.num_classes)
+    for split, name in ((train_split, config.eval.train_split), (test_split, config.eval.test_split)):
+        check_labels(split.labels, config.num_classes, name)
     extractor = FeatureExtractor(config, mesh)
+    checkpoint.write_config(workdir, config)  # <workdir>/config.json: the resolved config
     results = evaluate_encoder(config, mesh, extractor, frozen_encoder(config, mesh), train_split, test_split,
                                MetricsWriter(workdir))
     results["pretrained"] = config.pretrained or "(random)"
+    results["data"] = data_record(config, {"train": train_split, "test": test_split})
     if config.baselines:
         results["baselines"] = {}
         for name in BASELINES:
@@ -164,8 +174,9 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
     if n < b:
         raise ValueError(f"{n} train examples, fewer than config.batch_size={b}")
     per_epoch = n // b
-    total = round(config.num_epochs * per_epoch)
-    lr = optim.schedule(config.optim, b, total, round(config.warmup_epochs * per_epoch))
+    total = config.total_steps if config.total_steps >= 0 else round(config.num_epochs * per_epoch)
+    warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * per_epoch)
+    lr = optim.schedule(config.optim, b, total, min(warmup, total))
     kernels = lambda p: jax.tree_util.tree_map_with_path(lambda k, _: k[-1].key == "kernel", p)  # noqa: E731
     # MAE's LARS leaves biases (1-d parameters) out of weight decay and the trust ratio.
     tx = optax.lars(lr, weight_decay=config.optim.weight_decay, weight_decay_mask=kernels,
@@ -213,11 +224,13 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
         def step_args(s):
             return (encoder, *next(batches))
 
+    ks = (1, 5) if with_top5(config.num_classes) else (1,)
+
     @jax.jit
     def evaluate(params, stats, feats, test_y):
         logits = head.apply({"params": params, "batch_stats": stats}, feats, train=False)
         count = jnp.sum(test_y >= 0)
-        return {f"top{k}": 100.0 * topk_correct(logits, test_y, k) / count for k in (1, 5)}
+        return {f"top{k}": 100.0 * topk_correct(logits, test_y, k) / count for k in ks}
 
     log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, "
         f"peak lr {optim.peak_learning_rate(config.optim, b):.3g}"
@@ -233,12 +246,13 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
                                epoch=(s + 1) / per_epoch)
                 if writer:
                     writer.write(s + 1, metrics)
-                log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f} | "
-                    f"top5 {metrics['top5']:.2f}")
+                top5 = f" | top5 {metrics['top5']:.2f}" if "top5" in metrics else ""
+                log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f}{top5}")
                 losses = []
     if writer:
         writer.close()
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "train_loss": metrics["loss"],
+    return {"top1": metrics["top1"], **({"top5": metrics["top5"]} if "top5" in metrics else {}),
+            "train_loss": metrics["loss"],
             "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1)}
 
 
@@ -250,7 +264,9 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        from mdistill.resolve import explicit_fields
+
+        run(_CONFIG.value, _WORKDIR.value, explicit=explicit_fields(config_flags.get_override_values(_FLAGS["config"])))
     except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
 
@@ -262,6 +278,7 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    _FLAGS = flags.FLAGS
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Linear-probe config file (path[:arg]).")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where linprobe.json and metrics go.", required=True)
     flags.mark_flag_as_required("config")

@@ -54,8 +54,9 @@ class AMDObjective(DistillObjective):
 
     @classmethod
     def smoke(cls, config) -> None:
-        # middle and last blocks of each, as AMD pairs them: mu has 4 blocks, xs 6 (128 wide)
-        config.amd.update(pairs=((1, 2), (3, 5)), generator_heads=2)
+        # middle and last blocks of each, as AMD pairs them: mu has 4 blocks, xs 6 (128 wide);
+        # the teacher's counted from its last, so that any smoke teacher fits (-4, -1: 2, 5 of xs)
+        config.amd.update(pairs=((1, -4), (3, -1)), generator_heads=2)
 
     @classmethod
     def validate(cls, config) -> None:

@@ -44,6 +44,12 @@ class Objective:
         """Shrink config.<config_key> to the ':smoke' models (student mu/4, teacher xs/4)."""
 
     @classmethod
+    def follow_teacher(cls, config: ml_collections.ConfigDict, explicit: set[str]) -> None:
+        """Update the fields of config.<config_key> that follow config.teacher.variant, once
+        it is read off the teacher's checkpoint (mdistill.resolve.teacher); `explicit`: the
+        fields set on the command line, which must agree instead."""
+
+    @classmethod
     def validate(cls, config: ml_collections.ConfigDict) -> None:
         """Check the method's own fields after the shared ones passed; raise
         mdistill.checks.ConfigError naming the field (mdistill.checks.require)."""

@@ -43,10 +43,12 @@ class DistillObjective(MAEObjective):
     def validate_pairs(cls, config, field: str, pairs, student: ViTSpec, teacher: ViTSpec) -> None:
         require(len(pairs) >= 1, field, pairs, "need at least one (student block, teacher block)")
         for s, t in pairs:
-            require(0 <= s < student.depth, field, pairs,
-                    f"student block {s} is outside 0..{student.depth - 1} ({config.student.variant}, 0-based)")
-            require(0 <= t < teacher.depth, field, pairs,
-                    f"teacher block {t} is outside 0..{teacher.depth - 1} ({config.teacher.variant}, 0-based)")
+            require(-student.depth <= s < student.depth, field, pairs,
+                    f"student block {s} is outside 0..{student.depth - 1} ({config.student.variant}, 0-based; "
+                    "negative counts from the last)")
+            require(-teacher.depth <= t < teacher.depth, field, pairs,
+                    f"teacher block {t} is outside 0..{teacher.depth - 1} ({config.teacher.variant}, 0-based; "
+                    "negative counts from the last)")
 
     @classmethod
     def visible_patches(cls, config, mask_ratio: float) -> int:
@@ -57,7 +59,8 @@ class DistillObjective(MAEObjective):
         """The teacher's partial forward per sample: (cls +) its visible tokens, blocks 0..the
         deepest aligned one, no final norm."""
         spec = inputs.spec_of(config, config.teacher.variant)
-        return encoder_flops(spec, config.data.channels, teacher_visible, blocks=1 + max(t for _, t in pairs))
+        deepest = max(t % spec.depth for _, t in pairs)
+        return encoder_flops(spec, config.data.channels, teacher_visible, blocks=1 + deepest)
 
     @classmethod
     def head_flops(cls, config, pairs, layers: int = 1) -> float:
@@ -70,7 +73,9 @@ class DistillObjective(MAEObjective):
     def __init__(self, config: ml_collections.ConfigDict, pairs, head_kind: str = "linear",
                  head_bias: bool = True):
         super().__init__(config)
-        self.pairs = tuple((int(s), int(t)) for s, t in pairs)
+        # block indices as given, negative ones counted from the last block (-1: the last)
+        depths = (self.spec.depth, ViTSpec.parse(config.teacher.variant).depth)
+        self.pairs = tuple((int(s) % depths[0], int(t) % depths[1]) for s, t in pairs)
         self.student_blocks = tuple(sorted({s for s, _ in self.pairs}))
         self.teacher_blocks = tuple(sorted({t for _, t in self.pairs}))
         self.teacher = Teacher(inputs.spec_of(config, config.teacher.variant), DTYPES[config.teacher.dtype])

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from mdistill.checks import require
+from mdistill.checks import require, take
 from mdistill.models.heads import PROJECTION_KINDS
+from mdistill.models.vit import ViTSpec
 from mdistill.objectives.common import FEATURE_LOSSES, TARGET_NORMS, feature_loss, normalize_targets
 from mdistill.objectives.distill import DistillObjective, head_name
 
@@ -47,6 +48,13 @@ class DMAEObjective(DistillObjective):
     @classmethod
     def smoke(cls, config) -> None:
         config.distill.update(pairs=((1, 3),), projection=(64, 128))
+
+    @classmethod
+    def follow_teacher(cls, config, explicit) -> None:
+        if config.distill.get("projection"):  # () skips the check: nothing to follow
+            student, teacher = ViTSpec.parse(config.student.variant), ViTSpec.parse(config.teacher.variant)
+            take(config, "distill.projection", (student.width, teacher.width), "the student and teacher widths",
+                 explicit)
 
     @classmethod
     def validate(cls, config) -> None:
