@@ -30,11 +30,14 @@
 # Environment:
 #   MDISTILL_DEMO_STEPS=N    train each model for N steps only (a quick check: the
 #                            evaluations then use 10k/2k images); the default RUNS then
-#                            becomes runs/demo-Nsteps, so it never mixes with a full run
+#                            becomes runs/demo-Nsteps, so it never mixes with a full run.
+#                            Fewer steps than the full budgets check the pipeline only:
+#                            the summary says so and draws no conclusion
 #   RUNS=DIR                 where the workdirs go (default runs/demo), relative to the
 #                            repository root
 #   MDISTILL_FMNIST_DIR=DIR  folder holding the four Fashion-MNIST *-ubyte.gz files
-#   PYTHON=python3.11        the Python that creates .venv (default python3)
+#   PYTHON=python3.12        the Python that creates .venv (default: the newest >= 3.12 found,
+#                            else python3; see scripts/setup_env.sh)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -42,6 +45,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
 
 steps=${MDISTILL_DEMO_STEPS:-}
+# the teacher's budget: scripts/demo_summary.py's TEACHER_STEPS (tests/test_demo_summary.py checks they agree)
 teacher_overrides=(--config.total_steps=800 --config.warmup_steps=80)
 overrides=()       # the three pre-training stages
 data_overrides=()  # where the data is, for every stage

@@ -44,6 +44,7 @@ def get_config(arg=None):
     c.optim.update(lr=1.5e-3, b1=0.9, b2=0.95, weight_decay=0.05)
     c.batch_size = 64
     c.log_every, c.checkpoint_every = 50, 500
+    c.visualize_every = 250  # frame strips of 4 clips in <workdir>/visualizations (and at the end)
     if args["role"] == "teacher":
         c.method = "mae"
         c.mask_ratio = 0.9

@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
 # Run one experiment on a SLURM GPU cluster, one process per node (each sees its node's
-# GPUs); JAX's distributed runtime reads the SLURM environment to find its peers:
+# GPUs); JAX's distributed runtime reads the SLURM environment to find its peers.
 #
 #   bash launch/slurm.sh [--dry_run] CONFIG WORKDIR [extra mdistill flags]
+#   bash launch/slurm.sh --help
 #
 # Outside a job this submits itself with sbatch; inside the job it starts the processes
-# with srun. --dry_run prints the sbatch command and the srun command the job would run.
+# with srun. SLURM sends SIGTERM 5 minutes before the time limit: every process saves at the
+# same step and exits, and submitting the same command again resumes.
 #
-# Settings (environment): NODES (default 4), GPUS_PER_NODE (8), CPUS_PER_NODE (64),
-# PARTITION and ACCOUNT (cluster default when empty), TIME_LIMIT (48:00:00), VENV (the
-# repository's .venv), JOB_NAME (mdistill). WORKDIR must be on a filesystem that every node
-# sees: every process writes its shards of each checkpoint there.
+# Arguments:
+#   --dry_run    (first argument only) print the sbatch command and the srun command the
+#                job would run, instead of submitting
+#   CONFIG       a config file, optionally with its argument (configs/dmae_vitb.py)
+#   WORKDIR      the run's folder, on a filesystem that every node sees: every process
+#                writes its shards of each checkpoint there
+#   extra mdistill flags  passed on to mdistill.main, e.g. --config.optim.accum_steps=4
+#
+# Environment (settings):
+#   NODES          nodes, one process each (default 4)
+#   GPUS_PER_NODE  GPUs per node, requested with --gpus-per-node (default 8)
+#   CPUS_PER_NODE  CPUs of the one task per node, --cpus-per-task (default 64)
+#   PARTITION      sbatch --partition (default: the cluster's default partition)
+#   ACCOUNT        sbatch --account (default: your default account)
+#   TIME_LIMIT     sbatch --time (default 48:00:00)
+#   JOB_NAME       sbatch --job-name (default mdistill)
+#   VENV           a virtual environment with mdistill installed, on a path every node sees
+#                  (default: the repository's .venv). For GPUs it needs JAX's CUDA plugin:
+#                  python3 -m venv .venv && .venv/bin/pip install -e '.[cuda]'
+#                  (a .venv made by tests/run.sh or demo.sh has CPU-only JAX)
+# Environment (set by SLURM or by this script, not by you):
+#   SLURM_JOB_ID   set inside a job: the script then runs srun instead of sbatch
+#   MDISTILL_REPO  the checkout, passed to the job (SLURM runs a spool copy of this script)
 set -euo pipefail
+
+if [[ ${1:-} == --help || ${1:-} == -h ]]; then
+  # the comment block above, without its '# '
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
+  exit 0
+fi
 
 print_only=0
 if [[ ${1:-} == --dry_run ]]; then
@@ -19,7 +46,7 @@ if [[ ${1:-} == --dry_run ]]; then
   shift
 fi
 if (( $# < 2 )); then
-  echo "usage: bash launch/slurm.sh [--dry_run] CONFIG WORKDIR [extra flags]" >&2
+  echo "usage: bash launch/slurm.sh [--dry_run] CONFIG WORKDIR [extra flags] (--help explains them)" >&2
   exit 2
 fi
 config=$1 workdir=$2
@@ -43,8 +70,6 @@ train=(srun --nodes="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1
 
 if [[ -n ${SLURM_JOB_ID:-} && $print_only == 0 ]]; then
   cd "$repo"
-  # SIGTERM before the time limit reaches every process: mdistill saves and exits, and
-  # resubmitting the same command resumes.
   exec "${train[@]}"
 fi
 

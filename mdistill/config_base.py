@@ -36,8 +36,15 @@ def base_config() -> ml_collections.ConfigDict:
         variant="B/16", decoder_width=512, decoder_depth=8, decoder_heads=16,
         # start from these weights instead of a random init (continued pre-training, or an
         # official MAE encoder + decoder): the paths teacher.checkpoint takes, checked against
-        # the student's variant and decoder; a checkpoint without a decoder sets the encoder only
-        init=""))
+        # the student's variant and decoder; a checkpoint without a decoder sets the encoder only.
+        # A video student (num_frames > 1) starts from a video checkpoint, an image one from an
+        # image one. Method heads (DMAE's and AMD's projections, AMD's generators; an mdistill
+        # run's or the official releases') load where they fit; the others are listed.
+        init="",
+        # tensors of student.init to leave out: key prefixes, comma-separated (PyTorch names
+        # for a file, e.g. 'decoder_,mask_token,projection_heads.'; '/'-joined parameter paths
+        # for an mdistill checkpoint, e.g. 'decoder/,heads/,generators/')
+        init_ignore=""))
     c.teacher = ml_collections.ConfigDict(dict(
         variant="L/16",
         checkpoint="",       # mdistill workdir / checkpoint dir; empty = random (smoke only)
@@ -107,7 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 50
     c.checkpoint_every = 1000
-    c.visualize_every = 0    # steps between reconstruction grids in <workdir>/visualizations (0: never)
+    c.visualize_every = 1000  # steps between reconstruction grids in <workdir>/visualizations; also
+    #                           drawn at the last step (0: never). Smoke configs: at the end only
     c.keep_checkpoints = 3   # the latest K are kept ...
     c.best_metric = ""       # ... plus the best by this logged metric ('loss', 'max:knn_top1')
     return c
@@ -158,6 +166,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.update(lr=1e-3, accum_steps=1)
     c.dtype = "float32"
     c.log_every, c.checkpoint_every = 10, 40
+    c.visualize_every = c.total_steps  # one picture, at the end (a fraction of a second)
     c.eval.update(knn_train_examples=256, knn_test_examples=64, batch_size=64)
     return c
 

@@ -94,25 +94,36 @@ class Trainer:
 
     def _student_init(self, state: TrainState, path: str) -> TrainState:
         """The student's encoder (and decoder, if the checkpoint has one) from `path`, checked
-        against config.student; other trained parameters (heads) keep their random init, and
-        the optimizer state is that of the new parameters (Adam's moments are zeros either way)."""
+        against config.student: a video student (config.num_frames > 1) from a video
+        checkpoint, an image student from an image one. Method heads (an mdistill run's by
+        name, an official DMAE / AMD release's by position) load where they fit, the others
+        are logged and keep their random init, as does every part the checkpoint lacks. The
+        optimizer state is that of the new parameters (Adam's moments are zeros either way)."""
         c = self.config
+        drop = weights.prefixes(c.student.get("init_ignore", ""))
         try:
             loaded = weights.load(path, c.student.variant, image_size=c.image_size, channels=c.data.channels,
-                                  decoder_heads=c.student.decoder_heads, field="config.student.variant")
+                                  decoder_heads=c.student.decoder_heads, field="config.student.variant",
+                                  drop=drop, method_heads=True)
         except (ValueError, ImportError) as e:
             raise checkpoint.CheckpointError(f"config.student.init: {e}") from e
-        layout = loaded.arch.spec.layout.describe()
-        if layout:
+        have, want = loaded.arch.spec.layout, inputs.student_spec(c).layout
+        if have.tubelet != want.tubelet:
+            kind = lambda t: f"a video ViT ({t}-frame tubelets)" if t else "an image ViT"  # noqa: E731
             raise checkpoint.CheckpointError(
-                f"config.student.init: {path} is a ViT with {layout}; the student is an MAE ViT (fixed sin-cos "
-                "position embedding, cls token, qkv bias, final norm), so it cannot start from it (as a teacher, "
-                "config.teacher.checkpoint, it can be used)")
+                f"config.student.init: {path} holds {kind(have.tubelet)} but the student is {kind(want.tubelet)} "
+                f"(config.num_frames={inputs.num_frames(c)}, config.tubelet_size={c.tubelet_size}): a video student "
+                "starts from a video checkpoint, an image student from an image one")
+        if have != want:
+            raise checkpoint.CheckpointError(
+                f"config.student.init: {path} is a ViT with {have.describe() or 'MAE layout'}; the student is "
+                f"{want.describe() or 'an MAE ViT (fixed sin-cos position embedding, cls token, qkv bias, final norm)'}"
+                ", so it cannot start from it (as a teacher, config.teacher.checkpoint, it can be used)")
         mae = state.params["mae"]
         parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params}
-        want = {"/".join(p): tuple(v.shape) for p, v in weights.flatten({k: mae[k] for k in parts}).items()}
-        have = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(parts).items()}
-        problems = weights.shape_problems(have, want)
+        want_shapes = {"/".join(p): tuple(v.shape) for p, v in weights.flatten({k: mae[k] for k in parts}).items()}
+        have_shapes = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(parts).items()}
+        problems = weights.shape_problems(have_shapes, want_shapes)
         if problems:
             s = c.student
             raise checkpoint.CheckpointError(
@@ -120,10 +131,56 @@ class Trainer:
                 f"{s.decoder_width} depth {s.decoder_depth}):\n" + "\n".join(problems))
         placed = weights.place(jax.device_get(parts), {k: self.state_sharding.params["mae"][k] for k in parts})
         params = {**state.params, "mae": {**mae, **placed}}
+        params, heads, skipped = self._method_heads_init(params, loaded)
         log(f"student initialised from {path}: {' and '.join(parts)}"
-            + ("" if "decoder" in parts else " (the decoder keeps its random init)"))
+            + ("" if "decoder" in parts else " (the decoder keeps its random init)")
+            + (f"; heads {', '.join(heads)}" if heads else ""))
+        if skipped:
+            log(f"config.student.init: not loaded from {path} (kept at their random init):\n" + "\n".join(skipped))
         opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
         return TrainState(state.step, params, opt_state)
+
+    def _method_heads_init(self, params: dict, loaded: weights.Weights) -> tuple[dict, list[str], list[str]]:
+        """params with the checkpoint's method heads where they fit -> (params, 'name <- source'
+        of each head loaded, lines naming what was not). A head loads when every tensor the
+        checkpoint has for it fits (name and shape); tensors it lacks (AMD's generator mask
+        token, stored nowhere by the release) keep their init. An official release's head i
+        is that of the i-th aligned student block (its order)."""
+        from mdistill.objectives.amd import generator_name
+        from mdistill.objectives.distill import head_name
+
+        pairs = sorted(getattr(self.objective, "pairs", ()))
+        by_index = {"heads": [head_name(s, t) for s, t in pairs],
+                    "generators": [generator_name(s, t) for s, t in pairs]}
+        release = {"heads": "projection head", "generators": "generator"}
+        params, done, skipped = dict(params), [], list(loaded.unused)
+        for kind, trees in loaded.method.items():
+            for key, tree in trees.items():
+                by_position = isinstance(key, int)  # an official release's; an mdistill run's are named
+                source = f"{release[kind]} {key}" if by_position else f"{kind}/{key}"
+                name = (by_index[kind][key] if key < len(pairs) else None) if by_position else key
+                target = params.get(kind, {}).get(name) if name else None
+                if target is None:
+                    method = self.config.method
+                    why = (f"this {method} run has {len(pairs)} aligned pair(s) with {kind}" if by_position
+                           else f"this {method} run has no {kind[:-1]} {key!r}")
+                    skipped.append(f"  {source}: {why}")
+                    continue
+                have = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(tree).items()}
+                want = {"/".join(p): tuple(v.shape) for p, v in weights.flatten(target).items()}
+                problems = [line for line in weights.shape_problems(have, want) if "missing from" not in line]
+                if problems:
+                    skipped += [f"  {source} -> {kind}/{name}:"] + [f"  {line}" for line in problems]
+                    continue
+                sharding_tree = weights.flatten(self.state_sharding.params[kind][name])
+                flat = weights.flatten(target)
+                for p, v in weights.flatten(tree).items():
+                    flat[p] = weights.place(np.asarray(jax.device_get(v), np.float32), sharding_tree[p])
+                params[kind] = {**params[kind], name: weights.unflatten(flat)}
+                lacking = sorted(set(want) - set(have))
+                done.append(f"{kind}/{name} <- {source}" + (f" ({', '.join(lacking)} keep their init)" if lacking
+                                                            else ""))
+        return params, done, skipped
 
     def abstract_state(self) -> TrainState:
         return _abstract(jax.eval_shape(self._init_state, self.init_rng), self.state_sharding)
@@ -217,14 +274,15 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def summarize(config, mesh) -> dict:
-    """What --dry_run prints: sizes, plan and XLA's FLOPs for one compiled step."""
+def summarize(config, mesh, device_memory: int | None = None) -> dict:
+    """What --dry_run prints: sizes, plan, XLA's FLOPs and memory for one compiled step, and
+    whether that fits the device's memory (`device_memory` bytes, default what JAX reports)."""
     trainer = Trainer(config, mesh)
     state, teacher = trainer.abstract_state(), trainer.abstract_teacher()
     objective = trainer.objective
     t0 = time.time()
     compiled = trainer.compiled_step()
-    return {
+    summary = {
         "method": config.method,
         "student": config.student.variant,
         "student_params": count_params(weights.encoder_of(state.params)),
@@ -251,7 +309,12 @@ def summarize(config, mesh) -> dict:
         "teacher_bytes_per_device": (sharding.bytes_per_device(teacher, trainer.teacher_sharding)
                                      if teacher is not None else 0),
         **memory_of(compiled),
+        "teacher_checkpoint": (config.teacher.checkpoint or None) if objective.uses_teacher else None,
     }
+    params_bytes = sharding.bytes_per_device(state.params, trainer.state_sharding.params)
+    summary.update(memory_fit(config, mesh, summary, params_bytes,
+                              device_memory if device_memory is not None else device_memory_of(mesh)))
+    return summary
 
 
 def memory_of(compiled) -> dict:
@@ -262,6 +325,51 @@ def memory_of(compiled) -> dict:
                 "temp_bytes_per_device": int(m.temp_size_in_bytes)}
     except Exception:  # not every backend implements it
         return {}
+
+
+GIB = 2 ** 30
+
+
+def device_memory_of(mesh) -> int | None:
+    """Bytes one device of the mesh may allocate, as JAX reports it (the allocator's limit: on a
+    GPU what JAX preallocates, 75% of the memory by default); None where it reports none (CPU)."""
+    try:
+        stats = mesh.devices.flat[0].memory_stats()
+    except Exception:  # not implemented on every backend
+        return None
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def memory_fit(config, mesh, summary: dict, params_bytes: int, limit: int | None) -> dict:
+    """One device's memory for the step (XLA's arguments + temporaries) against `limit`, and
+    when it does not fit, the smallest `optim.accum_steps` (same mesh) and the smallest
+    `mesh.fsdp` (same accum_steps) estimated to fit. The estimate: temporaries shrink with the
+    per-device micro-batch, except a gradient-sized part (the gradients and their
+    accumulator, 2 x the trained parameters a device holds); arguments (state, teacher,
+    batch) do not shrink with it, while fsdp divides the state and teacher among its devices.
+    An estimate: check a suggestion with another --dry_run."""
+    if "temp_bytes_per_device" not in summary:
+        return {"memory_gib_per_device": None, "device_memory_gib": None if limit is None else round(limit / GIB, 3)}
+    args, temp = summary["argument_bytes_per_device"], summary["temp_bytes_per_device"]
+    out = {"memory_gib_per_device": round((args + temp) / GIB, 3),
+           "device_memory_gib": None if limit is None else round(limit / GIB, 3),
+           "fits_device_memory": None if limit is None else args + temp <= limit}
+    if limit is None or args + temp <= limit:
+        return out
+    accum, batch, devices = config.optim.accum_steps, config.batch_size, mesh.size
+    fixed = min(temp, 2 * params_bytes)
+    scaled = temp - fixed  # proportional to the micro-batch, batch / (devices x accum_steps)
+    out["accum_steps_to_fit"] = next(
+        (a for a in range(accum + 1, batch // devices + 1)
+         if batch % a == 0 and (batch // a) % devices == 0 and args + fixed + scaled * accum / a <= limit), None)
+    fsdp = mesh.shape["fsdp"]
+    sharded = summary["state_bytes_per_device"] + summary["teacher_bytes_per_device"]
+    out["fsdp_to_fit"] = next(
+        (f for f in range(fsdp + 1, devices + 1)
+         if devices % f == 0 and max(args - sharded, 0) + sharded * fsdp / f + fixed * fsdp / f + scaled <= limit),
+        None)
+    return out
 
 
 def ensure_writable(workdir: str) -> None:
@@ -384,6 +492,7 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
     teacher_params = trainer.load_teacher()
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
     state, data_state = resume_or_init(trainer, mngr)
+    checkpoint.write_config(workdir, config)  # <workdir>/config.json: the resolved config, readable
     start = int(state.step)
     if preemption.requested:
         log("SIGTERM before the first step: nothing to save, stopping; rerun the same command to resume")
@@ -391,11 +500,10 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
     # grain workers start decoding now, while the step compiles
     batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
-    if config.visualize_every and inputs.is_video(config):
-        log("visualize_every: reconstruction grids are drawn for images only; none for this video run")
-    pictures = (visualize.ReconstructionWriter(trainer, workdir, data.build_source(config).images(np.arange(8)),
+    # samples spread over the data and its classes; clips are drawn as strips of frames
+    pictures = (visualize.ReconstructionWriter(trainer, workdir, visualize.samples(config),
                                                tensorboard=writer.tensorboard)
-                if config.visualize_every and not inputs.is_video(config) else None)
+                if config.visualize_every else None)
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The tests: bash tests/run.sh [pytest arguments]
 #
-# Creates .venv if missing (Python >= 3.11; $PYTHON, default python3), installs
-# mdistill with its test extras and PyTorch's local CPU wheel (for the checkpoint-conversion
-# tests, which skip without it), installs Debian's dataset-fashion-mnist when the files are
+# Creates .venv if missing (with $PYTHON, default the newest Python >= 3.12 found, else
+# python3 >= 3.11; an existing .venv of another Python 3.x is recreated: see
+# scripts/setup_env.sh), installs mdistill with its test extras and, where its Python has
+# one, PyTorch's local CPU wheel (for the checkpoint-conversion tests, which skip without it;
+# bash tests/run_torch.sh runs them in .venv-torch on the wheel's Python; .ci/run runs both),
+# installs Debian's dataset-fashion-mnist when the files are
 # missing and we are root (tests that need the real data skip without it), and shellcheck
 # likewise (the shell-script lint test skips without it), then runs
 # `python -m pytest -q -n 2 --dist loadfile tests "$@"`: two pytest-xdist workers, each
@@ -18,9 +21,10 @@ source scripts/setup_env.sh
 
 mdistill_setup_venv '.[test]' mdistill pytest xdist nbclient matplotlib
 mdistill_install_torch ||
-  echo "PyTorch not installed: the checkpoint-conversion tests (tests/test_convert.py) will be skipped"
+  echo "PyTorch not installed for $(python --version): the tests that need it will be skipped here;" \
+       "bash tests/run_torch.sh runs them"
 mdistill_install_timm ||
-  echo "timm not installed: the checks against timm's own VisionTransformer will be skipped"
+  echo "timm not installed: the checks against timm's own VisionTransformer will be skipped here"
 mdistill_fmnist_ready ||
   echo "Fashion-MNIST not in $MDISTILL_FMNIST_DIR: tests that need the real data will be skipped"
 

@@ -1,7 +1,9 @@
-"""The launchers' --dry_run prints the commands they would run; they and the other shell
-scripts are shellcheck-clean where shellcheck is installed (tests/run.sh installs it)."""
+"""The launchers' --dry_run prints the commands they would run; --help explains every
+argument and environment variable they read; they and the other shell scripts are
+shellcheck-clean where shellcheck is installed (tests/run.sh installs it)."""
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -10,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sh"]
-OTHER_SCRIPTS = ["demo.sh", "tests/run.sh", "scripts/setup_env.sh", ".ci/run"]
+OTHER_SCRIPTS = ["demo.sh", "tests/run.sh", "tests/run_torch.sh", "scripts/setup_env.sh", ".ci/run"]
 
 
 def dry_run(script, *args, **env):
@@ -55,6 +57,49 @@ def test_slurm_submits_itself_and_runs_one_process_per_node_with_srun():
     assert srun[0] == "srun" and "--nodes=4" in srun and "--ntasks-per-node=1" in srun
     assert srun[srun.index("mdistill.main") + 1:] == ["--config=configs/dmae_vitb.py", "--workdir=/shared/dmae",
                                                       "--config.seed=2"]
+
+
+def help_text(script, flag="--help"):
+    out = subprocess.run(["bash", script, flag], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_explains_every_argument_and_environment_variable(script):
+    text = help_text(script)
+    assert help_text(script, "-h") == text
+    with open(os.path.join(ROOT, script)) as f:
+        source = f.read()
+    # every variable the script reads from the environment: ${NAME:-...} / ${NAME:+...}, upper case
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)[:}]", source))
+    assert read, script
+    for name in read:
+        assert re.search(rf"^ *{name}\b", text, re.M), f"{script} --help does not explain ${name}"
+    usage = next(line for line in text.splitlines() if line.strip().startswith(f"bash {script} ["))
+    for arg in re.findall(r"\b[A-Z][A-Z]+\b|--dry_run", usage):  # CONFIG, WORKDIR, STAGE, --dry_run
+        assert re.search(rf"^ +{arg}\b", text, re.M), f"{script} --help does not explain {arg}"
+    assert "Arguments:" in text and "Environment" in text
+
+
+def test_help_lists_every_tpu_stage():
+    text = help_text("launch/tpu_pod.sh")
+    for stage in ["create", "copy", "install", "run", "delete", "all"]:
+        assert re.search(rf"^ +{stage} ", text, re.M), stage
+
+
+def test_usage_error_points_at_help():
+    for script in SCRIPTS:
+        out = subprocess.run(["bash", script], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and "--help" in out.stderr, script
+
+
+def test_tpu_pod_installs_the_tpu_extra_in_a_venv_of_a_new_python():
+    cmds = dry_run("launch/tpu_pod.sh", "install", "c.py", "/w", PYTHON_VERSION="3.13")
+    [install] = [c for c in cmds if c[0] == "gcloud"]
+    inner = next(a for a in install if a.startswith("--command=")).split("=", 1)[1]
+    assert "--python 3.13 .venv" in inner and "-e '.[tpu]'" in inner
+    [run] = [c for c in dry_run("launch/tpu_pod.sh", "run", "c.py", "/w") if c[0] == "gcloud"]
+    assert ".venv/bin/python -m mdistill.main" in next(a for a in run if a.startswith("--command="))
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
