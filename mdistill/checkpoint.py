@@ -5,16 +5,23 @@ Saves are asynchronous and atomic: Orbax writes into a temporary directory and r
 when complete, so a partial save is never listed. The step's rng and the data position are
 pure functions of (seed, step); meta also holds the input pipeline's state (next step, what
 identifies the data), which the resumed pipeline checks (mdistill/data/pipeline.py).
+
+Meta also holds a checksum of every saved array ('checksums', verified on restore: a
+checkpoint whose bytes changed is set aside as corrupt like a truncated one) and, for a
+distillation run, its teacher's digest, path and step ('teacher', checked on resume).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
+import weakref
 
 import jax
 import numpy as np
@@ -26,7 +33,8 @@ from mdistill.metrics import log
 # Fields that may change between a run and its resumption: they alter neither the model,
 # the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
-                     "total_steps", "num_epochs", "teacher.checkpoint", "student.init", "student.init_ignore",
+                     "total_steps", "num_epochs", "teacher.checkpoint", "teacher.allow_change",
+                     "student.init", "student.init_ignore",
                      "data.path", "data.data_dir", "eval.",
                      # how the input pipeline runs, not what it yields
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
@@ -42,6 +50,10 @@ ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "mask
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose arrays read back with other bytes than were saved."""
 
 
 LOCK_FILE = ".lock"  # in the workdir; names the run holding it: "pid <pid> on <host> since <time>"
@@ -142,20 +154,31 @@ def manager(directory: str, keep: int | None = None, best_metric: str = "", crea
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict, metrics: dict | None = None):
-    """Start an asynchronous save; a failure of the previous one surfaces here, named."""
+    """Start an asynchronous save; a failure of the previous one surfaces here, named. The
+    arrays' checksums go into meta['checksums'] (computed here, on the host, before the save
+    starts: see checksums() for the cost)."""
+    meta = dict(meta, checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
+    wait(mngr)  # the previous save's failure surfaces under its own step (Orbax waits for it anyway)
     try:
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                 opt_state=ocp.args.StandardSave(opt_state),
                                                 meta=ocp.args.JsonSave(meta)), metrics=metrics)
     except Exception as e:
         raise write_error(mngr, step, e) from e
+    _IN_FLIGHT[mngr] = step
+
+
+# the step of each manager's asynchronous save in flight, to name it when it fails later
+_IN_FLIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight; its failure is named by its own step."""
     try:
         mngr.wait_until_finished()
     except Exception as e:
-        raise write_error(mngr, None, e) from e
+        raise write_error(mngr, _IN_FLIGHT.pop(mngr, None), e) from e
+    _IN_FLIGHT.pop(mngr, None)
 
 
 def write_error(mngr, step, error) -> CheckpointError:
@@ -175,19 +198,24 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
         params=ocp.args.StandardRestore(abstract_params),
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
         meta=ocp.args.JsonRestore()))
+    verify(out["meta"], {"params": out["params"], "opt_state": out["opt_state"]},
+           f"checkpoint {step} in {mngr.directory}")
     return out["params"], out["opt_state"], out["meta"]
 
 
 def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_opt_state,
-                        config: dict | None = None):
+                        config: dict | None = None, teacher: dict | None = None,
+                        allow_teacher_change: bool = False):
     """The newest checkpoint that restores, or None.
 
     Only a checkpoint proven unreadable (its files do not read back even as they were saved:
-    truncated, corrupt) is moved aside, to checkpoints/corrupt-<step>-<time>, never deleted,
-    and the previous one is tried. Anything else is refused with a CheckpointError and
-    nothing is moved: a `config` that differs from the checkpoint's in a field outside
-    RESUMABLE_CHANGES (listed), a checkpoint that reads but does not fit the abstract state
-    (the code changed), an error of the environment (permissions, memory)."""
+    truncated) or corrupt (its arrays read back but fail the checksums saved with them) is
+    moved aside, to checkpoints/corrupt-<step>-<time>, never deleted, and the previous one
+    is tried. Anything else is refused with a CheckpointError and nothing is moved: a
+    `config` that differs from the checkpoint's in a field outside RESUMABLE_CHANGES
+    (listed), a `teacher` (teacher_record) other than the one the checkpoint was distilled
+    from (unless `allow_teacher_change`), a checkpoint that reads but does not fit the
+    abstract state (the code changed), an error of the environment (permissions, memory)."""
     for step in sorted(mngr.all_steps(), reverse=True):
         where = f"checkpoint {step} in {mngr.directory}"
         try:
@@ -200,8 +228,12 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_o
             raise CheckpointError(f"{where} was saved by a run with a different config; resuming would mix two "
                                   "experiments, so nothing was resumed and nothing was changed. Use another "
                                   "--workdir, or undo these changes:\n" + "\n".join(changes))
+        if teacher is not None:
+            check_teacher(meta, teacher, where, allow_teacher_change)
         try:
             return restore(mngr, step, abstract_params, abstract_opt_state)
+        except CorruptCheckpoint as e:  # read, but not the bytes that were saved
+            _set_aside_if_unreadable(mngr, step, e)
         except Exception as e:  # Orbax/TensorStore raise many types, for damaged files and for mismatches
             unreadable = _read_as_saved(mngr, step)
             if unreadable is None:
@@ -238,8 +270,9 @@ def _set_aside_if_unreadable(mngr, step: int, error: Exception) -> None:
     if jax.process_index() == 0:
         aside = os.path.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
         os.rename(os.path.join(str(mngr.directory), str(step)), aside)
-        log(f"WARNING: checkpoint {step} could not be read ({type(error).__name__}: {str(error)[:200]}); "
-            f"moved to {aside}, trying the previous one")
+        why = (str(error)[:300] if isinstance(error, CorruptCheckpoint) else
+               f"checkpoint {step} could not be read ({type(error).__name__}: {str(error)[:200]})")
+        log(f"WARNING: {why}; moved to {aside}, trying the previous one")
     mngr.reload()
 
 
@@ -297,6 +330,7 @@ def load_params(path: str, sharding) -> tuple[dict, dict]:
     except Exception as e:
         raise CheckpointError(f"checkpoint {directory}/{step} could not be read "
                               f"({type(e).__name__}: {str(e)[:300]})") from e
+    verify(out["meta"], {"params": out["params"]}, f"checkpoint {directory}/{step}")  # raises; moves nothing
     return out["params"], out["meta"]
 
 
@@ -312,3 +346,110 @@ def load_shapes(path: str) -> tuple[dict, dict]:
         raise CheckpointError(f"checkpoint {directory}/{step} could not be read "
                               f"({type(e).__name__}: {str(e)[:300]})") from e
     return shapes, meta
+
+
+# ---- checksums and the teacher's digest ---------------------------------------------------
+HASHED_IN_THREADS = 64 * 2 ** 20  # bytes above which the arrays are hashed in parallel threads
+
+
+def checksums(tree, gather: bool = False) -> dict[str, str]:
+    """{path: 'dtype[shape]:hash'} of the arrays of `tree`: sha256 (first 128 bits) of each
+    array's bytes in C order, on the host. Exact on one process, whatever the sharding.
+
+    With several processes, an array split across them (fsdp over hosts) is left out
+    unless `gather` (then every process gathers its whole value: once for the teacher, never
+    on the save path); a replicated one is hashed from this process's copy, so every process
+    computes the same. Cost: a copy to host and ~1 GB/s of hashing per thread (well under a
+    millisecond for the smoke models; about a second per GB of parameters and optimizer
+    state for large ones, paid on the save's blocking path, threads over the arrays)."""
+    leaves = [(jax.tree_util.keystr(k), x) for k, x in jax.tree_util.tree_leaves_with_path(tree)]
+    local = [not isinstance(x, jax.Array) or x.is_fully_addressable for _, x in leaves]
+    fetched = iter(jax.device_get([x for (_, x), here in zip(leaves, local) if here]))  # transfers overlap
+    values = [(name, next(fetched) if here else _whole_value(x, gather)) for (name, x), here in zip(leaves, local)]
+    values = [(name, np.asarray(v)) for name, v in values if v is not None]
+    if sum(v.nbytes for _, v in values) > HASHED_IN_THREADS:  # hashlib releases the GIL
+        with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            hashed = list(pool.map(_checksum, (v for _, v in values)))
+    else:
+        hashed = [_checksum(v) for _, v in values]
+    return {name: h for (name, _), h in zip(values, hashed)}
+
+
+def _whole_value(x: jax.Array, gather: bool):
+    """The value of an array not fully on this process: a replica's, the gathered one, or None."""
+    if x.is_fully_replicated:
+        return x.addressable_shards[0].data
+    if not gather:
+        return None
+    from jax.experimental import multihost_utils  # every process calls it, in the same order
+
+    return multihost_utils.process_allgather(x, tiled=True)
+
+
+def _checksum(value: np.ndarray) -> str:
+    kind = f"{value.dtype.name}{list(value.shape)}"
+    data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)  # C order (a 0-d array becomes 1-d)
+    return f"{kind}:{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def verify(meta: dict, items: dict, where: str) -> None:
+    """Raise CorruptCheckpoint when an array of `items` ({'params': tree, ...}, as restored)
+    differs from the checksum meta['checksums'] recorded for it at the save. Checkpoints
+    saved without checksums (older ones, conversions) are not checked; an array restored
+    in another dtype or shape than it was saved (a cast by the target) is not compared."""
+    saved = meta.get("checksums")
+    if not saved:
+        return
+    bad = []
+    for item, tree in items.items():
+        recorded = saved.get(item, {})
+        for name, now in checksums(tree).items():
+            then = recorded.get(name)
+            if then and then.split(":")[0] == now.split(":")[0] and then != now:
+                bad.append(f"{item}{name}")
+    if bad:
+        raise CorruptCheckpoint(f"{where} is corrupt: {len(bad)} array(s) read back with other bytes than were "
+                                f"saved (checksum mismatch): {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+
+
+def teacher_record(path: str, params) -> dict:
+    """What a distillation checkpoint records of its frozen teacher (meta['teacher']): the
+    digest of the loaded parameters (sha256 over their checksums in path order, the same on
+    every process), the checkpoint's path ('' for a random init) and, for an mdistill
+    checkpoint, its step."""
+    sums = checksums(params, gather=True)
+    digest = hashlib.sha256(json.dumps(sorted(sums.items())).encode()).hexdigest()
+    step = None
+    if path and os.path.isdir(path):
+        try:
+            step = load_shapes(path)[1].get("step")
+        except Exception:  # the weights loaded: a step that cannot be read is only not named
+            step = None
+    return {"digest": digest, "path": os.path.abspath(path) if path else "", "step": step}
+
+
+def _describe_teacher(record: dict) -> str:
+    where = record.get("path") or "a random init"
+    step = record.get("step")
+    return f"{record.get('digest', '?')[:16]} ({where}{'' if step is None else f', step {step}'})"
+
+
+def check_teacher(meta: dict, teacher: dict, where: str, allow_change: bool = False) -> None:
+    """Refuse to resume `where` (its `meta`) with another teacher than it was distilled from
+    (`teacher`: teacher_record), in one line naming both, unless `allow_change`. A checkpoint
+    saved before digests were recorded resumes, saying it could not be checked."""
+    saved = meta.get("teacher")
+    if not saved or not saved.get("digest"):
+        log(f"WARNING: {where} records no teacher digest (saved before they were recorded): the teacher "
+            f"{_describe_teacher(teacher)} could not be checked against the one it was distilled from")
+        return
+    if saved["digest"] == teacher["digest"]:
+        return
+    line = (f"{where} was distilled from teacher {_describe_teacher(saved)}, but config.teacher.checkpoint now "
+            f"gives teacher {_describe_teacher(teacher)}")
+    if allow_change:
+        log(f"WARNING: {line}; resuming with the new teacher (config.teacher.allow_change=True)")
+        return
+    raise CheckpointError(f"{line}: resuming would mix two teachers, so nothing was resumed and nothing was "
+                          "changed. Point config.teacher.checkpoint at the teacher it was distilled from, use "
+                          "another --workdir, or set --config.teacher.allow_change=True if the change is meant.")

@@ -48,7 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(
         variant="L/16",
         checkpoint="",       # mdistill workdir / checkpoint dir; empty = random (smoke only)
-        dtype="float32"))    # compute and storage dtype of the frozen teacher
+        dtype="float32",     # compute and storage dtype of the frozen teacher
+        # A distillation checkpoint records its teacher's digest; resuming with other teacher
+        # weights is refused unless this says the change is meant.
+        allow_change=False))
     # Each method's own section (config.distill for DMAE, config.amd for AMD, ...), from
     # its objective (mdistill/objectives): every config holds every method's defaults.
     for objective in _objectives().values():
@@ -161,6 +164,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.get("num_frames", 1) > 1:  # clips of 4 frames: 2 token steps of 2-frame tubelets
         c.num_frames, c.tubelet_size = 4, 2
         c.student.decoder_heads = 1  # VideoMAE's 64-wide decoder heads
+    # BEiT's block areas (16..75 of 196 patches) scaled to the 8x8 grid: blocks fit it
+    c.masking.update(block_min_patches=4, block_max_patches=24)
     c.batch_size = 16
     c.total_steps, c.warmup_steps = 40, 5
     c.optim.update(lr=1e-3, accum_steps=1)

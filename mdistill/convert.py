@@ -11,11 +11,13 @@ exports its trained classifier: its head of its classes, fc_norm if it pooled gl
 
     python -m mdistill.convert --input mae_pretrain_vit_large.pth --output runs/mae_vitl
     python -m mdistill.convert --export --input runs/dmae_vitb --output student.pth [--global_pool]
-    python -m mdistill.convert --export --input runs/dmae_vitb --output model.safetensors
+    python -m mdistill.convert --export --input runs/dmae_vitb --output model.safetensors [--overwrite]
 
 An export ending in .safetensors is written with the safetensors package's numpy API, a
 flat state dict as timm's hub files (no PyTorch needed); any other name is a torch.save'd
-{'model': state_dict} as the official releases.
+{'model': state_dict} as the official releases. An existing file is replaced only with
+--overwrite; the export is written beside it and renamed into place, so a failure (a full
+disk) never leaves a truncated file or harms the one there.
 
 The PyTorch names and files are mdistill.state_dict's; reading and checking weights is
 mdistill.weights'. Position embeddings are not parameters in mdistill (fixed 2-D sin-cos at
@@ -159,15 +161,18 @@ def export_video_state_dict(encoder: dict, global_pool: bool = False, num_classe
 
 
 def export_to_torch(src: str, out: str, image_size: int | None = None, global_pool: bool | None = None,
-                    num_classes: int | None = None, posemb: str = "interpolate") -> dict:
+                    num_classes: int | None = None, posemb: str = "interpolate", overwrite: bool = False) -> dict:
     """Write the student encoder of an mdistill checkpoint, pos_embed for `image_size`
     (default: the run's; see export_state_dict): a .safetensors file holds the state dict
     itself (timm's hub layout; no PyTorch needed), any other name {'model': state_dict} (.pth).
     A fine-tuned run's trained classifier comes with it (see classifier_settings);
-    global_pool / num_classes None: the checkpoint's (a pre-trained run: no fc_norm, no head)."""
-    if os.path.isdir(out):  # checked first: torch.save would fail on it only after the reading
-        raise ValueError(f"--output {out!r} is a folder: name the file to write, e.g. "
-                         f"{os.path.join(out, 'student.pth')}")
+    global_pool / num_classes None: the checkpoint's (a pre-trained run: no fc_norm, no head).
+
+    An existing `out` is refused unless `overwrite`; the place is checked writable before
+    anything is read; the file is written beside `out` and renamed into place, so a failure
+    (a full disk) leaves no partial file and an existing one untouched. Non-finite weights
+    are refused, naming the tensor."""
+    check_export_target(out, overwrite)
     import jax
 
     if out.endswith(".safetensors"):
@@ -176,6 +181,7 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
         import torch
 
     from mdistill import weights
+    from mdistill.evaluate.common import write_atomically
 
     loaded = weights.load(src, placement=jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]), decoder=False)
     encoder, trained = loaded.encoder, _meta_image_size(loaded.meta)
@@ -189,12 +195,43 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
     else:
         sd = export_state_dict(jax.device_get(encoder), image_size, global_pool, num_classes, trained, posemb,
                                classifier)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    bad = [k for k, v in sd.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise FloatingPointError(f"{src}: non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+                                 f"nothing written to {out}")
     if out.endswith(".safetensors"):
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}, out, metadata={"format": "pt"})
+        arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+        write = lambda tmp: save_file(arrays, tmp, metadata={"format": "pt"})  # noqa: E731
     else:
-        torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, out)
+        state = {"model": {k: torch.from_numpy(v) for k, v in sd.items()}}
+        write = lambda tmp: torch.save(state, tmp)  # noqa: E731
+    check_export_target(out, overwrite)  # again: another process may have written it meanwhile
+    try:
+        write_atomically(out, writer=write)
+    except Exception as e:  # safetensors raises its own SafetensorError, torch a RuntimeError
+        kept = "the existing file is untouched" if os.path.exists(out) else "no file was left"
+        raise OSError(f"could not write {out} ({type(e).__name__}: {e}); {kept}") from e
     return sd
+
+
+def check_export_target(out: str, overwrite: bool) -> None:
+    """Before any work: `out` names a file that does not exist yet (or `overwrite`), in a
+    folder that exists or can be made and takes files."""
+    if os.path.isdir(out):  # checked first: torch.save would fail on it only after the reading
+        raise ValueError(f"--output {out!r} is a folder: name the file to write, e.g. "
+                         f"{os.path.join(out, 'student.pth')}")
+    if os.path.lexists(out) and not overwrite:
+        raise ValueError(f"--output {out!r} already exists: pass --overwrite to replace it, or choose another "
+                         "--output (an export never writes over a file unless asked)")
+    folder = os.path.dirname(os.path.abspath(out))
+    probe = os.path.join(folder, f".{os.path.basename(out)}.write-test-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"--output {out!r}: cannot write in {folder!r} ({type(e).__name__}: {e})") from e
 
 
 def _meta_image_size(meta: dict) -> int | None:
@@ -220,6 +257,8 @@ flags.DEFINE_enum("posemb", "interpolate", POSEMB_MODES,
                   "official fine-tuning does (interpolate), or recompute sin-cos (sincos)", flag_values=FLAGS)
 flags.DEFINE_bool("global_pool", None, "export: fc_norm for average pooling (default: a fine-tuned run's own "
                  "pooling; none for a pre-trained run)", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "export: replace an existing --output file (refused otherwise)",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", None, "export: zero head rows (default: a fine-tuned run's trained head; no "
                      "head for a pre-trained run)", flag_values=FLAGS)
 
@@ -247,7 +286,7 @@ def main(argv=None) -> None:
     try:
         if args.export:
             sd = export_to_torch(args.input, args.output, args.image_size, args.global_pool, args.num_classes,
-                                 args.posemb)
+                                 args.posemb, args.overwrite)
             table = (f"pos_embed {tuple(sd['pos_embed'].shape)}" if "pos_embed" in sd
                      else "no pos_embed (VideoMAE's fixed 1-D table)")
             head = f"head of {sd['head.weight'].shape[0]} classes" if "head.weight" in sd else "no head"
@@ -256,7 +295,7 @@ def main(argv=None) -> None:
         else:
             arch = convert_to_orbax(args.input, args.output, args.variant, tuple(args.ignore), args.decoder_heads)
             print(f"wrote {args.output}: {arch.describe()}, {arch.spec.num_heads} heads, {arch.image_size}px")
-    except (ValueError, OSError, ImportError, CheckpointError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -7,7 +7,7 @@ does not) and a JSON summary as its last line."""
 from __future__ import annotations
 
 import json
-import re
+import os
 import signal
 import sys
 
@@ -53,6 +53,7 @@ def main(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for training")
+    log_to_workdir(_WORKDIR.value)
     try:
         from mdistill.evaluate import knn
 
@@ -61,6 +62,17 @@ def main(argv):
         train.train(config, _WORKDIR.value, mesh, monitors)
     except (validation.ConfigError, CheckpointError, DataError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
+
+
+def log_to_workdir(workdir: str) -> None:
+    """Libraries' log records (Orbax's tracebacks from its saving threads, among them) go to
+    <workdir>/mdistill.*.log.* instead of the console, where mdistill's own lines and a
+    failure's one `error:` line stay readable. A workdir that cannot take them: the console."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        logging.get_absl_handler().use_absl_log_file("mdistill", workdir)
+    except OSError:
+        pass
 
 
 def dry_run_report(config, mesh, summary: dict, planned: bool = False) -> list[str]:
@@ -100,22 +112,12 @@ def dry_run_report(config, mesh, summary: dict, planned: bool = False) -> list[s
 
 
 def parse_flags(argv):
-    """absl's parsing, with an unknown --config.<field> as one line instead of a traceback."""
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (AttributeError, KeyError) as e:  # what ml_collections raises for a field it lacks
-        text = e
-        while isinstance(text, BaseException):  # AttributeError(KeyError(message))
-            text = text.args[0] if text.args else ""
-        text = str(text)
-        for arg in (a for a in argv[1:] if a.startswith("--config.")):
-            path = arg.partition("=")[0].removeprefix("--config.")
-            missing = next((name for name in path.split(".") if f"'{name}'" in text), None)
-            if missing or f"lookup: {path}" in text:
-                hint = re.search(r'Did you mean "([^"]+)"', text)
-                sys.exit(f"error: {arg}: the config has no field {missing or path!r}"
-                         + (f" (did you mean {hint[1]!r}?)" if hint else ""))
-        raise
+    """absl's parsing, with a config file that cannot be loaded (missing, a syntax error, an
+    argument get_config refuses) and an unknown --config.<field> as one `error:` line instead
+    of a traceback (mdistill.cli.parse_flags, which the evaluators' commands share)."""
+    from mdistill import cli
+
+    return cli.parse_flags(argv)
 
 
 def run():

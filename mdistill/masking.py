@@ -33,10 +33,12 @@ view per image, and no objective in mdistill does."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Mask(NamedTuple):
@@ -188,6 +190,43 @@ def noise_response(g: int, color: str, sigma: float) -> jax.Array:
     if color not in responses:
         raise ValueError(f"noise colour {color!r}: expected one of {NOISE_COLORS}")
     return responses[color]
+
+
+def noise_varies(g: int, color: str, sigma: float) -> bool:
+    """Whether noise filtered by noise_response(g, color, sigma) still varies over the g x g
+    grid: some frequency other than the constant (DC) one passes with a gain of at least one
+    float32 step (eps) of the DC gain -- else every filtered value rounds to the constant
+    part and every sample and step gets the same mask -- and not below float32's smallest
+    normal number (where products flush to zero)."""
+    h = np.abs(np.asarray(noise_response(g, color, sigma), np.float32)).reshape(-1)
+    if h.size < 2:
+        return False
+    f32 = np.finfo(np.float32)
+    peak = float(h[1:].max())  # h[0]: the DC gain (fftfreq puts frequency 0 first)
+    return np.isfinite(peak) and peak >= max(float(f32.eps) * float(h[0]), float(f32.tiny))
+
+
+def noise_sigma_range(g: int, color: str) -> tuple[float, float] | None:
+    """(low, high): the noise_sigma values for which noise_varies holds on a g x g grid, found
+    by bisection (in log sigma) on the filter itself; low 0 and high inf where it holds at
+    the extremes. None where no sigma does."""
+    probe = lambda s: noise_varies(g, color, s)  # noqa: E731
+    smallest, largest = 1e-30, 1e30
+    start = next((10.0 ** k for k in range(-8, 9) if probe(10.0 ** k)), None)
+    if start is None:
+        return None
+
+    def edge(fail: float, ok: float) -> float:
+        for _ in range(80):  # geometric bisection: the boundary to ~1e-12 relative
+            mid = math.sqrt(fail * ok)
+            if probe(mid):
+                ok = mid
+            else:
+                fail = mid
+        return ok
+    low = 0.0 if probe(smallest) else edge(smallest, start)
+    high = math.inf if probe(largest) else edge(largest, start)
+    return low, high
 
 
 def colored_noise_order(rng: jax.Array, batch_size: int, num_patches: int, *, noise_color: str = "green",

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import re
 import struct
 
@@ -145,12 +146,27 @@ def read_state_dict(path: str, values=None) -> dict[str, np.ndarray]:
         sd = _read_safetensors(path, values) if path.endswith(".safetensors") else _read_torch(path, values)
     except ImportError:
         raise
-    except Exception as e:  # truncated zip, not a pickle, bad header: all mean a damaged file
+    except Exception as e:
+        if _refused_by_weights_only(e):  # a whole, readable pickle that names code to run
+            torch_says = " ".join(str(e).split())
+            named = re.search(r"GLOBAL ([\w.]+)|global: ?([\w.]+)", torch_says, re.IGNORECASE)
+            what = f" ({next(g for g in named.groups() if g)})" if named else ""
+            raise ValueError(f"{path!r} is not a plain state dict: it tried to run code when unpickled, calling or "
+                             f"building Python objects beyond tensors{what}; mdistill's safe loading "
+                             "(torch.load(weights_only=True)) refused it: load it only if you trust its source. "
+                             f"torch: {torch_says}") from e
+        # truncated zip, not a pickle, bad header: all mean a damaged file
         raise ValueError(f"could not read {path!r} as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                          "is the file complete? (a partial download is the usual cause)") from e
     if not sd or not all(isinstance(v, np.ndarray) for v in sd.values()):
         raise ValueError(f"{path!r} holds no state dict of tensors (top-level keys: {sorted(sd)[:10]})")
     return canonical_names({k.removeprefix("module."): v for k, v in sd.items()})
+
+
+def _refused_by_weights_only(e: BaseException) -> bool:
+    """torch.load(weights_only=True) refused a global the pickle names (a function to call,
+    a class to build): the file was read whole, it is no damaged download."""
+    return isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower()
 
 
 def _placeholder(shape) -> np.ndarray:

@@ -434,12 +434,16 @@ def run_monitors(monitors: Sequence[Monitor], step: int, params, is_last: bool, 
     return out, time.time() - t0
 
 
-def resume_or_init(trainer: Trainer, mngr) -> tuple[TrainState, dict | None]:
+def resume_or_init(trainer: Trainer, mngr, teacher: dict | None = None) -> tuple[TrainState, dict | None]:
     """The latest readable checkpoint's state and its input-pipeline state, or a fresh state
     and None. Refuses (moving nothing) a checkpoint whose config differs in anything that
-    changes the model, optimizer or data, or that does not fit the model."""
+    changes the model, optimizer or data, that was distilled from another teacher than
+    `teacher` (checkpoint.teacher_record; unless config.teacher.allow_change), or that does
+    not fit the model. One that fails its checksums is set aside for the previous one."""
     abstract = trainer.abstract_state()
-    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict())
+    allow = bool(trainer.config.teacher.get("allow_change", False))
+    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict(),
+                                              teacher=teacher, allow_teacher_change=allow)
     if restored is None:
         return trainer.init_state(), None
     params, opt_state, meta = restored
@@ -490,8 +494,11 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
     plan = trainer.plan
     check_best_metric(config, trainer, monitors)
     teacher_params = trainer.load_teacher()
+    # the frozen teacher's digest (and path, step): saved with every checkpoint, checked on resume
+    teacher = (checkpoint.teacher_record(config.teacher.checkpoint, teacher_params)
+               if teacher_params is not None else None)
     mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), config.keep_checkpoints, config.best_metric)
-    state, data_state = resume_or_init(trainer, mngr)
+    state, data_state = resume_or_init(trainer, mngr, teacher)
     checkpoint.write_config(workdir, config)  # <workdir>/config.json: the resolved config, readable
     start = int(state.step)
     if preemption.requested:
@@ -538,7 +545,8 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
                 window, t_log, step_log = [], now, done
             if save_now:
                 checkpoint.save(mngr, done, state.params, state.opt_state,
-                                {"step": done, "config": config.to_dict(), "data": batches.state()},
+                                {"step": done, "config": config.to_dict(), "data": batches.state(),
+                                 **({"teacher": teacher} if teacher else {})},
                                 metrics={**{k: float(v) for k, v in fetched[-1].items()}, **monitored})
             if draw_now:
                 pictures(done, state.params)

@@ -3,6 +3,8 @@ and what is allowed."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 
@@ -18,6 +20,7 @@ from mdistill.objectives.mae import DTYPES
 
 def validate(config, num_devices: int | None = None) -> None:
     num_devices = num_devices or jax.device_count()
+    _require_finite(config)  # nan passes no comparison it should fail, inf many; int(nan) raises
     _require(config.method in OBJECTIVES, "method", config.method, f"expected one of {sorted(OBJECTIVES)}")
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"expected one of {sorted(DTYPES)}")
     _require(config.get("remat", "none") in REMAT_POLICIES, "remat", config.get("remat"),
@@ -101,6 +104,19 @@ def validate(config, num_devices: int | None = None) -> None:
     OBJECTIVES[config.method].validate(config)  # the method's own fields
 
 
+def _require_finite(node, prefix: str = "") -> None:
+    """Every float of the config (nested, and inside tuples) is a finite number: no field
+    means anything by nan or inf."""
+    items = node.items() if hasattr(node, "items") else enumerate(node)
+    for key, value in items:
+        field = f"{prefix}.{key}" if hasattr(node, "items") else f"{prefix}[{key}]"
+        field = field.removeprefix(".")
+        if hasattr(value, "items") or isinstance(value, (tuple, list)):
+            _require_finite(value, field)
+        elif isinstance(value, (float, np.floating)):
+            _require(math.isfinite(value), field, value, "must be a finite number")
+
+
 def _validate_masking(o: dict, kind: str, num_patches: int) -> None:
     """The structured kinds' options (checked whatever the kind, so a typo never waits)."""
     _require(isinstance(o["block_min_patches"], int) and o["block_min_patches"] >= 1, "masking.block_min_patches",
@@ -111,9 +127,33 @@ def _validate_masking(o: dict, kind: str, num_patches: int) -> None:
     grid = int(round(num_patches ** 0.5))
     _require(isinstance(o["block_square"], int) and 0 <= o["block_square"] <= grid, "masking.block_square",
              o["block_square"], f"must be 0 (BEiT rectangles) or a square side of 1..{grid} patches")
+    if kind == "block" and not o["block_square"]:  # the rectangles' areas are drawn within the grid's
+        _require(o["block_min_patches"] <= num_patches, "masking.block_min_patches", o["block_min_patches"],
+                 f"must be in 1..{num_patches}: a rectangle's area, at most the {grid}x{grid} grid's {num_patches} "
+                 "patches")
+        _require(o["block_max_patches"] <= num_patches, "masking.block_max_patches", o["block_max_patches"],
+                 f"must be in {o['block_min_patches']}..{num_patches} (masking.block_min_patches..the {grid}x{grid} "
+                 f"grid's {num_patches} patches)")
     _require(o["noise_color"] in masking.NOISE_COLORS, "masking.noise_color", o["noise_color"],
              f"expected one of {masking.NOISE_COLORS}")
-    _require(o["noise_sigma"] > 0, "masking.noise_sigma", o["noise_sigma"], "must be > 0 (patches)")
+    sigma, color = o["noise_sigma"], o["noise_color"]
+    _require(sigma > 0, "masking.noise_sigma", sigma, "must be > 0 (patches)")
+    if not masking.noise_varies(grid, color, sigma):
+        span = masking.noise_sigma_range(grid, color)
+        allowed = ("no value works" if span is None else
+                   f"must be in {_interval(*span)} patches for {color} noise on this grid")
+        _require(False, "masking.noise_sigma", sigma,
+                 f"the {color} filter passes no varying frequency on the {grid}x{grid} patch grid (the filtered "
+                 f"noise would be constant: the same mask for every sample and step): {allowed}")
+
+
+def _interval(low: float, high: float) -> str:
+    """[low, high] for people: 3 significant digits, rounded inwards (every shown value is allowed)."""
+    def rounded(x: float, up: bool) -> str:
+        unit = 10.0 ** (math.floor(math.log10(x)) - 2)
+        return f"{(math.ceil if up else math.floor)(x / unit) * unit:.3g}"
+    return (("(0" if low == 0 else "[" + rounded(low, up=True)) + ", "
+            + ("inf)" if math.isinf(high) else rounded(high, up=False) + "]"))
 
 
 def _validate_optim(o) -> None:
@@ -157,6 +197,7 @@ def _validate_pipeline(d) -> None:
 def validate_eval(config, num_devices: int | None = None) -> None:
     """config.eval: the k-NN monitor and the feature extraction of the evaluators."""
     num_devices = num_devices or jax.device_count()
+    _require_finite(config.eval, "eval")
     ev = config.eval
     _require(ev.knn_every >= 0, "eval.knn_every", ev.knn_every, "must be >= 0 (0 turns the k-NN monitor off)")
     _require(ev.knn_k >= 1, "eval.knn_k", ev.knn_k, "must be >= 1")

@@ -58,6 +58,7 @@ def timm_classifier(pool: str, num_classes: int):
 def test_a_finetuned_run_exports_its_trained_classifier_into_timm(finetuned, folder, tmp_path):
     """Its head (of the run's classes) and, pooled globally, its trained fc_norm in place of norm:
     strict loads into timm's VisionTransformer, the logits of mdistill's classifier."""
+    pytest.importorskip("torch")
     import torch
     from safetensors.torch import load_file
 
@@ -86,7 +87,7 @@ def test_a_finetuned_run_exports_its_trained_classifier_into_timm(finetuned, fol
 def test_a_flag_that_disagrees_with_the_finetuned_run_is_refused(finetuned, tmp_path):
     pool, workdir = finetuned
     rows = checkpoint.load_shapes(workdir)[0]["head"]["bias"].shape[0]
-    out = str(tmp_path / "student.pth")
+    out = str(tmp_path / "student.safetensors")  # written without PyTorch
     with pytest.raises(SystemExit, match=rf"^error: --num_classes {rows + 1}: .* trained head has {rows} classes"):
         convert.main(["--export", "--input", workdir, "--output", out, "--num_classes", str(rows + 1)])
     other = "--noglobal_pool" if pool == "avg" else "--global_pool"

@@ -503,7 +503,7 @@ def test_a_pretrained_export_by_default_has_the_pretraining_releases_tensors(ref
     assert set(convert.export_state_dict(weights.load_encoder(release["orbax"]), IMG)) == release_keys
     # asked for: a zero head of --num_classes rows, fc_norm (ones, zeros) in place of norm
     convert.main(["--export", "--input", release["orbax"], "--output", str(pth), "--num_classes", "7",
-                  "--global_pool"])
+                  "--global_pool", "--overwrite"])
     sd = torch.load(pth, weights_only=True)["model"]
     assert set(sd) == release_keys - {"norm.weight", "norm.bias"} | {"fc_norm.weight", "fc_norm.bias",
                                                                       "head.weight", "head.bias"}

@@ -91,9 +91,11 @@ def student(user, teacher):
     path given (the teacher's variant, mu/4 here, is read off its checkpoint)."""
     base, data = user
     student = str(base / "student")
+    # with the k-NN monitor at the end: the folder's val/ is its test split, 3 classes, no top-5
     out = cli("mdistill.main", "--config=configs/dmae_vitb.py:smoke", f"--workdir={student}",
-              f"--config.teacher.checkpoint={teacher}", *own(data))
+              f"--config.teacher.checkpoint={teacher}", "--config.eval.knn_every=40", *own(data))
     assert "config.teacher.variant 'xs/4' -> 'mu/4'" in out
+    assert "step 40 | k-NN top1" in out and "top5" not in out
     return student
 
 

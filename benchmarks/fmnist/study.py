@@ -260,11 +260,65 @@ def run_finetune(run: Run, out: str, data: list[str], teacher_dir: str) -> dict:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+class ResultsError(Exception):
+    """results.json cannot be used as it is; it is never rewritten or removed because of it."""
+
+
+# what the driver and the report read of a record, by its group
+RECORD_FIELDS = {"teacher": ("group", "revision", "digest", "knn_top1", "probe_top1"),
+                 "core": ("group", "revision", "knn_top1", "probe_top1"),
+                 "sweeps": ("group", "revision", "knn_top1", "probe_top1"),
+                 "finetune": ("group", "revision", "config", "top1", "initial_top1", "finetune_steps", "curve")}
+NUMBERS = {"knn_top1", "probe_top1", "top1", "initial_top1", "finetune_steps"}
+
+
 def load_results(path: str) -> dict:
-    if os.path.exists(path):
+    """The study's record ({'runs': {}} where there is none yet), or a ResultsError naming the
+    file and what is wrong with it (a truncated write, a record without its results)."""
+    if not os.path.exists(path):
+        return {"runs": {}}
+    relative = os.path.relpath(os.path.abspath(path), ROOT)
+    restore = "" if relative.startswith("..") else f", restore it (git checkout -- {relative})"
+    keep = f"it is left as it is: repair it{restore} or move it away to start a new record"
+    try:
         with open(path) as f:
-            return json.load(f)
-    return {"runs": {}}
+            results = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}; truncated or "
+                           f"hand-edited?); {keep}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot be read ({e}); {keep}") from None
+    problem = results_problem(results)
+    if problem:
+        raise ResultsError(f"{path}: {problem}; {keep}")
+    return results
+
+
+def results_problem(results) -> str | None:
+    """What makes a loaded results.json unusable (None: nothing)."""
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), dict):
+        return "expected an object with a 'runs' object (run name -> record)"
+    records = [(f"run {name!r}", r, None) for name, r in results["runs"].items()]
+    teachers = results.get("teachers", {})
+    if not isinstance(teachers, dict):
+        return "'teachers' is not an object (teacher digest -> record)"
+    records += [(f"teacher instance {digest!r}", r, ("knn_top1", "probe_top1")) for digest, r in teachers.items()]
+    for what, record, fields in records:
+        if not isinstance(record, dict):
+            return f"{what} is not an object"
+        if fields is None:
+            group = record.get("group")
+            if group not in RECORD_FIELDS:
+                return f"{what} has group {group!r}, expected one of {sorted(RECORD_FIELDS)}"
+            fields = RECORD_FIELDS[group]
+        missing = [k for k in fields if k not in record]
+        if missing:
+            return f"{what} lacks {', '.join(missing)} (an incomplete record)"
+        bad = [k for k in fields if k in NUMBERS and (isinstance(record[k], bool)
+                                                      or not isinstance(record[k], (int, float)))]
+        if bad:
+            return f"{what}: {', '.join(f'{k}={record[k]!r}' for k in bad)} is not a number"
+    return None
 
 
 def save_results(path: str, results: dict) -> None:
@@ -577,7 +631,10 @@ def main():
     def command(argv):
         if len(argv) != 2 or argv[1] not in commands:
             raise app.UsageError(f"expected one command, one of {tuple(commands)}; got {argv[1:]}", exitcode=2)
-        commands[argv[1]](flags.FLAGS)
+        try:
+            commands[argv[1]](flags.FLAGS)
+        except ResultsError as e:
+            sys.exit(f"error: {e}")
 
     app.run(command)
 

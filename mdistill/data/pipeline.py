@@ -107,6 +107,13 @@ class ExampleReader:
         offset = step % self.layout.steps_per_epoch
         return not self.layout.shuffle and offset * self.layout.global_batch + slot >= self.layout.size
 
+    def decode(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
+        """Record `index` read and decoded: a clip (frames sampled, decoded and augmented by
+        the transform) or an image (augmented later). Raises on a bad record."""
+        if self.transform.reads_files:
+            return self.transform(self.source.raw(index), rng)
+        return load_image(self.source.raw(index), self.transform.channels, self.min_side)
+
     def __call__(self, position: int) -> dict:
         step, slot = self.step_and_slot(position)
         index = self.record_index(step, slot)
@@ -117,10 +124,7 @@ class ExampleReader:
         rng = np.random.default_rng((self.seed, step, slot, 1)) if t.augment != "none" else None
         for attempt in range(MAX_TRIES if self.layout.shuffle else 1):
             try:
-                if t.reads_files:  # a clip: frames sampled, decoded and augmented by the transform
-                    decoded = t(self.source.raw(index), rng)
-                else:
-                    decoded = load_image(self.source.raw(index), t.channels, self.min_side)
+                decoded = self.decode(index, rng)
                 break
             except Exception:  # corrupt, truncated or unreadable: counted and reported by the host
                 skipped[attempt] = index
@@ -379,10 +383,12 @@ class Pipeline:
                 + (f"\n  ... and {len(self.bad) - 20} more" if len(self.bad) > 20 else ""))
 
     def _why(self, index: int) -> str:
+        """The decoder's reason a record failed, read again here the way the reader read it
+        (a video through the clip transform: its decoder's error, not an image library's)."""
         try:
-            load_image(self.source.raw(index), self.reader.transform.channels)
+            self.reader.decode(index, np.random.default_rng(0))
         except Exception as e:
-            return f"{type(e).__name__}: {str(e)[:200]}"
+            return f"{type(e).__name__}: {str(e)[:400]}"
         return "failed in a worker, reads here"  # a transient read error
 
     def close(self) -> None:

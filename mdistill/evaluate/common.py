@@ -3,8 +3,10 @@ jitted feature extraction sharded over the mesh, and results as JSON plus a smal
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mdistill import data, inputs, sharding, weights
+from mdistill import checkpoint, data, inputs, sharding, weights
 from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
@@ -352,6 +354,9 @@ def validate_downstream(config, num_devices: int) -> None:
     from mdistill.validation import ConfigError, validate
 
     validate(config, num_devices)
+    # a video ViT on images (or the reverse) would fail deep in the encoder: refused here, named
+    check_model_fits_data(config, f"config.pretrained {config.pretrained}" if config.get("pretrained") else
+                          f"config.student.variant={config.student.variant!r}")
     if config.num_classes != 0 and config.num_classes < 2:
         raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2, or 0 for the data's "
                           "class count")
@@ -370,12 +375,17 @@ def comparison_table(rows: dict, columns: tuple) -> str:
 
 def write_results(workdir: str, name: str, results: dict) -> str:
     """<workdir>/<name>.json, and the same as a two-column table on the console (with a
-    'baselines' entry, {baseline: results}, also a table of the encoder beside them)."""
+    'baselines' entry, {baseline: results}, also a table of the encoder beside them).
+    Written to a temporary file beside it and renamed, so a reader, a full disk or a crash
+    never leaves half a file (an earlier one stays whole until the new one is complete);
+    a non-finite number is refused, naming its key, before anything is written."""
     path = os.path.join(workdir, f"{name}.json")
     if jax.process_index() == 0:
+        bad = non_finite(results)
+        if bad:
+            raise FloatingPointError(f"{name} results: non-finite {', '.join(bad)}; {path} not written")
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
+        write_atomically(path, json.dumps(results, indent=2, allow_nan=False).encode())
         baselines = results.get("baselines", {})
         results = {k: v for k, v in results.items() if not isinstance(v, dict)}  # nested: in the JSON only
         cells = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in results.items()}
@@ -387,3 +397,102 @@ def write_results(workdir: str, name: str, results: dict) -> str:
             columns = tuple(k for k in ("knn_top1", "top1") if k in results)
             log("beside the baselines:\n" + comparison_table({"encoder": results, **baselines}, columns))
     return path
+
+
+def non_finite(tree, prefix: str = "") -> list[str]:
+    """Dotted keys of the NaN / inf floats in a nested dict (lists included)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    out = []
+    for k, v in items:
+        if isinstance(v, (dict, list, tuple)):
+            out += non_finite(v, f"{prefix}{k}.")
+        elif isinstance(v, (float, np.floating)) and not math.isfinite(v):
+            out.append(f"{prefix}{k}={v}")
+    return out
+
+
+def write_atomically(path: str, payload: bytes | None = None, writer=None) -> None:
+    """`path` written whole or not at all: into a temporary file beside it (same folder, so
+    the rename is atomic), flushed to disk, then renamed over it. `payload`: the bytes;
+    or `writer(temporary_path)` writes the file itself (torch.save, safetensors). On any
+    failure the temporary file is removed and whatever was at `path` is untouched."""
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+    try:
+        if writer is None:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            writer(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # as open() makes it: some writers make private temporary files
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def ensure_writable(folder: str, what: str = "workdir") -> None:
+    """`folder` exists (created if need be) and takes a file: checked before the work, not
+    after it. A CheckpointError names the folder and the reason."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        kind = "a dangling symlink" if os.path.islink(folder) else "a file"
+        raise checkpoint.CheckpointError(f"{what} {folder!r} is not a folder ({kind}): nothing can be written there. "
+                                         "Move it away, or choose another.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")  # one per process, wherever it runs
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise checkpoint.CheckpointError(f"{what} {folder!r} is not writable: {e}") from e
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str, *folders: str):
+    """What pre-training does before its work, for an evaluation writing into `workdir`: the
+    workdir (and its sub-`folders`) checked writable, then held with the workdir lock
+    (mdistill.checkpoint.workdir_lock) while the block runs, so a second process on the same
+    workdir is refused at once instead of mixing its results into this one's."""
+    ensure_writable(workdir)
+    for folder in folders:
+        ensure_writable(os.path.join(workdir, folder), f"workdir {workdir!r}: folder")
+    with checkpoint.workdir_lock(workdir):
+        yield
+
+
+# What a source gives: clips (video files; synthetic data follows config.num_frames) or images.
+IMAGE_SOURCES = ("fashion_mnist", "tfds", "folder")
+
+
+def check_model_fits_data(config, model: str, tubelet: int | None = None) -> None:
+    """The model takes what the data gives, refused in one line naming what disagrees:
+    `tubelet`, the evaluated checkpoint's (0: an image ViT; None: not known), against
+    config.num_frames / tubelet_size; then config.num_frames (> 1: a video ViT) against
+    config.data.source (video files give clips, image sources images). `model` names the
+    checkpoint in the message."""
+    from mdistill.validation import ConfigError
+
+    frames = inputs.num_frames(config)
+    wanted = int(config.get("tubelet_size", 2)) if frames > 1 else 0
+    if tubelet is not None and tubelet != wanted:
+        if tubelet:
+            raise ConfigError(f"{model} is a video ViT (tubelets of {tubelet} frames) but config.num_frames={frames}"
+                              + (f", config.tubelet_size={wanted}" if frames > 1 else " asks for images")
+                              + ": set --config.num_frames to the clips' frame count and --config.tubelet_size="
+                              f"{tubelet}, or evaluate an image model")
+        raise ConfigError(f"{model} is an image ViT but config.num_frames={frames} asks for clips: set "
+                          "--config.num_frames=1, or evaluate a video model")
+    source = config.data.source
+    if frames > 1 and source in IMAGE_SOURCES:
+        raise ConfigError(f"{model} is a video ViT (config.num_frames={frames}) but config.data.source={source!r} "
+                          f"gives images: evaluate it on clips (config.data.source in {data.VIDEO_SOURCES})")
+    if frames == 1 and source in data.VIDEO_SOURCES:
+        raise ConfigError(f"{model} is an image ViT (config.num_frames=1) but config.data.source={source!r} gives "
+                          f"clips: evaluate it on images (config.data.source in {IMAGE_SOURCES}), or a video model")

@@ -34,7 +34,7 @@ import optax
 
 from mdistill import checkpoint, data, inputs, optim, resolve, sharding
 from mdistill.evaluate import augment
-from mdistill.evaluate.common import (Split, count_classes, data_record, labelled_source, load_encoder,
+from mdistill.evaluate.common import (Split, count_classes, data_record, hold_workdir, labelled_source, load_encoder,
                                       ordered_batches, subset, to_host, topk_correct, validate_downstream, with_top5,
                                       write_results)
 from mdistill.evaluate.randaugment import rand_augment
@@ -212,8 +212,12 @@ class FineTuner:
         updates, opt_state = self.tx.update(grads, opt_state, params)
         # labels outside [0, num_classes) would be silently wrong targets: counted, checked by the loop
         bad = jnp.sum((labels < 0) | (labels >= c.num_classes))
-        metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads), "bad_labels": bad}
-        return optax.apply_updates(params, updates), opt_state, metrics
+        params = optax.apply_updates(params, updates)
+        # whether every updated parameter is finite: one reduction, checked by the loop before every save
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+        metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads), "bad_labels": bad,
+                   "finite_params": finite}
+        return params, opt_state, metrics
 
     def _eval_counts(self, params, images, labels):
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
@@ -246,8 +250,33 @@ class FineTuner:
 
 def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
     """Fine-tune (or resume) and return the results written to <workdir>/finetune.json.
-    `explicit`: the fields set on the command line (see mdistill.resolve)."""
-    mesh = mesh or sharding.make_mesh()
+    `explicit`: the fields set on the command line (see mdistill.resolve). The workdir is
+    checked writable and held for this run alone (the workdir lock, as pre-training)."""
+    with hold_workdir(workdir, "checkpoints", "best"):
+        return _run(config, workdir, mesh or sharding.make_mesh(), explicit)
+
+
+def check_finite(fetched: list[dict], mngr) -> None:
+    """Stop before a non-finite state can be saved: the loss, gradient norm and updated
+    parameters of every step since the last check, named with the last good checkpoint."""
+    for m in fetched:
+        bad = [name for name, ok in (("loss", np.isfinite(m["loss"])), ("gradient norm", np.isfinite(m["grad_norm"])),
+                                     ("parameters", m["finite_params"])) if not ok]
+        if bad:
+            try:  # a save in flight (of a checked state) completes, so that it is the one named
+                mngr.wait_until_finished()
+            except Exception:
+                pass
+            good = mngr.latest_step()
+            kept = (f"the last good checkpoint {mngr.directory}/{good} is kept (rerunning resumes from it)"
+                    if good is not None else "no checkpoint was written before it")
+            what = ", ".join(f"{k} {m[k]:.4g}" for k in ("loss", "grad_norm"))
+            raise FloatingPointError(f"finetune: non-finite {' and '.join(bad)} at step {m['step']} ({what}); "
+                                     f"nothing of it was saved; {kept}. Lower --config.optim.blr (or lr), or "
+                                     "set --config.optim.grad_clip")
+
+
+def _run(config, workdir: str, mesh, explicit) -> dict:
     ft = FineTuner(config, mesh, explicit)
     last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
     best_mngr = checkpoint.manager(os.path.join(os.path.abspath(workdir), "best"), keep=1)
@@ -270,24 +299,31 @@ def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> d
     writer = MetricsWriter(workdir)
     log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
         f"{optim.peak_learning_rate(config.optim, config.batch_size):.3g}; before: top1 {initial['top1']:.2f}")
-    evals, pending, t0 = {}, [], time.time()
+    evals, pending, window, t0 = {}, [], [], time.time()
     try:
         for step in range(start, ft.total_steps):
             images, labels = next(batches)
             params, opt_state, metrics = ft.step_fn(params, opt_state, jnp.asarray(step, jnp.int32), images, labels)
-            pending.append(metrics)
             done = step + 1
+            pending.append((done, metrics))  # stays on device until a log, an evaluation or a save needs it
             is_last = done == ft.total_steps
             eval_now = done % config.eval_every == 0 or is_last
-            if done % config.log_every == 0 or eval_now:
-                fetched = [{k: float(to_host(v)) for k, v in m.items()} for m in pending]
-                bad = sum(m.pop("bad_labels") for m in fetched)
-                if bad:
-                    raise ValueError(f"{int(bad)} training labels outside [0, config.num_classes={config.num_classes}) "
-                                     f"by step {done}")
-                line = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                if not np.isfinite(line["loss"]):
-                    raise FloatingPointError(f"finetune: non-finite loss at step {done}: {line}")
+            log_now = done % config.log_every == 0 or eval_now
+            save_now = done % config.checkpoint_every == 0 or is_last
+            if not (log_now or save_now):
+                continue
+            fetched = [dict({k: float(to_host(v)) for k, v in m.items()}, step=s) for s, m in pending]
+            pending = []
+            bad = sum(m["bad_labels"] for m in fetched)
+            if bad:
+                raise ValueError(f"{int(bad)} training labels outside [0, config.num_classes={config.num_classes}) "
+                                 f"by step {done}")
+            check_finite(fetched, last_mngr)  # before every save, not only when logging
+            window += [{k: v for k, v in m.items() if k not in ("bad_labels", "finite_params", "step")}
+                       for m in fetched]
+            if log_now:
+                line = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                window = []
                 if eval_now:
                     evals = ft.evaluate(params)
                     line.update(evals)
@@ -297,13 +333,19 @@ def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> d
                                         {"step": done, "config": config.to_dict(), **evals})
                 writer.write(done, line)
                 log(f"step {done}/{ft.total_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in line.items()))
-                pending = []
-            if done % config.checkpoint_every == 0 or is_last:
+            if save_now:
                 meta = {"step": done, "config": config.to_dict(), "initial": initial, "best": best,
                         "data": batches.state()}
                 checkpoint.save(last_mngr, done, params, opt_state, meta)
         checkpoint.wait(last_mngr)
         checkpoint.wait(best_mngr)
+    except BaseException:
+        for mngr in (last_mngr, best_mngr):  # the good saves in flight complete, under the error that stopped us
+            try:
+                mngr.wait_until_finished()
+            except Exception:
+                pass
+        raise
     finally:
         batches.close()
         writer.close()
@@ -323,14 +365,13 @@ def main(argv):
     del argv
     from absl import logging
 
-    from mdistill.validation import ConfigError
-
     logging.set_verbosity(logging.WARNING)
     try:
         from mdistill.resolve import explicit_fields
 
         run(_CONFIG.value, _WORKDIR.value, explicit=explicit_fields(config_flags.get_override_values(_FLAGS["config"])))
-    except (ConfigError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    # ConfigError and DataError are ValueErrors; OSError: an unreadable file, a full disk
+    except (ValueError, OSError, KeyError, checkpoint.CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -345,4 +386,6 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (path[:arg]).")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, finetune.json and metrics go.", required=True)
     flags.mark_flag_as_required("config")
-    app.run(main)
+    from mdistill import cli
+
+    app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line

@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdistill.checkpoint import CheckpointError
-from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, count_classes, data_record,
-                                      encoder_params, load_encoder, load_split, to_host, with_top5, write_results)
+from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, check_model_fits_data,
+                                      count_classes, data_record, encoder_params, hold_workdir, load_split,
+                                      run_config, to_host, with_top5, write_results)
 from mdistill.metrics import log
 
 
@@ -152,11 +153,18 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
                         baselines: bool = False) -> dict:
     """k-NN of the encoder in checkpoint `path` on its run's labelled splits; `overrides`
     {'eval.knn_k': 10, ...} replace fields of that config. With `baselines`, also raw pixels
-    and a random encoder of the same architecture, under 'baselines'. Writes <workdir>/knn.json."""
-    from mdistill import sharding, validation
+    and a random encoder of the same architecture, under 'baselines'. Writes <workdir>/knn.json
+    (checked writable first, and held for this run alone: the workdir lock, as pre-training)."""
+    with hold_workdir(workdir):
+        return _evaluate_checkpoint(path, workdir, overrides, mesh, baselines)
+
+
+def _evaluate_checkpoint(path: str, workdir: str, overrides: dict | None, mesh, baselines: bool) -> dict:
+    from mdistill import sharding, validation, weights
 
     mesh = mesh or sharding.make_mesh()
-    params, config = load_encoder(path, mesh)
+    loaded = weights.load(path, placement=sharding.replicated(mesh), decoder=False)
+    params, config = loaded.encoder, run_config(loaded.meta)
     for field, value in (overrides or {}).items():
         *parents, leaf = field.split(".")
         node = config
@@ -166,6 +174,8 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
     config.eval.knn_every = max(int(config.eval.knn_every), 1)  # the monitor's switch: on here
     config.best_metric = ""
     validation.validate_eval(config, mesh.size)
+    # a video ViT on images (or the reverse) would fail deep in the encoder: refused here, named
+    check_model_fits_data(config, f"checkpoint {path}", loaded.arch.spec.layout.tubelet)
     monitor = KNNMonitor(config, mesh)
     results = monitor.run({"encoder": params})
     ev = config.eval
@@ -191,7 +201,8 @@ def main(argv):
     try:
         evaluate_checkpoint(_CHECKPOINT.value or _WORKDIR.value, _WORKDIR.value, overrides,
                             baselines=_BASELINES.value)
-    except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
+    # ConfigError and DataError are ValueErrors; OSError: an unreadable file, a full disk
+    except (ValueError, OSError, KeyError, CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -212,4 +223,6 @@ if __name__ == "__main__":
     _BASELINES = flags.DEFINE_bool("baselines", False, "Also k-NN on raw pixels and on a randomly initialised "
                                    "encoder of the checkpoint's architecture, printed beside it.")
     _CONFIG = config_flags.DEFINE_config_dict("config", base_config(), "Overrides of the run's saved config.")
-    app.run(main)
+    from mdistill import cli
+
+    app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line

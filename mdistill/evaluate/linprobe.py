@@ -36,8 +36,8 @@ import optax
 from mdistill import checkpoint, data, optim, resolve, sharding
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
-                                      data_record, load_encoder, load_split, random_encoder, to_host, topk_correct,
-                                      validate_downstream, with_top5, write_results)
+                                      data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
+                                      topk_correct, validate_downstream, with_top5, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
 from mdistill.validation import ConfigError
@@ -94,8 +94,13 @@ def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> d
     config.baselines the raw pixels and a random encoder too (under 'baselines' in the
     results). The model and data are config.pretrained's run's, num_classes the data's
     (mdistill.resolve; `explicit`: the fields set on the command line). Writes
-    <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe."""
-    mesh = mesh or sharding.make_mesh()
+    <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe. The workdir is checked
+    writable and held for this run alone (the workdir lock, as pre-training)."""
+    with hold_workdir(workdir):
+        return _run(config, workdir, mesh or sharding.make_mesh(), explicit)
+
+
+def _run(config, workdir: str, mesh, explicit) -> dict:
     resolve.pretrained_run(config, explicit)
     # Labels are read and checked before anything compiles.
     train_split = load_split(config, config.eval.train_split, config.train_examples, eager=False)
@@ -244,6 +249,9 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
                 metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
                 metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)),
                                epoch=(s + 1) / per_epoch)
+                if not np.isfinite(metrics["loss"]):  # nothing non-finite is logged or saved
+                    raise FloatingPointError(f"linprobe: non-finite loss by step {s + 1} ({metrics['loss']}); "
+                                             "nothing was saved. Lower --config.optim.blr (or lr)")
                 if writer:
                     writer.write(s + 1, metrics)
                 top5 = f" | top5 {metrics['top5']:.2f}" if "top5" in metrics else ""
@@ -267,7 +275,8 @@ def main(argv):
         from mdistill.resolve import explicit_fields
 
         run(_CONFIG.value, _WORKDIR.value, explicit=explicit_fields(config_flags.get_override_values(_FLAGS["config"])))
-    except (ValueError, FileNotFoundError, KeyError, CheckpointError) as e:  # ConfigError is a ValueError
+    # ConfigError and DataError are ValueErrors; OSError: an unreadable file, a full disk
+    except (ValueError, OSError, KeyError, CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -282,4 +291,6 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Linear-probe config file (path[:arg]).")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where linprobe.json and metrics go.", required=True)
     flags.mark_flag_as_required("config")
-    app.run(main)
+    from mdistill import cli
+
+    app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line
