@@ -7,27 +7,23 @@ with the probabilities normalised first (`jax.nn.softmax`, then the product) and
 host slows them alike; each figure is the median over --rounds. One JSON line per shape
 and formulation.
 
-  python benchmarks/attention.py --batch=8 --rounds=40
+  python -m benchmarks.attention --batch=8 --rounds=40
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import einops  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from mdistill import flops  # noqa: E402
-from mdistill.models.vit import multi_head_attention  # noqa: E402
+from benchmarks import flops
+from mdistill.models.vit import multi_head_attention
 
 # (what, tokens, width, heads) in the DMAE ViT-L/16 -> ViT-B/16 step at 224 px, mask 0.75:
 # the teacher and the student encoder see 49 visible patches + cls, the decoder all 197.
@@ -52,7 +48,7 @@ FORMULATIONS = {"mdistill": multi_head_attention, "softmax_first": softmax_first
 
 
 def attention_flops(batch: int, tokens: int, width: int, backward: bool) -> float:
-    """mdistill.flops' count of the two products; their backward pass is twice the forward."""
+    """benchmarks.flops' count of the two products; their backward pass is twice the forward."""
     return batch * flops.attention_flops(tokens, width) * (3.0 if backward else 1.0)
 
 

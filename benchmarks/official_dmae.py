@@ -15,11 +15,11 @@ release's torch.cuda.amp.autocast does nothing there); on a GPU (--device=cuda) 
 on the release's float16 autocast and gradient scaler. Random weights, one random batch.
 
   pip install timm==0.4.9   # a timm whose Block still takes qk_scale, as the release calls it
-  python benchmarks/official_dmae.py --repo=/path/to/DMAE --batch=8 --steps=5
-  python benchmarks/official_dmae.py --repo=/path/to/DMAE --device=cuda --amp --batch=256
+  python -m benchmarks.official_dmae --repo=/path/to/DMAE --batch=8 --steps=5
+  python -m benchmarks.official_dmae --repo=/path/to/DMAE --device=cuda --amp --batch=256
 
 One JSON line: step times, images/s, and the FLOPs of what the release computes per step
-by mdistill.flops' model (it runs all 24 teacher blocks and the teacher's decoder, whose
+by benchmarks.flops' model (it runs all 24 teacher blocks and the teacher's decoder, whose
 prediction the 'original_img' loss never uses) next to mdistill's for the same method.
 """
 
@@ -34,9 +34,6 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 
 def check_repo(repo: str) -> None:
     if not os.path.isfile(os.path.join(repo, "models_mae_distill.py")):
@@ -47,14 +44,15 @@ def check_repo(repo: str) -> None:
 def import_release(repo: str):
     # PyPI's torchvision for a CPU-only torch may not load; timm imports it only for its data
     # transforms, which this timing never calls: the tests' stand-in answers those imports
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from real_timm import install_torchvision_stand_in
+    from tests.real_timm import install_torchvision_stand_in
 
     stubbed = install_torchvision_stand_in()
     import numpy as np
 
     if not hasattr(np, "float"):  # the release's util/pos_embed.py uses np.float (gone since NumPy 1.24)
         np.float = float
+    # the release is a folder of scripts, not a package: its modules import each other (util.pos_embed)
+    # as top-level names, so its checkout goes on the import path, as its own scripts run
     sys.path.insert(0, repo)
     import models_mae_distill  # the release's module
     return models_mae_distill, stubbed
@@ -62,8 +60,9 @@ def import_release(repo: str):
 
 def release_flops(batch: int) -> tuple[float, float]:
     """(FLOPs of the release's step, FLOPs of mdistill's DMAE step), same models and batch."""
-    import step as step_bench  # benchmarks/step.py, beside this file
-    from mdistill import flops, masking
+    from benchmarks import flops
+    from benchmarks import step as step_bench
+    from mdistill import masking
     from mdistill.models.vit import ViTSpec
 
     config = step_bench.load_config_file("dmae_vitb")

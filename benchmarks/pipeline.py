@@ -12,8 +12,8 @@
 
 Every figure is printed as one JSON line ({"bench": ..., ...}); the last line is a summary.
 
-  python benchmarks/pipeline.py                        # writes a synthetic JPEG folder first
-  python benchmarks/pipeline.py --folder=/data/imagenet --split=train --skip_step
+  python -m benchmarks.pipeline                        # writes a synthetic JPEG folder first
+  python -m benchmarks.pipeline --folder=/data/imagenet --split=train --skip_step
 
 Without --folder it writes --num_images JPEGs of ImageNet-like sizes (short side 300-500,
 some up to 1500, quality 90) under --workdir.
@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from benchmarks import ROOT
 
 
 def emit(**record):

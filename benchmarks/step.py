@@ -3,7 +3,7 @@
 For every (method, model) it compiles the real train step (mdistill.train.Trainer, the
 config files in configs/, batch and dtypes overridden), runs it on one synthetic batch and
 prints one JSON line with: step time (median of --steps timed steps after --warmup),
-images/s, compile time, XLA's FLOPs per step and the analytic model's (mdistill.flops),
+images/s, compile time, XLA's FLOPs per step and the analytic model's (benchmarks.flops),
 achieved FLOP/s counting only the model's useful FLOPs, peak memory, and on GPU/TPU the
 MFU against the device's peak. A large matrix product in the step's compute dtype is
 timed before and after each step (same process, same moment), so every step is also
@@ -17,9 +17,9 @@ Models (student <- teacher, image size):
   B     B/16 <- L/16 at 224 (configs/mae_vitb.py, dmae_vitb.py, amd_vitb.py)
   L     L/16 at 224, MAE only (configs/mae_vitl.py: the teachers' own pre-training)
 
-  python benchmarks/step.py                                  # tiny, all methods
-  python benchmarks/step.py --models=B --methods=mae,dmae --batch=8 --steps=5
-  python benchmarks/step.py --models=B --dtype=bfloat16 --teacher_dtype=bfloat16 --batch=256
+  python -m benchmarks.step                                  # tiny, all methods
+  python -m benchmarks.step --models=B --methods=mae,dmae --batch=8 --steps=5
+  python -m benchmarks.step --models=B --dtype=bfloat16 --teacher_dtype=bfloat16 --batch=256
 
 Steps use random weights (no checkpoint) and one random uint8 batch: the input pipeline is
 not part of it (benchmarks/pipeline.py measures that).
@@ -35,18 +35,16 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from mdistill import flops as flops_model  # noqa: E402
-from mdistill import sharding, train, validation  # noqa: E402
-from mdistill.metrics import log  # noqa: E402
-from mdistill.objectives import OBJECTIVES  # noqa: E402
+from benchmarks import ROOT
+from benchmarks import flops as flops_model
+from mdistill import sharding, train, validation
+from mdistill.metrics import log
+from mdistill.objectives import OBJECTIVES
 
 # every method with a ViT-B/16 experiment config (Objective.reference_config)
 METHODS = tuple(name for name, objective in OBJECTIVES.items() if objective.reference_config)

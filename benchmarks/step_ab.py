@@ -8,7 +8,7 @@ its median step time, and the median over rounds of the first variant's time div
 own (the paired speed-up), with the rounds it won. The first step's loss is checked to be
 the same for every variant.
 
-  python benchmarks/step_ab.py --method=dmae --model=B --batch=8 --rounds=12 \\
+  python -m benchmarks.step_ab --method=dmae --model=B --batch=8 --rounds=12 \\
       --variant= --variant=xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT
 
 A variant is a comma-separated list of XLA option=value pairs, given to the compiler for
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
+from benchmarks import step as step_bench
 
 
 def parse_variant(text: str) -> dict:

@@ -4,9 +4,9 @@ For one (method, model) of benchmarks/step.py it compiles and times, each on its
 the whole step, the loss's gradients (forward + backward, no optimizer), the loss alone
 (forward), the optimizer update with the gradient norm, and for distillation methods the
 teacher's partial forward. Each is the median of --steps runs after one warm-up; one JSON
-line per part, with the model's FLOPs for it where mdistill.flops names them.
+line per part, with the model's FLOPs for it where benchmarks.flops names them.
 
-  python benchmarks/step_parts.py --method=dmae --model=B --batch=8
+  python -m benchmarks.step_parts --method=dmae --model=B --batch=8
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import jax
 import optax
 from absl import app, flags
 
-import step as step_bench  # benchmarks/step.py, beside this file (it puts the repository on sys.path)
-from mdistill import flops as flops_model
+from benchmarks import flops as flops_model
+from benchmarks import step as step_bench
 
 
 def median_time(fn, *args, steps: int) -> float:

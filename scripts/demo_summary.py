@@ -1,6 +1,7 @@
 """demo.sh's last stage: the table of its runs and <RUNS>/summary.json.
 
-  python scripts/demo_summary.py RUNS
+  python scripts/demo_summary.py RUNS      # as demo.sh runs it (mdistill installed)
+  python -m scripts.demo_summary RUNS      # the same, from the repository root
 
 Reads <RUNS>/{teacher,student_dmae,student_mae}/metrics.jsonl and linprobe/linprobe.json
 (the baselines come from the evaluations that ran with --config.baselines=True), prints
@@ -18,12 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-from mdistill.metrics import read_metrics  # noqa: E402
+from mdistill.metrics import read_metrics
 
 MODELS = (("teacher", "teacher", "xs/4"), ("student_mae", "student_mae", "mu/4"),
           ("student_dmae", "student_dmae", "mu/4"))
@@ -68,8 +67,13 @@ NOISE_POINTS = 1.5
 
 
 def full_steps() -> dict:
-    from configs import fmnist_dmae
+    import importlib.util
 
+    # the config file by its path, as --config= reads it: this script also runs by its path (demo.sh)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fmnist_dmae.py")
+    spec = importlib.util.spec_from_file_location("fmnist_dmae", path)
+    fmnist_dmae = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fmnist_dmae)
     student = fmnist_dmae.get_config().total_steps
     return {"teacher": TEACHER_STEPS, "student_mae": student, "student_dmae": student}
 

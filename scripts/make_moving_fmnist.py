@@ -1,7 +1,10 @@
 """Moving Fashion-MNIST: a small real video dataset with a label that needs time.
 
-  python scripts/make_moving_fmnist.py --out=/data/moving_fmnist
-  python scripts/make_moving_fmnist.py --out=/tmp/mf --train_clips=64 --test_clips=16 --directions=4
+  python -m scripts.make_moving_fmnist --out=/data/moving_fmnist
+  python -m scripts.make_moving_fmnist --out=/tmp/mf --train_clips=64 --test_clips=16 --directions=4
+
+(from the repository root; `python scripts/make_moving_fmnist.py ...` runs the same where mdistill
+is installed.)
 
 Each clip shows one Fashion-MNIST object (28x28, from the IDX files read by
 mdistill.data.fashion_mnist; training clips from its train split, test clips from its test
@@ -35,14 +38,12 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-from mdistill.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource  # noqa: E402
-from mdistill.data.video import read_frames, write_video  # noqa: E402
+from mdistill.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource
+from mdistill.data.video import read_frames, write_video
 
 CLASS_NAMES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                "ankle_boot")

@@ -36,3 +36,30 @@ LONGEST_FILES = ("test_multihost.py", "test_fault_tolerance.py", "test_notebook.
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: order kept within files
+
+
+# Two tiers (tests/README.md): a test that takes more than a few seconds (a training run, a
+# CLI or other subprocess, the notebook, multi-host) is marked `slow`; `-m "not slow"` is the
+# fast tier. At the end of any run, the unmarked tests that took longer than SLOW_TEST_S
+# (set-up, module fixtures included) are listed, slowest first, as candidates for the mark:
+# listed, never failed, since a loaded machine makes any fast test slow now and then.
+SLOW_TEST_S = float(os.environ.get("MDISTILL_SLOW_TEST_S", "3"))
+_unmarked_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slow" not in report.keywords:
+        _unmarked_seconds[report.nodeid] = _unmarked_seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = sorted(((s, nodeid) for nodeid, s in _unmarked_seconds.items() if s > SLOW_TEST_S), reverse=True)
+    if not over:
+        return
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    terminalreporter.section(f"tests without the slow mark over {SLOW_TEST_S:g} s (load average {load:.1f})")
+    for seconds, nodeid in over[:15]:
+        terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")
+    if len(over) > 15:
+        terminalreporter.write_line(f"... and {len(over) - 15} more")
+    terminalreporter.write_line("mark them @pytest.mark.slow, or make them faster (tests/README.md)")

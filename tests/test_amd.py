@@ -118,6 +118,7 @@ def amd_setup():
     return obj, params, teacher
 
 
+@pytest.mark.slow
 def test_teacher_gets_no_gradient_and_every_student_part_does(amd_setup):
     obj, params, teacher = amd_setup
     loss = lambda p, t: obj.loss(p, t, images(), jax.random.PRNGKey(0))[0]  # noqa: E731
@@ -206,6 +207,7 @@ def test_teacher_flops_stop_at_the_deepest_aligned_block():
     assert obj.teacher.blocks_run(obj.teacher_blocks) == 6
 
 
+@pytest.mark.slow
 def test_smoke_run_losses_fall(tmp_path):
     c = smoke()
     c.total_steps, c.log_every, c.checkpoint_every = 20, 10, 20  # compiling is most of it

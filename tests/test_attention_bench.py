@@ -1,17 +1,15 @@
 """benchmarks/attention.py: every formulation it times gives softmax attention's gradients,
 and its records carry the fields RESULTS.md quotes."""
 
-import importlib.util
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("attention_bench", os.path.join(ROOT, "benchmarks", "attention.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import attention
+
+    return attention
 
 
 def test_formulations_agree_and_records_are_complete():

@@ -152,6 +152,7 @@ def test_a_checkpoint_saved_without_checksums_restores_as_before(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded["b"]), params["b"])
 
 
+@pytest.mark.slow
 def test_same_size_corruption_of_a_run_falls_back_to_the_previous_checkpoint(tmp_path):
     """A training run whose newest checkpoint was damaged in place resumes from the one
     before it, says so, keeps the damaged one aside and ends bitwise where it would have."""
@@ -199,6 +200,7 @@ def test_config_teacher_allow_change_is_declared_and_may_change_on_resume():
     assert checkpoint.config_changes(before, c) == []
 
 
+@pytest.mark.slow
 def test_resuming_a_distillation_with_other_teacher_weights_is_refused(tmp_path):
     teacher = tmp_path / "teacher"
     student = tmp_path / "student"

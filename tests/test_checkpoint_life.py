@@ -12,6 +12,8 @@ import pytest
 from mdistill import checkpoint, convert, sharding
 from real_timm import import_timm
 
+pytestmark = pytest.mark.slow  # fine-tuning and probe runs (tests/README.md)
+
 # configs/finetune_fmnist.py:smoke fine-tunes mu/4 at 32px on 3-channel synthetic images
 IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS = 32, 4, 3, 64, 4, 4
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +17,7 @@ def cli(*args, devices=1):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_dmae_release_config():
     out = cli("--config=configs/dmae_vitb.py", "--dry_run")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -41,6 +43,7 @@ def test_dry_run_of_the_dmae_release_config():
     assert any(line.startswith("WARNING: config.teacher.checkpoint is empty") for line in lines)
 
 
+@pytest.mark.slow
 def test_dry_run_says_which_accum_steps_fit_a_device_memory():
     """--device_memory_gib plans for a device smaller than the step: the dry run names the
     accum_steps estimated to fit, and that estimate holds when compiled (the smoke step:
@@ -90,6 +93,7 @@ def test_memory_fit_arithmetic():
     assert fit["accum_steps_to_fit"] is None and fit["fsdp_to_fit"] == 2  # 1 + 4 + 1 + 0 = 6 GiB
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_from_the_command_line_with_overrides(tmp_path):
     out = cli("--config=configs/dmae_vitb.py:smoke", f"--workdir={tmp_path}", "--config.total_steps=6",
               "--config.log_every=3", devices=2)

@@ -326,6 +326,7 @@ def xs_teacher(ref, tmp_path_factory):
     return pth, str(d / "orbax")
 
 
+@pytest.mark.slow
 def test_teacher_pth_is_placed_by_the_partition_rules(xs_teacher):
     """config.teacher.checkpoint=<.pth> gives the same teacher as its Orbax conversion, each
     leaf with the sharding the train step expects, here split over a 2-device 'fsdp' axis."""
@@ -353,6 +354,7 @@ def assert_same_sharding(actual, expected, shape):
     assert actual.is_equivalent_to(expected, len(shape)), (shape, actual, expected)
 
 
+@pytest.mark.slow
 def test_dmae_smoke_run_with_a_pth_teacher(ref, xs_teacher, tmp_path):
     """The smoke DMAE config trains from the .pth itself (converted in memory)."""
     from mdistill import sharding, train
@@ -430,6 +432,7 @@ def test_timm_mae_checkpoint_imports(ref, tmp_path):
 
 
 # ---- .safetensors export ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_safetensors_export_needs_no_torch_and_reimports(tmp_path, monkeypatch):
     """A smoke student written as .safetensors: the same tensors as export_state_dict, read
     back by safetensors' numpy API and by mdistill, and a valid checkpoint again; with torch

@@ -7,7 +7,7 @@ import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDERS = ("mdistill", "configs", "scripts", "benchmarks", "launch", "notebooks", "tests")
+FOLDERS = ("mdistill", "configs", "scripts", "benchmarks", "launch", "notebooks", "tests", "docs")
 # runs/demo/<name>, and the quick check's runs/demo-20steps/<name>
 MENTION = re.compile(r"runs/demo(?:-\w+)?/([A-Za-z0-9_.*-]+)")
 

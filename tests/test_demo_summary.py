@@ -73,8 +73,7 @@ def test_a_short_run_is_a_pipeline_check(tmp_path):
 
 
 def test_the_full_budgets_are_demo_sh_s():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import demo_summary
+    from scripts import demo_summary
 
     demo = open(os.path.join(ROOT, "demo.sh")).read()
     teacher_steps = re.search(r"teacher_overrides=\(--config.total_steps=(\d+) ", demo).group(1)

@@ -190,6 +190,7 @@ def pretrained(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_pretraining_writes_knn_metrics(pretrained):
     with open(os.path.join(pretrained, "metrics.jsonl")) as f:
         records = {r["step"]: r for r in map(json.loads, f)}
@@ -198,6 +199,7 @@ def test_pretraining_writes_knn_metrics(pretrained):
         assert 0.0 <= r["knn_top1"] <= r["knn_top5"] <= 100.0 and "loss" in r
 
 
+@pytest.mark.slow
 def test_standalone_knn_reproduces_the_monitor(pretrained, tmp_path):
     results = knn.evaluate_checkpoint(pretrained, str(tmp_path))
     with open(os.path.join(pretrained, "metrics.jsonl")) as f:
@@ -207,6 +209,7 @@ def test_standalone_knn_reproduces_the_monitor(pretrained, tmp_path):
     assert json.load(open(tmp_path / "knn.json"))["knn_top1"] == results["knn_top1"]
 
 
+@pytest.mark.slow
 def test_finetune_from_pretrained_improves_accuracy_and_resumes(pretrained, tmp_path):
     from configs.finetune_fmnist import get_config
 
@@ -221,6 +224,7 @@ def test_finetune_from_pretrained_improves_accuracy_and_resumes(pretrained, tmp_
     assert again["top1"] == results["top1"] and again["initial_top1"] == results["initial_top1"]
 
 
+@pytest.mark.slow
 def test_linprobe_on_pretrained(pretrained, tmp_path):
     from configs.linprobe_fmnist import get_config
 
@@ -230,6 +234,7 @@ def test_linprobe_on_pretrained(pretrained, tmp_path):
     assert 10.0 < results["top1"] <= 100.0 and (tmp_path / "linprobe.json").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(pretrained, tmp_path):
     from configs.finetune_fmnist import get_config as finetune_config
     from configs.linprobe_fmnist import get_config as linprobe_config
@@ -265,6 +270,7 @@ def test_fashion_mnist_configs_read_labelled_splits():
         assert train_split.images([0, 1]).shape == (2, 28, 28, 1)
 
 
+@pytest.mark.slow
 def test_linprobe_reports_the_same_knn_as_the_standalone_knn(pretrained, tmp_path):
     """--config.knn=True: k-NN from the probe's own forward pass, on the same examples as
     mdistill.evaluate.knn with the run's settings (avg pool, k=20), gives its accuracy."""
@@ -285,6 +291,7 @@ def test_linprobe_reports_the_same_knn_as_the_standalone_knn(pretrained, tmp_pat
         linprobe.run(c, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow
 def test_baselines_are_pixels_and_a_fixed_random_encoder_in_both_evaluators(pretrained, tmp_path):
     """k-NN --baselines: the pixel row is k-NN on the normalised, flattened images (computed
     here with numpy), the random row a freshly initialised encoder of the run's architecture,

@@ -21,6 +21,7 @@ def test_attention_matches_jax_dot_product_attention():
     np.testing.assert_allclose(multi_head_attention(qkv, 4), expected, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_attention_gradients_match_jax_dot_product_attention():
     # Large logits check that the max shift keeps exp finite; the row max has no gradient
     # in mdistill's formulation, and the gradients must still be softmax's.
@@ -54,6 +55,7 @@ def test_embedding_the_visible_patches_equals_gathering_all():
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.slow
 def test_remat_changes_nothing_but_memory(remat):
     spec = ViTSpec.parse("mu/4")
     images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
@@ -74,6 +76,7 @@ def test_remat_changes_nothing_but_memory(remat):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_parameters():
     config = apply_smoke(base_config())
     config.method, config.dtype, config.teacher.dtype = "dmae", "bfloat16", "bfloat16"

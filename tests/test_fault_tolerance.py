@@ -14,6 +14,8 @@ from conftest import xla_flags
 
 from mdistill import checkpoint
 
+pytestmark = pytest.mark.slow  # training processes killed, resumed and checked (tests/README.md)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # MAE smoke run: 30 steps, a checkpoint every 5 (checkpoints/5, 10, ...).
 BASE = ["--config=configs/mae_vitb.py:smoke", "--config.total_steps=30", "--config.checkpoint_every=5",

@@ -1,4 +1,4 @@
-"""The analytic FLOP model (mdistill.flops) against XLA's cost analysis of the real step.
+"""The analytic FLOP model (benchmarks.flops) against XLA's cost analysis of the real step.
 
 XLA counts elementwise work too (norms, softmax, GELU, losses, AdamW), so it reads a little
 above the model: a few percent at the tiny widths, about 1.5% at ViT-B. The step is only
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mdistill import flops, sharding
+from benchmarks import flops
+from mdistill import sharding
 from mdistill.models import ViTSpec
 from mdistill.teacher import Teacher
 from mdistill.train import Trainer
@@ -40,6 +41,7 @@ def smoke_xla():
 
 
 @pytest.mark.parametrize("name", ["mae_vitb", "dmae_vitb", "amd_vitb"])
+@pytest.mark.slow
 def test_model_is_within_a_few_percent_of_xla_on_tiny_models(smoke_xla, name):
     config, xla = smoke_xla[name]
     model = flops.step_flops(config)["total"]
@@ -47,6 +49,7 @@ def test_model_is_within_a_few_percent_of_xla_on_tiny_models(smoke_xla, name):
     assert 1.0 <= xla / model <= 1.12, (xla, model)
 
 
+@pytest.mark.slow
 def test_distillation_adds_the_teachers_partial_forward_and_the_heads(smoke_xla):
     (mae_cfg, mae_xla), (dmae_cfg, dmae_xla) = smoke_xla["mae_vitb"], smoke_xla["dmae_vitb"]
     mae, dmae = flops.step_flops(mae_cfg), flops.step_flops(dmae_cfg)
@@ -70,6 +73,7 @@ def test_teacher_term_counts_only_the_blocks_run_on_visible_tokens():
         assert 1.0 <= xla / model <= 1.12, (block, xla, model)
 
 
+@pytest.mark.slow
 def test_model_matches_xla_at_vit_b_scale():
     config = config_file("dmae_vitb")  # ViT-L/16 teacher -> ViT-B/16 student, 224 px
     config.batch_size = 2

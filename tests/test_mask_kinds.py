@@ -119,6 +119,7 @@ def test_same_rng_same_masks(kind):
 
 
 @pytest.mark.parametrize("kind", ["block", "colored_noise"])
+@pytest.mark.slow
 def test_the_reconstruction_grid_draws_the_configured_kind(kind):
     """visualize draws the masks of config.masking.kind: the AMD grid's student and
     teacher masks are the objective's, structured and nested."""

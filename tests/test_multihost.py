@@ -12,10 +12,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from conftest import xla_flags
 
 from mdistill import checkpoint, sharding
 from mdistill.train import train
+
+pytestmark = pytest.mark.slow  # processes on several simulated hosts (tests/README.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 6, 3

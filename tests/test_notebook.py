@@ -6,6 +6,8 @@ import os
 import pytest
 from conftest import xla_flags
 
+pytestmark = pytest.mark.slow  # runs the quickstart notebook (tests/README.md)
+
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mdistill import data, flops, objectives, sharding, train, validation
+from benchmarks import flops
+from mdistill import data, objectives, sharding, train, validation
 from mdistill.checks import require
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.objectives.common import feature_loss
@@ -75,6 +76,7 @@ def toy_config():
     return c
 
 
+@pytest.mark.slow
 def test_a_registered_method_runs_its_smoke_step_dry_run_and_flop_count(toy):
     c = toy_config()
     assert c.toy.pairs == ((3, 5),) and c.toy.weight == 0.5
@@ -129,6 +131,7 @@ def smoke_losses(method: str, masking_kind: str | None) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["mae", "dmae", "amd"])
+@pytest.mark.slow
 def test_random_masking_keeps_the_smoke_losses(method):
     """Bitwise equal to a config without config.masking; equal to the losses recorded before
     masking kinds existed up to float32 rounding (XLA:CPU's reductions round differently on

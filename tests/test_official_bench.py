@@ -2,25 +2,21 @@
 of what the release computes, and its error for a wrong --repo. (Timing the release needs a
 checkout of it, which the tests do not have.)"""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "official_dmae.py")
 
 
 def load():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    spec = importlib.util.spec_from_file_location("official_dmae", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import official_dmae
+
+    return official_dmae
 
 
 def test_release_flops_add_the_teachers_last_blocks_and_its_decoder():
-    from mdistill import flops
+    from benchmarks import flops
 
     release, ours = load().release_flops(8)
     # ViT-L teacher on cls + 49 visible tokens: blocks 19-24 and its 8-block decoder, per image
@@ -30,7 +26,7 @@ def test_release_flops_add_the_teachers_last_blocks_and_its_decoder():
 
 
 def test_wrong_repo_is_named():
-    r = subprocess.run([sys.executable, SCRIPT, "--repo=/nonexistent/DMAE"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.official_dmae", "--repo=/nonexistent/DMAE"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "/nonexistent/DMAE" in r.stderr and "models_mae_distill.py" in r.stderr

@@ -266,6 +266,7 @@ def test_missing_tfds_dataset_names_it_and_how_to_prepare(tmp_path):
 
 # ---- training through the pipeline ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_mae_trains_from_an_image_folder_and_checkpoints_the_input_state(image_folder, tmp_path):
     """Exact resume through train() is checked by tests/test_train.py and
     tests/test_fault_tolerance.py, which run the same pipeline on synthetic data."""
@@ -282,6 +283,7 @@ def test_mae_trains_from_an_image_folder_and_checkpoints_the_input_state(image_f
     np.testing.assert_array_equal(take(resumed, 1)[0], Pipeline.from_config(c).local_batch(3)["image"])
 
 
+@pytest.mark.slow
 def test_finetuning_reads_the_pipeline_with_workers_and_random_resized_crops(image_folder, tmp_path):
     """Fine-tuning's batches come from data.Pipeline (here with 2 grain workers) with MAE's
     fine-tuning crop, RandomResizedCrop of 8-100% of the area + flip, not the centre crop."""
@@ -316,6 +318,7 @@ def test_finetuning_reads_the_pipeline_with_workers_and_random_resized_crops(ima
     assert meta["data"]["next_step"] == 3 and meta["data"]["dataset_size"] == 12
 
 
+@pytest.mark.slow
 def test_feature_extraction_and_the_probe_read_the_pipeline_with_workers(image_folder, tmp_path):
     """k-NN and the linear probe extract features through data.Pipeline: with 2 grain
     workers the features are those of the in-process read, every image once, in order, the
@@ -347,6 +350,7 @@ def test_feature_extraction_and_the_probe_read_the_pipeline_with_workers(image_f
     assert results["train_examples"] == 13 and 0.0 <= results["top1"] <= 100.0 and "knn_top1" in results
 
 
+@pytest.mark.slow
 def test_the_probe_can_train_on_augmented_images(image_folder, tmp_path, monkeypatch):
     """config.data.augment='mae' or 'flip': the probe's training batches come through the
     pipeline with that transform (each image cropped or flipped, of the records the

@@ -75,6 +75,7 @@ def contested(tmp_path_factory):
     return workdir, first, err, second, seconds
 
 
+@pytest.mark.slow
 def test_second_process_on_a_busy_workdir_is_refused_and_the_first_finishes(contested):
     workdir, first, first_err, second, seconds = contested
     assert second.returncode != 0 and seconds < 60
@@ -86,6 +87,7 @@ def test_second_process_on_a_busy_workdir_is_refused_and_the_first_finishes(cont
     assert logged == [10]  # one run's metrics, not two interleaved
 
 
+@pytest.mark.slow
 def test_killed_holder_frees_the_workdir_and_a_shape_changing_resume_touches_nothing(contested):
     workdir = contested[0]
     holder = start(workdir, "--config.total_steps=20")
@@ -121,6 +123,7 @@ def test_unknown_config_field_is_one_line():
                                        "(did you mean 'seed'?)"]
 
 
+@pytest.mark.slow
 def test_export_over_a_folder_is_one_line(contested, tmp_path):
     from mdistill import convert
 
@@ -167,6 +170,7 @@ def test_failed_save_leaves_no_thread_waiting(tmp_path):
     assert [t.name for t in threading.enumerate() if t not in before and not t.daemon] == []
 
 
+@pytest.mark.slow
 def test_close_errors_do_not_bury_the_failed_save(tmp_path, monkeypatch):
     """A full disk: the save fails, then closing TensorBoard's writer fails too; the save's
     error is the one raised (the first error wins). best_metric 'max:grad_norm' is a metric

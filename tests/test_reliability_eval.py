@@ -57,6 +57,7 @@ def video_run(tmp_path_factory):
 
 # ---- 1: a fine-tuning NaN ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finetune_nan_is_never_saved_and_is_one_line_naming_the_kept_checkpoint(tmp_path):
     """The issue's command: lr 1e2 diverges between checkpoints (every 4 steps) while logs and
     evaluations (every 100) never come; fine-tuning keeps one checkpoint."""
@@ -84,6 +85,7 @@ def export(src, out, *extra):
     convert.main(["--export", "--input", src, "--output", str(out), *extra])
 
 
+@pytest.mark.slow
 def test_export_refuses_an_existing_file_unless_overwrite(image_run, tmp_path):
     from safetensors.numpy import load_file
 
@@ -108,8 +110,8 @@ def current_umask():
 @pytest.mark.parametrize("suffix", ["safetensors", "pth"])
 def test_export_over_an_existing_file_on_a_full_disk_leaves_it_whole(image_run, tmp_path, monkeypatch, suffix):
     import safetensors.numpy
-    import torch
 
+    torch = pytest.importorskip("torch") if suffix == "pth" else None  # .pth files are written by torch
     out = tmp_path / f"student.{suffix}"
     export(image_run, out)
     before = out.read_bytes()
@@ -242,6 +244,7 @@ def image_folder(root, size=32, per_class=4):
     return str(root)
 
 
+@pytest.mark.slow
 def test_knn_of_a_video_model_on_images_is_refused_naming_what_disagrees(video_run, tmp_path):
     images = {"data.source": "folder", "data.path": image_folder(tmp_path / "images"), "eval.train_split": "train",
               "eval.test_split": "val", "eval.knn_train_examples": -1, "eval.knn_test_examples": -1,

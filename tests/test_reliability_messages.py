@@ -98,6 +98,7 @@ def test_non_finite_floats_are_one_config_error(field, value):
         validation.validate(smoke(**{field: value}))
 
 
+@pytest.mark.slow
 def test_non_finite_mask_ratio_is_one_line_from_the_command():
     out = subprocess.run([sys.executable, "-m", "mdistill.main", "--config=configs/mae_vitb.py:smoke",
                           "--config.mask_ratio=nan", "--dry_run"], cwd=ROOT, env=child_env(), capture_output=True,
@@ -128,6 +129,7 @@ def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, config, expec
     assert len(lines) == 1 and lines[0].startswith(expected), out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_the_evaluators_can_share_the_parser(tmp_path):
     """mdistill.cli.parse_flags works for any command's own config-file flag (the evaluators
     define theirs in __main__, so they cannot import mdistill.main's)."""
@@ -251,3 +253,24 @@ def test_a_failed_background_save_is_named_by_its_step(tmp_path):
     mngr.failing = True
     with pytest.raises(checkpoint.CheckpointError, match=r"^could not write checkpoint 10 "):
         checkpoint.wait(mngr)
+
+
+def test_library_log_records_go_to_the_workdir_not_the_console(tmp_path):
+    """Orbax's tracebacks from its saving threads are absl log records: with the workdir's
+    log file in place they land there, and the console keeps the one error line."""
+    code = (  # as under mdistill.main: absl's app.run, then a library thread logs an error
+        "import sys, threading\n"
+        "from absl import app, logging\n"
+        "from mdistill.main import log_to_workdir\n"
+        "def main(argv):\n"
+        f"    log_to_workdir({str(tmp_path)!r})\n"
+        "    t = threading.Thread(target=lambda: logging.error('save failed: Traceback (most recent call last)'))\n"
+        "    t.start(); t.join()\n"
+        "    print('error: could not write checkpoint 10')\n"
+        "app.run(main)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr + p.stdout and p.stdout.strip() == "error: could not write checkpoint 10"
+    logs = [f for f in os.listdir(tmp_path) if f.startswith("mdistill.") and ".log." in f]
+    assert logs and any("save failed" in open(tmp_path / f).read() for f in logs), os.listdir(tmp_path)

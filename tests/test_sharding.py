@@ -24,6 +24,7 @@ def unsharded_large_leaves(tree, shardings):
 
 
 @pytest.mark.parametrize("config_module", [dmae_vitb, amd_vitb], ids=["dmae_vitb", "amd_vitb"])
+@pytest.mark.slow
 def test_every_large_array_of_the_paper_models_is_split_over_fsdp(config_module):
     trainer = paper_trainer(config_module, fsdp=8)
     state, teacher = trainer.abstract_state(), trainer.abstract_teacher()
@@ -36,6 +37,7 @@ def test_every_large_array_of_the_paper_models_is_split_over_fsdp(config_module)
     assert small < 0.01 * sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_per_device_state_and_teacher_memory_fall_as_one_over_fsdp():
     dp, fsdp = paper_trainer(dmae_vitb, 1), paper_trainer(dmae_vitb, 8)
     state_dp = sharding.bytes_per_device(dp.abstract_state(), dp.state_sharding)

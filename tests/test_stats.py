@@ -1,4 +1,4 @@
-"""Paired-difference statistics of the Fashion-MNIST study (mdistill/evaluate/stats.py),
+"""Paired-difference statistics of the Fashion-MNIST study (benchmarks/study/stats.py),
 checked against scipy's paired t-test and by the coverage of their intervals."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from mdistill.evaluate import stats
+from benchmarks.study import stats
 
 
 def test_paired_difference_matches_scipy_and_a_hand_computed_interval():

@@ -9,17 +9,16 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
 
 
 def run(script, *args, timeout=600):
-    r = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
+    module = "benchmarks." + script.removesuffix(".py")
+    r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     return r, lines
 
 
+@pytest.mark.slow
 def test_step_benchmark_tiny():
     r, lines = run("step.py", "--models=tiny", "--methods=mae,dmae", "--batch=8", "--steps=2", "--warmup=1")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -34,6 +33,7 @@ def test_step_benchmark_tiny():
     assert any(line["bench"] == "dmae_overhead" for line in lines)
 
 
+@pytest.mark.slow
 def test_step_ab_tiny_compares_compiler_options():
     variant = "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
     r, lines = run("step_ab.py", "--method=mae", "--model=tiny", "--batch=8", "--rounds=2",
@@ -51,7 +51,7 @@ def test_step_ab_needs_two_variants():
 
 
 def test_variant_parsing_and_paired_statistics():
-    import step_ab
+    from benchmarks import step_ab
 
     assert step_ab.parse_variant("") == {}
     assert step_ab.parse_variant("a=1, b=true,c=NAME") == {"a": 1, "b": True, "c": "NAME"}

@@ -10,6 +10,8 @@ from mdistill.config_base import apply_smoke, base_config
 from mdistill.state_dict import flatten
 from mdistill.train import Trainer, train
 
+pytestmark = pytest.mark.slow  # training runs started from checkpoints (tests/README.md)
+
 
 def smoke(method, **overrides):
     c = apply_smoke(base_config())

@@ -3,22 +3,19 @@ finished runs, and the tables and plots it regenerates from results.json alone."
 
 import importlib.util
 import os
-import sys
 
 import pytest
 
-from mdistill.evaluate import stats
+from benchmarks.study import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "benchmarks/fmnist/study.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.fmnist import study
+
+    return study
 
 
 def record(study, run, knn, probe):

@@ -21,6 +21,7 @@ def teacher_setup():
     return teacher, teacher.init(jax.random.PRNGKey(1), images), images, ids
 
 
+@pytest.mark.slow
 def test_flops_grow_with_the_stopping_block(teacher_setup):
     teacher, params, images, ids = teacher_setup
     flops = []
@@ -33,6 +34,7 @@ def test_flops_grow_with_the_stopping_block(teacher_setup):
     np.testing.assert_allclose(steps, steps[0], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_blocks_past_the_deepest_aligned_one_are_never_called(teacher_setup):
     teacher, params, images, ids = teacher_setup
     truncated = {k: v for k, v in params.items() if not (k.startswith("block_") and int(k[6:]) > 2)}
@@ -52,6 +54,7 @@ def dmae_trainer():
     return Trainer(config, sharding.make_mesh(jax.devices()[:1]))
 
 
+@pytest.mark.slow
 def test_teacher_gets_no_gradient_and_no_optimizer_state(dmae_trainer):
     trainer = dmae_trainer
     state = trainer.init_state()
@@ -68,6 +71,7 @@ def test_teacher_gets_no_gradient_and_no_optimizer_state(dmae_trainer):
     assert "mae" in state.params and "heads" in state.params and len(state.params) == 2
 
 
+@pytest.mark.slow
 def test_student_gradient_flows_into_the_projection_head(dmae_trainer):
     trainer = dmae_trainer
     state = trainer.init_state()

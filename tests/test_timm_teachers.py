@@ -165,6 +165,7 @@ def xs_teachers(ref, tmp_path_factory):
     return dict(deit=(deit, save(deit, d / "deit_xs.safetensors")), gap=(gap, save(gap, d / "gap_xs.pth")))
 
 
+@pytest.mark.slow
 def test_the_teacher_in_the_step_is_the_reference(ref, xs_teachers):
     """What DMAE's step reads of the teacher: the reference's block outputs on the visible patches."""
     model, path = xs_teachers["gap"]
@@ -177,12 +178,14 @@ def test_the_teacher_in_the_step_is_the_reference(ref, xs_teachers):
     np.testing.assert_allclose(np.asarray(feats[3]), want[3], atol=PARITY)
 
 
+@pytest.mark.slow
 def test_amd_trains_from_a_teacher_without_cls_token(xs_teachers, tmp_path):
     last = train(smoke("amd", xs_teachers["gap"][1]), str(tmp_path / "run"), sharding.make_mesh(jax.devices()[:2]))
     assert last["step"] == 2 and np.isfinite(last["dir_loss"]) and last["dir_loss"] > 0 and last["gen_loss"] > 0
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
 
+@pytest.mark.slow
 def test_dmae_trains_from_a_timm_safetensors_teacher_from_the_command_line(xs_teachers, tmp_path):
     """MaskDistill's target (configs/dmae_vitb.py:target=last) from a DeiT-style teacher saved
     at 16px (its learned table resized to the run's 32px), as a user runs it."""
@@ -197,6 +200,7 @@ def test_dmae_trains_from_a_timm_safetensors_teacher_from_the_command_line(xs_te
     assert record["step"] == 3 and "distill/proj_s3_t5" in record and record["distill_loss"] > 0
 
 
+@pytest.mark.slow
 def test_a_timm_checkpoint_cannot_initialise_the_mae_student(xs_teachers):
     c = smoke("mae", "")
     c.student.init = xs_teachers["deit"][1]

@@ -14,6 +14,8 @@ from mdistill.checkpoint import CheckpointError
 from mdistill.config_base import apply_smoke, base_config
 from mdistill.train import Trainer, train
 
+pytestmark = pytest.mark.slow  # training runs (tests/README.md)
+
 
 def smoke(method="dmae", **overrides):
     c = apply_smoke(base_config())

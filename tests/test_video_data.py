@@ -374,16 +374,13 @@ fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(DEFAULT_DIR, "t10k-l
 
 
 def load_script():
-    import importlib.util
+    from scripts import make_moving_fmnist
 
-    spec = importlib.util.spec_from_file_location("make_moving_fmnist", os.path.join(ROOT, "scripts",
-                                                                                      "make_moving_fmnist.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return make_moving_fmnist
 
 
 @fmnist
+@pytest.mark.slow
 def test_moving_fmnist_directions_are_read_back_from_the_frames(tmp_path):
     out = str(tmp_path / "mf")
     run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_moving_fmnist.py"), f"--out={out}",

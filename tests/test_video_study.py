@@ -3,9 +3,7 @@
 puts both baselines beside the models and gives the paired differences on both labels, and
 each role of the config is valid as the study runs it."""
 
-import importlib.util
 import os
-import sys
 
 import pytest
 
@@ -14,12 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def study():
-    path = os.path.join(ROOT, "benchmarks/moving_fmnist/study.py")
-    spec = importlib.util.spec_from_file_location("video_study", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["video_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.moving_fmnist import study
+
+    return study
 
 
 def test_plan_pairs_each_amd_student_with_its_mae_twin(study):

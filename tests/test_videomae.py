@@ -69,6 +69,7 @@ def test_the_official_tube_counts():
     assert (seen == seen[:, :1]).all()  # tubes: the same patches on every frame
 
 
+@pytest.mark.slow
 def test_a_videomae_release_matches_the_reference(release):
     model, path = release
     w = weights.load(path, "mu/4")
@@ -120,6 +121,7 @@ def xs_teacher(ref, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["mae", "dmae"])
+@pytest.mark.slow
 def test_mae_and_dmae_train_on_clips(method, tmp_path):
     from mdistill import sharding, train
     from mdistill.config_base import apply_smoke, base_config
@@ -132,6 +134,7 @@ def test_mae_and_dmae_train_on_clips(method, tmp_path):
     assert last["step"] == 2 and np.isfinite(last["loss"]) and last["rec_loss"] > 0
 
 
+@pytest.mark.slow
 def test_amd_video_smoke_trains_from_a_videomae_teacher_from_the_command_line(xs_teacher, tmp_path):
     """configs/amd_video_vitb.py:smoke on synthetic 4-frame clips, the teacher a VideoMAE .pth."""
     from test_cli import cli
@@ -162,6 +165,7 @@ def test_an_image_teacher_is_refused_for_clips(ref, tmp_path):
         Trainer(c, sharding.make_mesh(jax.devices()[:1]))
 
 
+@pytest.mark.slow
 def test_the_dry_run_of_the_video_config_reports_frames_and_tubelets():
     from test_cli import cli
 
@@ -190,6 +194,7 @@ def write_clips(folder, count, frames=20, seed=0):
 
 
 @pytest.mark.parametrize("batch_size,num_sample", [(5, 1), (10, 2)])
+@pytest.mark.slow
 def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys, batch_size, num_sample):
     """A VideoMAE list file of real .mp4 files (one of them truncated, which is skipped and
     logged), read by the pipeline with VideoMAE's sampling and multi-scale crop; with
@@ -212,6 +217,7 @@ def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys, batch_
     assert "v3.mp4" in out.out + out.err  # the truncated video, logged by name
 
 
+@pytest.mark.slow
 def test_knn_on_clip_features_monitor_and_command(tmp_path):
     """k-NN on average-pooled clip features: as the pre-training monitor on synthetic clips,
     and as the standalone command on a list of video files, beside both baselines."""
@@ -239,6 +245,7 @@ def test_knn_on_clip_features_monitor_and_command(tmp_path):
     assert set(result["baselines"]) == {"pixels", "random"} and 0.0 <= result["knn_top1"] <= 100.0
 
 
+@pytest.mark.slow
 def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
     """A trained video student, exported, loads into the reference's fine-tuning names and
     gives its block outputs; mdistill reads the export back."""
@@ -288,6 +295,7 @@ def test_a_planned_size_that_is_not_the_datas_is_refused(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_a_video_student_fine_tunes_with_the_multi_view_test(tmp_path):
     """Fine-tuning on clip files: VideoMAE's fine-tuning sampling for training, and each test
     video as 2 windows x 3 crops whose softmax is averaged."""

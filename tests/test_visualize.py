@@ -21,6 +21,8 @@ from mdistill.models.mae import patchify
 from mdistill.objectives import build_objective
 from mdistill.train import Trainer
 
+pytestmark = pytest.mark.slow  # training runs and models built to draw from (tests/README.md)
+
 
 @pytest.fixture(scope="module")
 def mae():

@@ -2,9 +2,12 @@
 student pre-trained alone (MAE) and with the teacher (DMAE, AMD) at equal budgets and
 paired seeds, every encoder beside raw pixels and a random encoder of its architecture.
 
-  python benchmarks/fmnist/study.py run [--groups=teacher,core,finetune,sweeps] [--max_minutes=M]
-  python benchmarks/fmnist/study.py report        # tables and plots from results.json only
-  python benchmarks/fmnist/study.py plan          # the runs, and which are recorded
+  python -m benchmarks.fmnist.study run [--groups=teacher,core,finetune,sweeps] [--max_minutes=M]
+  python -m benchmarks.fmnist.study report        # tables and plots from results.json only
+  python -m benchmarks.fmnist.study plan          # the runs, and which are recorded
+
+(from the repository root; `python benchmarks/fmnist/study.py ...` runs the same). What the
+two studies share (plan, cache, runner, statistics, report) is benchmarks/study/.
 
 `run` executes the planned runs that results.json does not hold yet (a run is recorded
 with its settings; changed settings make it run again), each through mdistill's own
@@ -23,20 +26,30 @@ students of one results.json must share one teacher: a different digest stops th
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by its path: as the module, the repository importable
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.fmnist.study", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))})
+
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from benchmarks.study import ROOT, runner, stats
+from benchmarks.study.cache import ResultsError, Schema, is_recorded, save_results
+from benchmarks.study.cache import load_results as load_study_results
+from benchmarks.study.plan import until
+from benchmarks.study.report import diff_cell, mean_std
+from benchmarks.study.runner import environment, execute, params_digest
+
 HERE = os.path.join(ROOT, "benchmarks", "fmnist")
 TEACHER_VARIANT, STUDENT_VARIANT = "xs/4", "mu/4"
 BUDGETS = (100, 200, 400)  # student pre-training steps (batch 128): 0.2, 0.4 and 0.9 epochs
@@ -117,45 +130,9 @@ def plan() -> list[Run]:
 OUTPUTS = ("results.json", "results.md", "teacher_curve.png", "budget_curve.png", "finetune_curve.png")
 
 
-def revision(outputs=tuple(f"benchmarks/fmnist/{o}" for o in OUTPUTS)) -> tuple[str, list[str]]:
-    """The code's git revision ('+dirty' when tracked files differ from it) and those files;
-    a study's own outputs (paths from the repository root) do not count."""
-    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.split("\n")
-    dirty = sorted(line[3:] for line in dirty if line.strip() and not line[3:].startswith(tuple(outputs)))
-    return (rev.stdout.strip() or "unknown") + ("+dirty" if dirty else ""), dirty
-
-
-def execute(cmd: list[str], log_path: str) -> float:
-    """Run a command from the repository root, its output appended to log_path; seconds."""
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
-    return time.time() - t0
-
-
-def params_digest(workdir: str) -> str:
-    """sha256 of the encoder's parameters in the run's latest checkpoint."""
-    from mdistill import checkpoint
-    from mdistill.evaluate.common import encoder_params
-
-    params, _ = checkpoint.load_params(workdir, None)
-    h = hashlib.sha256()
-    for leaf in _leaves(encoder_params(params)):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for k in sorted(tree):
-            yield from _leaves(tree[k])
-    else:
-        yield tree
+def revision() -> tuple[str, list[str]]:
+    """The code's git revision and the files that differ from it, this study's outputs aside."""
+    return runner.revision(tuple(f"benchmarks/fmnist/{o}" for o in OUTPUTS))
 
 
 def pretrain_cmd(run: Run, workdir: str, data: list[str], teacher_dir: str) -> list[str]:
@@ -171,12 +148,6 @@ def pretrain_cmd(run: Run, workdir: str, data: list[str], teacher_dir: str) -> l
     else:
         cmd += [f"--config.teacher.checkpoint={teacher_dir}"]
     return cmd
-
-
-def environment() -> dict:
-    import jax
-
-    return {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def linprobe_record(workdir: str, run: Run, data: list[str], log: str, baselines: bool) -> dict:
@@ -260,77 +231,20 @@ def run_finetune(run: Run, out: str, data: list[str], teacher_dir: str) -> dict:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-class ResultsError(Exception):
-    """results.json cannot be used as it is; it is never rewritten or removed because of it."""
-
-
 # what the driver and the report read of a record, by its group
-RECORD_FIELDS = {"teacher": ("group", "revision", "digest", "knn_top1", "probe_top1"),
-                 "core": ("group", "revision", "knn_top1", "probe_top1"),
-                 "sweeps": ("group", "revision", "knn_top1", "probe_top1"),
-                 "finetune": ("group", "revision", "config", "top1", "initial_top1", "finetune_steps", "curve")}
-NUMBERS = {"knn_top1", "probe_top1", "top1", "initial_top1", "finetune_steps"}
+RECORDS = Schema(key="group", fields={
+    "teacher": ("group", "revision", "digest", "knn_top1", "probe_top1"),
+    "core": ("group", "revision", "knn_top1", "probe_top1"),
+    "sweeps": ("group", "revision", "knn_top1", "probe_top1"),
+    "finetune": ("group", "revision", "config", "top1", "initial_top1", "finetune_steps", "curve")},
+    instance=("knn_top1", "probe_top1"),
+    numbers=frozenset({"knn_top1", "probe_top1", "top1", "initial_top1", "finetune_steps"}))
 
 
 def load_results(path: str) -> dict:
     """The study's record ({'runs': {}} where there is none yet), or a ResultsError naming the
     file and what is wrong with it (a truncated write, a record without its results)."""
-    if not os.path.exists(path):
-        return {"runs": {}}
-    relative = os.path.relpath(os.path.abspath(path), ROOT)
-    restore = "" if relative.startswith("..") else f", restore it (git checkout -- {relative})"
-    keep = f"it is left as it is: repair it{restore} or move it away to start a new record"
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}; truncated or "
-                           f"hand-edited?); {keep}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path}: cannot be read ({e}); {keep}") from None
-    problem = results_problem(results)
-    if problem:
-        raise ResultsError(f"{path}: {problem}; {keep}")
-    return results
-
-
-def results_problem(results) -> str | None:
-    """What makes a loaded results.json unusable (None: nothing)."""
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), dict):
-        return "expected an object with a 'runs' object (run name -> record)"
-    records = [(f"run {name!r}", r, None) for name, r in results["runs"].items()]
-    teachers = results.get("teachers", {})
-    if not isinstance(teachers, dict):
-        return "'teachers' is not an object (teacher digest -> record)"
-    records += [(f"teacher instance {digest!r}", r, ("knn_top1", "probe_top1")) for digest, r in teachers.items()]
-    for what, record, fields in records:
-        if not isinstance(record, dict):
-            return f"{what} is not an object"
-        if fields is None:
-            group = record.get("group")
-            if group not in RECORD_FIELDS:
-                return f"{what} has group {group!r}, expected one of {sorted(RECORD_FIELDS)}"
-            fields = RECORD_FIELDS[group]
-        missing = [k for k in fields if k not in record]
-        if missing:
-            return f"{what} lacks {', '.join(missing)} (an incomplete record)"
-        bad = [k for k in fields if k in NUMBERS and (isinstance(record[k], bool)
-                                                      or not isinstance(record[k], (int, float)))]
-        if bad:
-            return f"{what}: {', '.join(f'{k}={record[k]!r}' for k in bad)} is not a number"
-    return None
-
-
-def save_results(path: str, results: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)  # never a half-written results.json
-
-
-def is_recorded(results: dict, run: Run) -> bool:
-    r = results["runs"].get(run.name)
-    return r is not None and all(r.get(k) == v for k, v in run.settings().items())
+    return load_study_results(path, RECORDS)
 
 
 def current_teacher(results: dict, run: Run, out: str, data: list[str], teacher_dir: str, save) -> str:
@@ -364,11 +278,7 @@ def cmd_run(args) -> None:
     os.makedirs(out, exist_ok=True)
     data = [f"--config.data.path={args.data_path}"]
     teacher_dir = os.path.join(out, "teacher")
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes > 0 else math.inf
-    for run in todo:
-        if time.time() > deadline:
-            print(f"--max_minutes={args.max_minutes} reached; rerun to continue")
-            break
+    for run in until(todo, args.max_minutes):
         if is_recorded(results, run):
             if run.group == "teacher":
                 current_teacher(results, run, out, data, teacher_dir, lambda: save_results(args.results, results))
@@ -393,24 +303,6 @@ def cmd_run(args) -> None:
 METRICS = (("knn_top1", "k-NN"), ("probe_top1", "linear probe"))
 
 
-def mean_std(values, digits: int = 2) -> str:
-    v = np.asarray(values, float)
-    if not len(v):
-        return "-"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
-
-
-def diff_cell(diff: dict) -> str:
-    """'+1.23 [0.40, 2.06]' with the paired t interval, or '-' without pairs."""
-    from mdistill.evaluate import stats
-
-    if diff["n"] == 0:
-        return "-"
-    low, high = diff["t_ci"]
-    ci = "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
-    return f"{diff['mean']:+.2f}{ci} (n={diff['n']}, {stats.verdict(diff)})"
-
-
 def paired(runs: dict, a_prefix: str, b_prefix: str, metric: str):
     """Values of a_prefix_s{seed} and b_prefix_s{seed} for the seeds both have."""
     seeds = [s for s in SEEDS if f"{a_prefix}_s{s}" in runs and f"{b_prefix}_s{s}" in runs]
@@ -425,8 +317,6 @@ def teacher_steps(teacher: dict):
 
 
 def report_text(results: dict) -> str:
-    from mdistill.evaluate import stats
-
     runs = results["runs"]
     lines = ["# Fashion-MNIST study: does distillation pay?", "",
              "Generated by `python benchmarks/fmnist/study.py report` from results.json. Accuracies: top-1 (%) "
@@ -511,8 +401,6 @@ def finetune_name(method: str, seed: int) -> str:
 def finetune_section(runs: dict) -> list[str]:
     """Fine-tuned top-1 (the last evaluation, not the best: the test split picks nothing) per
     method, paired by seed against MAE and against the same network from scratch."""
-    from mdistill.evaluate import stats
-
     rows = []
     for method in FINETUNE_METHODS:
         done = {s: runs[finetune_name(method, s)] for s in SEEDS if finetune_name(method, s) in runs}

@@ -2,12 +2,14 @@
 beside raw pixels and random encoders, on two labels of the same clips: the direction of
 motion (which no single frame shows) and the object's class (which one frame shows).
 
-  python benchmarks/moving_fmnist/study.py run [--max_minutes=M]
-  python benchmarks/moving_fmnist/study.py report   # results.md from results.json only
-  python benchmarks/moving_fmnist/study.py plan     # the runs, and which are recorded
-  python benchmarks/moving_fmnist/study.py reevaluate  # the k-NN of every recorded run again
+  python -m benchmarks.moving_fmnist.study run [--max_minutes=M]
+  python -m benchmarks.moving_fmnist.study report   # results.md from results.json only
+  python -m benchmarks.moving_fmnist.study plan     # the runs, and which are recorded
+  python -m benchmarks.moving_fmnist.study reevaluate  # the k-NN of every recorded run again
 
-`run` writes the dataset first if --data lacks it (scripts/make_moving_fmnist.py: 2000
+(from the repository root; `python benchmarks/moving_fmnist/study.py ...` runs the same).
+
+`run` writes the dataset first if --data lacks it (`python -m scripts.make_moving_fmnist`: 2000
 training clips from Fashion-MNIST's train split, 1000 test clips from its test split, 8
 directions, seed 0), then trains the video MAE teacher (configs/moving_fmnist.py, with the
 k-NN monitor for its curve) and the students (configs/moving_fmnist.py:role=student), each
@@ -17,12 +19,21 @@ train and 1000 test clips). Each finished run goes to results.json at once with 
 settings, code revision, digests and wall times, so the study continues across sessions;
 the report is regenerated from that file alone. A teacher trained again in another
 session is recorded as another instance; each student names the instance it learnt from.
+The plan, cache, runner, statistics and report helpers are the Fashion-MNIST study's too
+(benchmarks/study/).
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run by its path: as the module, the repository importable
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.moving_fmnist.study", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))})
+
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -31,8 +42,12 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from benchmarks.study import ROOT, runner, stats
+from benchmarks.study.cache import ResultsError, Schema, is_recorded, load_results, save_results
+from benchmarks.study.plan import until
+from benchmarks.study.report import diff_cell, mean_std
+from benchmarks.study.runner import environment, execute, params_digest
+
 HERE = os.path.join(ROOT, "benchmarks", "moving_fmnist")
 OUTPUTS = tuple(f"benchmarks/moving_fmnist/{o}" for o in ("results.json", "results.md"))
 CONFIG = "configs/moving_fmnist.py"
@@ -44,19 +59,11 @@ TRAIN_CLIPS, TEST_CLIPS = 2000, 1000
 DATASET = (f"--train_clips={TRAIN_CLIPS}", f"--test_clips={TEST_CLIPS}", "--directions=8", "--seed=0")
 TEACHER_MONITOR = ("--config.eval.knn_every=250", "--config.eval.knn_train_examples=1000",
                    "--config.eval.knn_test_examples=500")
-
-
-def _fmnist_study():
-    """benchmarks/fmnist/study.py: the running and statistics helpers the two studies share."""
-    spec = importlib.util.spec_from_file_location("fmnist_study", os.path.join(ROOT, "benchmarks", "fmnist",
-                                                                                "study.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fmnist_study", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _fmnist_study()
+# what the driver and the report read of a record, by its method
+_FIELDS = ("method", "revision", "digest", "steps", "knn_direction", "knn_class")
+RECORDS = Schema(key="method", fields={method: _FIELDS for method in ("teacher", *METHODS)},
+                 instance=("knn_direction", "knn_class"),
+                 numbers=frozenset({"steps", "knn_direction", "knn_class"}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +89,8 @@ def plan() -> list[Run]:
 def ensure_dataset(data: str) -> None:
     if all(os.path.exists(os.path.join(data, label, "test")) for label in LABELS):
         return
-    common.execute([sys.executable, "scripts/make_moving_fmnist.py", f"--out={data}", *DATASET],
-                   os.path.join(os.path.dirname(os.path.abspath(data)), "make_moving_fmnist.log"))
+    execute([sys.executable, "-m", "scripts.make_moving_fmnist", f"--out={data}", *DATASET],
+            os.path.join(os.path.dirname(os.path.abspath(data)), "make_moving_fmnist.log"))
 
 
 def knn_record(workdir: str, data: str, log: str, baselines: bool) -> dict:
@@ -95,11 +102,11 @@ def knn_record(workdir: str, data: str, log: str, baselines: bool) -> dict:
         if not os.path.exists(path):  # an evaluation an interrupted driver finished is reused
             # every encoder on the whole splits (the teacher's run config holds its monitor's subsets),
             # in batches of one size: a batch's size can change float rounding and so a close vote
-            common.execute([sys.executable, "-m", "mdistill.evaluate.knn", f"--workdir={eval_dir}",
-                            f"--checkpoint={workdir}", f"--config.data.path={os.path.join(data, label)}",
-                            "--config.eval.knn_train_examples=-1", "--config.eval.knn_test_examples=-1",
-                            f"--config.eval.batch_size={EVAL_BATCH}"]
-                           + (["--baselines"] if baselines else []), log)
+            execute([sys.executable, "-m", "mdistill.evaluate.knn", f"--workdir={eval_dir}",
+                     f"--checkpoint={workdir}", f"--config.data.path={os.path.join(data, label)}",
+                     "--config.eval.knn_train_examples=-1", "--config.eval.knn_test_examples=-1",
+                     f"--config.eval.batch_size={EVAL_BATCH}"]
+                    + (["--baselines"] if baselines else []), log)
         with open(path) as f:
             result = json.load(f)
         if (result["train_examples"], result["test_examples"]) != (TRAIN_CLIPS, TEST_CLIPS):
@@ -120,70 +127,66 @@ def run_one(run: Run, out: str, data: str, teacher_dir: str, baselines: bool) ->
            f"--config.seed={run.seed}", f"--config.data.path={os.path.join(data, 'direction')}"]
     cmd += list(TEACHER_MONITOR) if run.method == "teacher" else []
     cmd += [f"--config.teacher.checkpoint={teacher_dir}"] if run.method == "amd" else []
-    pretrain_seconds = round(common.execute(cmd, log), 1)  # resumes an interrupted run; a finished one returns
+    pretrain_seconds = round(execute(cmd, log), 1)  # resumes an interrupted run; a finished one returns
     t0 = time.time()
     record = knn_record(workdir, data, log, baselines)
     records = read_metrics(workdir)
-    rev, dirty = common.revision(OUTPUTS)
-    record.update(run.settings(), revision=rev, dirty_files=dirty, environment=common.environment(),
+    rev, dirty = runner.revision(OUTPUTS)
+    record.update(run.settings(), revision=rev, dirty_files=dirty, environment=environment(),
                   pretrain_seconds=pretrain_seconds, eval_seconds=round(time.time() - t0, 1),
                   steps=max(r["step"] for r in records),
                   final={k: v for k, v in [r for r in records if "loss" in r][-1].items() if k.endswith("loss")},
-                  digest=common.params_digest(workdir), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                  digest=params_digest(workdir), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     if run.method == "teacher":
         record["knn_curve"] = [[r["step"], r["knn_top1"]] for r in records if "knn_top1" in r]
     elif run.method == "amd":
-        record["teacher_digest"] = common.params_digest(teacher_dir)
+        record["teacher_digest"] = params_digest(teacher_dir)
     return record
 
 
 def cmd_reevaluate(args) -> None:
     """The k-NN evaluations of every recorded run again, from its checkpoint in --out (after
     a change to the evaluation); pre-training and its record stay as they are."""
-    results = common.load_results(args.results)
+    results = load_results(args.results, RECORDS)
     out, data = os.path.abspath(args.out), os.path.abspath(args.data)
     for run in plan():
         r = results["runs"].get(run.name)
         if r is None:
             continue
         workdir = os.path.join(out, "teacher" if run.method == "teacher" else run.name)
-        if common.params_digest(workdir) != r["digest"]:
+        if params_digest(workdir) != r["digest"]:
             sys.exit(f"{workdir}: not the recorded {run.name} (digest {r['digest']}); nothing re-evaluated after it")
         for label in LABELS:
             shutil.rmtree(os.path.join(workdir, f"knn_{label}"), ignore_errors=True)
         t0 = time.time()
         baselines = run.name in ("teacher", f"{METHODS[0]}_s{SEEDS[0]}")
         fresh = knn_record(workdir, data, os.path.join(out, f"{run.name}.log"), baselines)
-        rev, dirty = common.revision(OUTPUTS)
+        rev, dirty = runner.revision(OUTPUTS)
         r.update(fresh, eval_seconds=round(time.time() - t0, 1), eval_revision=rev, eval_dirty_files=dirty)
-        common.save_results(args.results, results)
+        save_results(args.results, results)
         print(f"{run.name}: k-NN direction {r['knn_direction']:.2f}, class {r['knn_class']:.2f} (re-evaluated)",
               flush=True)
     cmd_report(args)
 
 
 def cmd_run(args) -> None:
-    results = common.load_results(args.results)
+    results = load_results(args.results, RECORDS)
     out, data = os.path.abspath(args.out), os.path.abspath(args.data)
     os.makedirs(out, exist_ok=True)
     ensure_dataset(data)
     teacher_dir = os.path.join(out, "teacher")
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes > 0 else float("inf")
-    for run in plan():
-        if time.time() > deadline:
-            print(f"--max_minutes={args.max_minutes} reached; rerun to continue")
-            break
-        if common.is_recorded(results, run):
+    for run in until(plan(), args.max_minutes):
+        if is_recorded(results, run):
             if run.method == "teacher" and not os.path.isdir(os.path.join(teacher_dir, "checkpoints")):
                 print("recorded teacher, but no checkpoint here: training it again for the students", flush=True)
                 fresh = run_one(run, out, data, teacher_dir, baselines=False)
                 results.setdefault("teachers", {})[fresh["digest"]] = fresh
-                common.save_results(args.results, results)
+                save_results(args.results, results)
             continue
         # baselines: pixels and a random xs/8 with the teacher, a random mu/8 with the first student
         baselines = run.name in ("teacher", f"{METHODS[0]}_s{SEEDS[0]}")
         results["runs"][run.name] = run_one(run, out, data, teacher_dir, baselines)
-        common.save_results(args.results, results)
+        save_results(args.results, results)
         r = results["runs"][run.name]
         print(f"{run.name}: k-NN direction {r['knn_direction']:.2f}, class {r['knn_class']:.2f} "
               f"({r['pretrain_seconds']:.0f}s + {r['eval_seconds']:.0f}s)", flush=True)
@@ -192,8 +195,6 @@ def cmd_run(args) -> None:
 
 # ---- reporting ------------------------------------------------------------------------------
 def report_lines(results: dict) -> list[str]:
-    from mdistill.evaluate import stats
-
     runs = results["runs"]
     lines = ["# Moving Fashion-MNIST: MAE vs AMD students on clips", "",
              "Generated by `python benchmarks/moving_fmnist/study.py report` from results.json; "
@@ -213,7 +214,7 @@ def report_lines(results: dict) -> list[str]:
     for method in METHODS:
         done = [runs[f"{method}_s{s}"] for s in SEEDS if f"{method}_s{s}" in runs]
         if done:
-            cells = [common.mean_std([r[f"knn_{label}"] for r in done]) for label in LABELS]
+            cells = [mean_std([r[f"knn_{label}"] for r in done]) for label in LABELS]
             lines.append(f"| {method.upper()} student ({done[0]['steps']} steps) | mu/8 | {len(done)} | "
                          + " | ".join(cells) + " |")
     pairs = [s for s in SEEDS if f"amd_s{s}" in runs and f"mae_s{s}" in runs]
@@ -225,7 +226,7 @@ def report_lines(results: dict) -> list[str]:
                                            [runs[f"mae_s{s}"][f"knn_{label}"] for s in pairs])
             per_seed = ", ".join(f"{runs[f'amd_s{s}'][f'knn_{label}'] - runs[f'mae_s{s}'][f'knn_{label}']:+.2f}"
                                  for s in pairs)
-            lines.append(f"- {label}: {common.diff_cell(diff)}; per seed {per_seed}")
+            lines.append(f"- {label}: {diff_cell(diff)}; per seed {per_seed}")
     if "teacher" in runs and runs["teacher"].get("knn_curve"):
         curve = ", ".join(f"{s}: {v:.1f}" for s, v in runs["teacher"]["knn_curve"])
         lines += ["", f"Teacher's k-NN monitor (direction, 1000 train / 500 test clips) by step: {curve}."]
@@ -237,7 +238,7 @@ def report_lines(results: dict) -> list[str]:
 
 
 def cmd_report(args) -> None:
-    results = common.load_results(args.results)
+    results = load_results(args.results, RECORDS)
     path = os.path.join(os.path.dirname(os.path.abspath(args.results)), "results.md")
     with open(path, "w") as f:
         f.write("\n".join(report_lines(results)) + "\n")
@@ -245,16 +246,19 @@ def cmd_report(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    results = common.load_results(args.results)
+    results = load_results(args.results, RECORDS)
     for run in plan():
-        print(f"{'done' if common.is_recorded(results, run) else 'todo':5} {run.name:10} {run.config}")
+        print(f"{'done' if is_recorded(results, run) else 'todo':5} {run.name:10} {run.config}")
 
 
 def main(argv):
     commands = {"run": cmd_run, "reevaluate": cmd_reevaluate, "report": cmd_report, "plan": cmd_plan}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"expected one command of {sorted(commands)}", exitcode=2)
-    commands[argv[1]](flags.FLAGS)
+    try:
+        commands[argv[1]](flags.FLAGS)
+    except ResultsError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

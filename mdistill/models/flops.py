@@ -1,5 +1,5 @@
 """FLOPs of the models' parts, per sample: matrix products only, 2 FLOPs per multiply-add
-(see mdistill.flops for what the step model counts and why)."""
+(see benchmarks.flops for what the step model counts and why)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ A method is one subclass of Objective in its own file, listed in OBJECTIVES
   - base_config() holds its config section (config.<config_key>, from defaults()) and the
     ':smoke' shrink applies smoke() to it;
   - mdistill.validation runs its validate() after the shared checks;
-  - mdistill.flops counts its flop_terms() beside the student's;
+  - benchmarks.flops counts its flop_terms() beside the student's;
   - the trainer builds it from the config and differentiates its loss(), --dry_run compiles
     its step, and benchmarks/step.py times it.
 """
@@ -58,7 +58,7 @@ class Objective:
     def flop_terms(cls, config: ml_collections.ConfigDict) -> dict[str, float]:
         """FLOPs per sample the method adds to an MAE student's forward pass:
         'teacher_forward' (not differentiated) and 'heads' (trained: counted again, twice,
-        in the backward pass). Matrix products only, as mdistill.flops counts."""
+        in the backward pass). Matrix products only, as benchmarks.flops counts."""
         return {"teacher_forward": 0.0, "heads": 0.0}
 
     # ---- built from a validated config ----------------------------------------------------

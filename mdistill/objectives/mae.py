@@ -17,7 +17,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class MAEObjective(Objective):
     """Trainable parameters: {'mae': {'encoder', 'decoder'}}. No teacher. The student config
     (config.student, mask_ratio, norm_pix_loss) is shared by every method, so checked by
-    mdistill.validation, and its FLOPs counted by mdistill.flops."""
+    mdistill.validation, and its FLOPs counted by benchmarks.flops."""
 
     name = "mae"
     reference_config = "mae_vitb"

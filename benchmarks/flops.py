@@ -22,7 +22,7 @@ step_flops(config) returns a dict of these terms (per step, global batch) plus '
 from __future__ import annotations
 
 from mdistill import inputs
-# the parts' FLOPs, here too for the callers of mdistill.flops
+# the parts' FLOPs, here too for the callers of benchmarks.flops
 from mdistill.models.flops import (attention_flops, block_flops, decoder_flops, encoder_flops,  # noqa: F401
                                    patch_embed_flops)
 from mdistill.objectives import OBJECTIVES
