@@ -131,6 +131,23 @@ def write_config(workdir: str, config) -> str | None:
     return path
 
 
+def ensure_writable(folder: str, what: str = "workdir") -> None:
+    """`folder` exists (created if need be) and takes a file: found before the work, not
+    after it. A CheckpointError names the folder and the reason."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        kind = "a dangling symlink" if os.path.islink(folder) else "a file"
+        raise CheckpointError(f"{folder} is not a folder ({kind}): nothing can be written there. Move it away, "
+                              "or use another workdir.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")  # one per process, wherever it runs
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointError(f"{what} {folder!r} is not writable: {e}") from e
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 

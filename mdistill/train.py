@@ -375,20 +375,8 @@ def memory_fit(config, mesh, summary: dict, params_bytes: int, limit: int | None
 def ensure_writable(workdir: str) -> None:
     """The workdir and its checkpoints/ folder exist and take files: found now, not at the
     first save after all the training."""
-    ckpt = checkpoint.checkpoint_dir(workdir)
-    if os.path.lexists(ckpt) and not os.path.isdir(ckpt):
-        kind = "a dangling symlink" if os.path.islink(ckpt) else "a file"
-        raise checkpoint.CheckpointError(f"{ckpt} is not a folder ({kind}): checkpoints cannot be saved there. "
-                                         "Move it away, or use another --workdir.")
-    for folder in (workdir, ckpt):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            probe = os.path.join(folder, f".write-test-{os.getpid()}")  # one per process, wherever it runs
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as e:
-            raise checkpoint.CheckpointError(f"workdir {workdir!r} is not writable: {e}") from e
+    checkpoint.ensure_writable(workdir)
+    checkpoint.ensure_writable(checkpoint.checkpoint_dir(workdir), f"workdir {workdir!r}: folder")
 
 
 class Monitor(Protocol):

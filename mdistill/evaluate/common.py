@@ -437,32 +437,15 @@ def write_atomically(path: str, payload: bytes | None = None, writer=None) -> No
             os.remove(tmp)
 
 
-def ensure_writable(folder: str, what: str = "workdir") -> None:
-    """`folder` exists (created if need be) and takes a file: checked before the work, not
-    after it. A CheckpointError names the folder and the reason."""
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        kind = "a dangling symlink" if os.path.islink(folder) else "a file"
-        raise checkpoint.CheckpointError(f"{what} {folder!r} is not a folder ({kind}): nothing can be written there. "
-                                         "Move it away, or choose another.")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".write-test-{os.getpid()}")  # one per process, wherever it runs
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise checkpoint.CheckpointError(f"{what} {folder!r} is not writable: {e}") from e
-
-
 @contextlib.contextmanager
 def hold_workdir(workdir: str, *folders: str):
     """What pre-training does before its work, for an evaluation writing into `workdir`: the
     workdir (and its sub-`folders`) checked writable, then held with the workdir lock
     (mdistill.checkpoint.workdir_lock) while the block runs, so a second process on the same
     workdir is refused at once instead of mixing its results into this one's."""
-    ensure_writable(workdir)
+    checkpoint.ensure_writable(workdir)
     for folder in folders:
-        ensure_writable(os.path.join(workdir, folder), f"workdir {workdir!r}: folder")
+        checkpoint.ensure_writable(os.path.join(workdir, folder), f"workdir {workdir!r}: folder")
     with checkpoint.workdir_lock(workdir):
         yield
 
