@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run one experiment on a SLURM GPU cluster, one process per node (each sees its node's
-# GPUs); JAX's distributed runtime reads the SLURM environment to find its peers.
+# Run one experiment on a SLURM GPU cluster, one process per GPU (mdistill gives each task
+# the GPU of its SLURM_LOCALID); JAX's distributed runtime reads the SLURM environment to
+# find its peers.
 #
 #   bash launch/slurm.sh [--dry_run] CONFIG WORKDIR [extra mdistill flags]
 #   bash launch/slurm.sh --help
@@ -18,9 +19,11 @@
 #   extra mdistill flags  passed on to mdistill.main, e.g. --config.optim.accum_steps=4
 #
 # Environment (settings):
-#   NODES          nodes, one process each (default 4)
+#   NODES          nodes (default 4)
 #   GPUS_PER_NODE  GPUs per node, requested with --gpus-per-node (default 8)
-#   CPUS_PER_NODE  CPUs of the one task per node, --cpus-per-task (default 64)
+#   TASKS_PER_NODE processes per node (default GPUS_PER_NODE: one per GPU; 1: one process
+#                  drives all its node's GPUs); must divide GPUS_PER_NODE
+#   CPUS_PER_NODE  CPUs per node, split over its tasks with --cpus-per-task (default 64)
 #   PARTITION      sbatch --partition (default: the cluster's default partition)
 #   ACCOUNT        sbatch --account (default: your default account)
 #   TIME_LIMIT     sbatch --time (default 48:00:00)
@@ -56,6 +59,11 @@ shift 2
 repo=${MDISTILL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 nodes=${NODES:-4}
 gpus=${GPUS_PER_NODE:-8}
+tasks=${TASKS_PER_NODE:-$gpus}
+if (( tasks < 1 || gpus % tasks )); then
+  echo "error: TASKS_PER_NODE=$tasks must divide GPUS_PER_NODE=$gpus (each task drives the same number of GPUs)" >&2
+  exit 2
+fi
 venv=${VENV:-$repo/.venv}
 
 show() {
@@ -65,7 +73,7 @@ show() {
   echo
 }
 
-train=(srun --nodes="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1
+train=(srun --nodes="$nodes" --ntasks-per-node="$tasks" --kill-on-bad-exit=1
        "$venv/bin/python" -m mdistill.main "--config=$config" "--workdir=$workdir" "$@")
 
 if [[ -n ${SLURM_JOB_ID:-} && $print_only == 0 ]]; then
@@ -73,8 +81,8 @@ if [[ -n ${SLURM_JOB_ID:-} && $print_only == 0 ]]; then
   exec "${train[@]}"
 fi
 
-submit=(sbatch --job-name="${JOB_NAME:-mdistill}" --nodes="$nodes" --ntasks-per-node=1
-        --gpus-per-node="$gpus" --cpus-per-task="${CPUS_PER_NODE:-64}" --time="${TIME_LIMIT:-48:00:00}"
+submit=(sbatch --job-name="${JOB_NAME:-mdistill}" --nodes="$nodes" --ntasks-per-node="$tasks"
+        --gpus-per-node="$gpus" --cpus-per-task="$(( ${CPUS_PER_NODE:-64} / tasks ))" --time="${TIME_LIMIT:-48:00:00}"
         --signal=TERM@300 --output="slurm-%j.out" --export="ALL,MDISTILL_REPO=$repo")
 if [[ -n ${PARTITION:-} ]]; then
   submit+=(--partition="$PARTITION")

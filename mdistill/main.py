@@ -32,7 +32,10 @@ def main(argv):
     from mdistill.checkpoint import CheckpointError
     from mdistill.data import DataError
 
-    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+        distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except RuntimeError as e:  # a cluster whose processes or devices do not add up
+        sys.exit(f"error: {e}")
     config = _CONFIG.value
     try:
         # what the teacher's checkpoint says (its variant) fills the config before it is checked

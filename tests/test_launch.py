@@ -47,16 +47,22 @@ def test_tpu_pod_rejects_an_unknown_stage():
     assert out.returncode == 2 and "unknown stage 'launch'" in out.stderr
 
 
-def test_slurm_submits_itself_and_runs_one_process_per_node_with_srun():
+def test_slurm_submits_itself_and_runs_one_process_per_gpu_with_srun():
+    """2 nodes x 8 GPUs: 8 tasks per node, each with 1/8 of the node's CPUs (every GPU a process)."""
     sbatch, srun = dry_run("launch/slurm.sh", "configs/dmae_vitb.py", "/shared/dmae", "--config.seed=2",
-                           NODES="4", GPUS_PER_NODE="8", PARTITION="gpu")
-    assert sbatch[0] == "sbatch" and {"--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=1",
+                           NODES="2", GPUS_PER_NODE="8", PARTITION="gpu")
+    assert sbatch[0] == "sbatch" and {"--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=8",
                                       "--partition=gpu"} <= set(sbatch)
     assert sbatch[-4:] == [os.path.join(ROOT, "launch/slurm.sh"), "configs/dmae_vitb.py", "/shared/dmae",
                            "--config.seed=2"]
-    assert srun[0] == "srun" and "--nodes=4" in srun and "--ntasks-per-node=1" in srun
+    assert srun[0] == "srun" and "--nodes=2" in srun and "--ntasks-per-node=8" in srun
     assert srun[srun.index("mdistill.main") + 1:] == ["--config=configs/dmae_vitb.py", "--workdir=/shared/dmae",
                                                       "--config.seed=2"]
+    sbatch, srun = dry_run("launch/slurm.sh", "c.py", "w", NODES="2", GPUS_PER_NODE="8", TASKS_PER_NODE="1")
+    assert "--ntasks-per-node=1" in srun and "--cpus-per-task=64" in sbatch  # one process drives the node
+    out = subprocess.run(["bash", "launch/slurm.sh", "--dry_run", "c.py", "w"], cwd=ROOT, capture_output=True,
+                         text=True, env=dict(os.environ, GPUS_PER_NODE="8", TASKS_PER_NODE="3"))
+    assert out.returncode == 2 and "TASKS_PER_NODE=3 must divide GPUS_PER_NODE=8" in out.stderr
 
 
 def help_text(script, flag="--help"):
