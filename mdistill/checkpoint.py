@@ -120,15 +120,57 @@ def write_config(workdir: str, config) -> str | None:
     text = json.dumps(as_dict, indent=2, sort_keys=True, default=str) + "\n"
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    write_atomically(path, text.encode())
+    return path
+
+
+def write_atomically(path: str, payload: bytes | None = None, writer=None) -> None:
+    """`path` written whole or not at all: into a temporary file beside it (same folder, so
+    the rename is atomic), flushed to disk, then renamed over it. `payload`: the bytes;
+    or `writer(temporary_path)` writes the file itself (torch.save, safetensors). On any
+    failure the temporary file is removed and whatever was at `path` is untouched."""
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        if writer is None:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            writer(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # as open() makes it: some writers make private temporary files
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
-    return path
+
+
+def check_finite(records: list[dict], mngr, what: str = "") -> None:
+    """Stop before a non-finite state can be saved: every record (one per step since the
+    last check) has a finite loss and grad_norm, and finite parameters where the step reports
+    `finite_params`. On a failure the save in flight (of a checked state) completes first, so
+    that the error names the last good checkpoint, which is kept. `what` prefixes the message."""
+    for r in records:
+        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(r[k])]
+        bad += [] if r.get("finite_params", True) else ["parameters"]
+        if not bad:
+            continue
+        try:
+            mngr.wait_until_finished()
+        except Exception:  # a failed save is not what this error is about
+            pass
+        good = mngr.latest_step()
+        kept = (f"the last good checkpoint {mngr.directory}/{good} is kept (rerunning resumes from it)"
+                if good is not None else "no checkpoint was written before it")
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in r.items() if k.endswith("loss") or k == "grad_norm")
+        raise FloatingPointError(f"{what}non-finite {' and '.join(bad)} at step {r['step']} ({values}); nothing of "
+                                 f"it was saved; {kept}. Lower --config.optim.blr (or lr), or set "
+                                 "--config.optim.grad_clip")
 
 
 def ensure_writable(folder: str, what: str = "workdir") -> None:

@@ -180,8 +180,7 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
     else:
         import torch
 
-    from mdistill import weights
-    from mdistill.evaluate.common import write_atomically
+    from mdistill import checkpoint, weights
 
     loaded = weights.load(src, placement=jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]), decoder=False)
     encoder, trained = loaded.encoder, _meta_image_size(loaded.meta)
@@ -207,7 +206,7 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
         write = lambda tmp: torch.save(state, tmp)  # noqa: E731
     check_export_target(out, overwrite)  # again: another process may have written it meanwhile
     try:
-        write_atomically(out, writer=write)
+        checkpoint.write_atomically(out, writer=write)
     except Exception as e:  # safetensors raises its own SafetensorError, torch a RuntimeError
         kept = "the existing file is untouched" if os.path.exists(out) else "no file was left"
         raise OSError(f"could not write {out} ({type(e).__name__}: {e}); {kept}") from e

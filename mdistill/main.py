@@ -41,7 +41,7 @@ def main(argv):
         # what the teacher's checkpoint says (its variant) fills the config before it is checked
         resolve.teacher(config, resolve.explicit_fields(config_flags.get_override_values(flags.FLAGS["config"])))
         validation.validate(config)
-    except (validation.ConfigError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:  # ConfigError is a ValueError
         sys.exit(f"error: {e}")
     mesh = sharding.make_mesh(shape=config.mesh.to_dict())
     if _DRY_RUN.value:

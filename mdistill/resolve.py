@@ -20,6 +20,7 @@ import os
 
 from mdistill.checks import ConfigError, get, take
 from mdistill.metrics import log
+from mdistill.models.vit import variant_name
 
 # What a pre-training run says about its model, and about its data, for its evaluations.
 MODEL_FIELDS = ("student.variant", "image_size", "num_frames", "tubelet_size", "data.channels")
@@ -39,15 +40,6 @@ def explicit_fields(overrides: dict, prefix: str = "") -> set[str]:
 
 
 # ---- the teacher ----------------------------------------------------------------------------
-def variant_name(width: int, depth: int, heads: int, patch: int) -> str:
-    from mdistill.models.vit import SIZES
-
-    for name, size in SIZES.items():
-        if size == (width, depth, heads):
-            return f"{name}/{patch}"
-    raise ConfigError(f"no ViT variant has width {width}, depth {depth}, {heads} heads; known: {SIZES}")
-
-
 def teacher(config, explicit: set[str] = frozenset()) -> None:
     """config.teacher.variant from config.teacher.checkpoint's architecture (a method
     without a teacher, or no checkpoint: nothing to do); the DMAE projection's sizes follow."""

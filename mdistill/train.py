@@ -439,17 +439,6 @@ def resume_or_init(trainer: Trainer, mngr, teacher: dict | None = None) -> tuple
     return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state), meta.get("data")
 
 
-def check_finite(records: list[dict], mngr) -> None:
-    """Stop before a non-finite state can be checkpointed, naming the last good one."""
-    for r in records:
-        if not (np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"])):
-            good = mngr.latest_step()
-            where = f"{mngr.directory}/{good}" if good is not None else "none (no checkpoint was written)"
-            losses = {k: v for k, v in r.items() if k.endswith("loss") or k == "grad_norm"}
-            raise FloatingPointError(f"non-finite loss at step {r['step']}: {losses}. "
-                                     f"Last good checkpoint: {where}")
-
-
 def train(config, workdir: str, mesh=None, monitors: Sequence[Monitor] = ()) -> dict:
     """Run (or resume) training; returns the last logged metrics. `monitors` run between
     steps when due (mdistill.main builds them from the config: mdistill.evaluate.knn.monitors)."""
@@ -521,7 +510,7 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
                 continue
             fetched = [dict(jax.device_get(m), step=s) for s, m in pending]
             pending = []
-            check_finite(fetched, mngr)
+            checkpoint.check_finite(fetched, mngr)
             window += fetched
             if log_now:
                 last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}

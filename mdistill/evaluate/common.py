@@ -20,7 +20,7 @@ from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
-from mdistill.models.vit import SIZES, Encoder, ViTSpec
+from mdistill.models.vit import Encoder, ViTSpec, variant_name
 from mdistill.objectives.common import normalize_images
 
 POOLS = ("avg", "cls")
@@ -42,13 +42,6 @@ def to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
-
-
-def variant_name(width: int, depth: int, heads: int, patch: int) -> str:
-    for name, size in SIZES.items():
-        if size == (width, depth, heads):
-            return f"{name}/{patch}"
-    raise ValueError(f"no ViT variant has width {width}, depth {depth}, {heads} heads; known: {SIZES}")
 
 
 def run_config(meta: dict) -> ml_collections.ConfigDict:
@@ -385,7 +378,7 @@ def write_results(workdir: str, name: str, results: dict) -> str:
         if bad:
             raise FloatingPointError(f"{name} results: non-finite {', '.join(bad)}; {path} not written")
         os.makedirs(workdir, exist_ok=True)
-        write_atomically(path, json.dumps(results, indent=2, allow_nan=False).encode())
+        checkpoint.write_atomically(path, json.dumps(results, indent=2, allow_nan=False).encode())
         baselines = results.get("baselines", {})
         results = {k: v for k, v in results.items() if not isinstance(v, dict)}  # nested: in the JSON only
         cells = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in results.items()}
@@ -409,32 +402,6 @@ def non_finite(tree, prefix: str = "") -> list[str]:
         elif isinstance(v, (float, np.floating)) and not math.isfinite(v):
             out.append(f"{prefix}{k}={v}")
     return out
-
-
-def write_atomically(path: str, payload: bytes | None = None, writer=None) -> None:
-    """`path` written whole or not at all: into a temporary file beside it (same folder, so
-    the rename is atomic), flushed to disk, then renamed over it. `payload`: the bytes;
-    or `writer(temporary_path)` writes the file itself (torch.save, safetensors). On any
-    failure the temporary file is removed and whatever was at `path` is untouched."""
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
-    try:
-        if writer is None:
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            writer(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # as open() makes it: some writers make private temporary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
 
 
 @contextlib.contextmanager

@@ -256,26 +256,6 @@ def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> d
         return _run(config, workdir, mesh or sharding.make_mesh(), explicit)
 
 
-def check_finite(fetched: list[dict], mngr) -> None:
-    """Stop before a non-finite state can be saved: the loss, gradient norm and updated
-    parameters of every step since the last check, named with the last good checkpoint."""
-    for m in fetched:
-        bad = [name for name, ok in (("loss", np.isfinite(m["loss"])), ("gradient norm", np.isfinite(m["grad_norm"])),
-                                     ("parameters", m["finite_params"])) if not ok]
-        if bad:
-            try:  # a save in flight (of a checked state) completes, so that it is the one named
-                mngr.wait_until_finished()
-            except Exception:
-                pass
-            good = mngr.latest_step()
-            kept = (f"the last good checkpoint {mngr.directory}/{good} is kept (rerunning resumes from it)"
-                    if good is not None else "no checkpoint was written before it")
-            what = ", ".join(f"{k} {m[k]:.4g}" for k in ("loss", "grad_norm"))
-            raise FloatingPointError(f"finetune: non-finite {' and '.join(bad)} at step {m['step']} ({what}); "
-                                     f"nothing of it was saved; {kept}. Lower --config.optim.blr (or lr), or "
-                                     "set --config.optim.grad_clip")
-
-
 def _run(config, workdir: str, mesh, explicit) -> dict:
     ft = FineTuner(config, mesh, explicit)
     last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
@@ -318,7 +298,7 @@ def _run(config, workdir: str, mesh, explicit) -> dict:
             if bad:
                 raise ValueError(f"{int(bad)} training labels outside [0, config.num_classes={config.num_classes}) "
                                  f"by step {done}")
-            check_finite(fetched, last_mngr)  # before every save, not only when logging
+            checkpoint.check_finite(fetched, last_mngr, "finetune: ")  # before every save, not only when logging
             window += [{k: v for k, v in m.items() if k not in ("bad_labels", "finite_params", "step")}
                        for m in fetched]
             if log_now:

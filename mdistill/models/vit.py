@@ -35,6 +35,14 @@ SIZES = {
 }
 
 
+def variant_name(width: int, depth: int, heads: int, patch: int) -> str:
+    """The variant ('B/16') of a ViT of these sizes, as ViTSpec.parse takes it."""
+    for name, size in SIZES.items():
+        if size == (width, depth, heads):
+            return f"{name}/{patch}"
+    raise ValueError(f"no ViT variant has width {width}, depth {depth}, {heads} heads; known: {SIZES}")
+
+
 POSEMB_KINDS = ("sincos", "learned", "sincos_1d")
 
 
