@@ -24,7 +24,8 @@
 #                         nohup, detached, writing ~/mdistill-logs/worker-<N>.log
 #                logs     stream worker $WORKER's log (tail -F; Ctrl-C stops following, not
 #                         the run); with FETCH=1 copy every worker's log to ./tpu-logs/$TPU_NAME
-#                wait     poll until training has ended on worker 0 (every $POLL_SECONDS)
+#                wait     poll until training has ended on worker 0 (every $POLL_SECONDS); an
+#                         error if the slice was preempted or stopped
 #                delete   tear the TPU VM (or its queued resource) down
 #                all      check, create, copy, install, run, wait, fetch the logs, delete; a
 #                         stage that fails after create deletes what was created (trap)
@@ -204,11 +205,20 @@ show_logs() {
 
 wait_for_training() {
   local probe="pgrep -f '[m]distill[.]main' > /dev/null && echo running || echo ended" state
+  local describe=(gcloud compute tpus tpu-vm describe "$name" "${where[@]}" --format='value(state)')
   if (( print_only )); then
+    run "${describe[@]}"
     on_workers 0 "$probe"
     return
   fi
   while :; do
+    state=$("${describe[@]}" 2>/dev/null || echo UNKNOWN)
+    case $state in
+      PREEMPTED | TERMINATED | STOPPED)
+        echo "error: $name is $state: the run stopped; its last checkpoint is in the workdir (run again to resume)" >&2
+        return 1
+        ;;
+    esac
     state=$(gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=0 --command="$probe" 2>/dev/null ||
             echo unreachable)
     case $state in

@@ -60,8 +60,26 @@ def detected_cluster() -> tuple[str, int] | None:
 
 def maybe_initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> bool:
     """Start the distributed runtime when asked or when a cluster is detected, then check the
-    devices (check_devices); returns whether it was started. Must run before anything else
-    touches the devices. Errors (devices that do not add up) are one-line RuntimeErrors."""
+    devices (check_devices) and the backend (require_backend); returns whether it was
+    started. Must run before anything else touches the devices. Errors (devices that do not
+    add up, no GPU where one is required) are one-line RuntimeErrors."""
+    started = _initialize(coordinator_address, num_processes, process_id)
+    require_backend()
+    return started
+
+
+def require_backend() -> None:
+    """With MDISTILL_REQUIRE_BACKEND set (launch/slurm.sh sets gpu): JAX's default backend
+    must be that one, else a RuntimeError line (a CPU-only environment would train, slowly,
+    on the CPUs of a GPU cluster)."""
+    wanted = os.environ.get("MDISTILL_REQUIRE_BACKEND", "")
+    if wanted and jax.default_backend() != wanted:
+        hint = " (install mdistill with '.[cuda]': JAX's CUDA plugin)" if wanted == "gpu" else ""
+        raise RuntimeError(f"MDISTILL_REQUIRE_BACKEND={wanted} but JAX's default backend here is "
+                           f"{jax.default_backend()!r}: this environment has no {wanted} support{hint}")
+
+
+def _initialize(coordinator_address: str, num_processes: int, process_id: int) -> bool:
     # CPU devices of several processes talk through gloo (GPU and TPU use their own links).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address:

@@ -49,6 +49,16 @@ def epath(path):
     return ep.Path(path)
 
 
+def _fresh(path: str) -> str:
+    """`path`, with fsspec's cached listings of it and its folders forgotten: another process
+    (a rival run, a resumed one) may have written there since they were read."""
+    from etils.epath import backend
+
+    with contextlib.suppress(Exception):  # a backend without a cache: nothing to forget
+        backend.fsspec_backend.fs(path).invalidate_cache(str(path).rstrip("/"))
+    return path
+
+
 def makedirs(path: str) -> None:
     """os.makedirs(exist_ok=True), or its object-store equivalent."""
     if is_url(path):
@@ -58,20 +68,20 @@ def makedirs(path: str) -> None:
 
 
 def exists(path: str) -> bool:
-    return epath(path).exists() if is_url(path) else os.path.exists(path)
+    return epath(_fresh(path)).exists() if is_url(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-    return epath(path).is_dir() if is_url(path) else os.path.isdir(path)
+    return epath(_fresh(path)).is_dir() if is_url(path) else os.path.isdir(path)
 
 
 def listdir(path: str) -> list[str]:
-    return [p.name for p in epath(path).iterdir()] if is_url(path) else os.listdir(path)
+    return [p.name for p in epath(_fresh(path)).iterdir()] if is_url(path) else os.listdir(path)
 
 
 def read_bytes(path: str) -> bytes:
     if is_url(path):
-        return epath(path).read_bytes()
+        return epath(_fresh(path)).read_bytes()
     with open(path, "rb") as f:
         return f.read()
 

@@ -23,7 +23,7 @@ SLURM_2x8 = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM
 CLEARED = ["TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_PROCESS_ADDRESSES_PATH", "TPU_WORKER_ID",
            "MEGASCALE_NUM_SLICES", "MEGASCALE_SLICE_ID", "GCE_METADATA_IP", "TPU_SKIP_MDS_QUERY",
            "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-           "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_VERSION", "CUDA_VISIBLE_DEVICES", *SLURM_2x8]
+           "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_VERSION", "CUDA_VISIBLE_DEVICES", "MDISTILL_REQUIRE_BACKEND", *SLURM_2x8]
 
 
 @pytest.fixture
@@ -188,3 +188,18 @@ def test_an_explicit_coordinator_is_checked_against_num_processes(monkeypatch, r
     assert recorded == [(("10.0.0.1:1234", 2, 1), {})]
     with pytest.raises(RuntimeError, match="--num_processes says 3 processes"):
         distributed.maybe_initialize("10.0.0.1:1234", 3, 1)
+
+
+def test_a_task_without_the_required_backend_is_refused(monkeypatch, recorded):
+    """launch/slurm.sh sets MDISTILL_REQUIRE_BACKEND=gpu: a CPU-only venv stops at start."""
+    slurm(monkeypatch)
+    devices(monkeypatch, 16, 1)
+    monkeypatch.setenv("MDISTILL_REQUIRE_BACKEND", "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with pytest.raises(RuntimeError, match=r"^MDISTILL_REQUIRE_BACKEND=gpu but JAX's default backend here is 'cpu'"):
+        distributed.maybe_initialize()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert distributed.maybe_initialize()
+    monkeypatch.delenv("MDISTILL_REQUIRE_BACKEND")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert distributed.maybe_initialize()  # not required: any backend

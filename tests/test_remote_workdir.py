@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -32,6 +33,8 @@ def store():
     """The emulator, a bucket in it, and the variables that point both clients at it."""
     server = fake_gcs.FakeGCSServer()
     server.start()
+    # the server logs every request to a pipe: drained here, else it stalls once the pipe is full
+    threading.Thread(target=lambda: all(server._process.stderr), daemon=True).start()
     request = urllib.request.Request(f"{server.url}/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(),
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request).close()
@@ -100,7 +103,7 @@ def test_the_lease_is_refreshed_while_the_run_lasts(store):
 
 
 # ---- a training run on the store: killed, refused to a second run, resumed bitwise ---------
-BASE = [f"--config={ROOT}/configs/mae_vitb.py:smoke", "--config.total_steps=20", "--config.checkpoint_every=5",
+BASE = [f"--config={ROOT}/configs/mae_vitb.py:smoke", "--config.total_steps=40", "--config.checkpoint_every=5",
         "--config.keep_checkpoints=10", "--config.visualize_every=10"]
 
 
@@ -133,12 +136,17 @@ def test_a_url_workdir_trains_is_killed_refuses_a_second_run_and_resumes_bitwise
     proc = subprocess.Popen(command(where), cwd=tmp_path, env=env(store), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(s >= 5 for s in steps(where)):
+    while time.time() < deadline and proc.poll() is None and not workdir.exists(f"{where}/.lease"):
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read()[-3000:]
-    # a second run on the same workdir, while the first holds the lease
-    second = subprocess.run(command(where), cwd=tmp_path, env=env(store), capture_output=True, text=True,
-                            timeout=600)
+    # a second run on the same workdir, while the first holds the lease (paused meanwhile, so
+    # that it is still running, and holding, when the second looks)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(command(where), cwd=tmp_path, env=env(store), capture_output=True, text=True,
+                                timeout=600)
+    finally:
+        proc.send_signal(signal.SIGCONT)
     assert second.returncode != 0 and f"workdir {where} is in use by pid {proc.pid} on " in second.stderr, \
         second.stderr[-2000:]
     while time.time() < deadline and proc.poll() is None and not any(s >= 10 for s in steps(where)):
@@ -146,14 +154,14 @@ def test_a_url_workdir_trains_is_killed_refuses_a_second_run_and_resumes_bitwise
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert steps(where)[-1] < 20
+    assert 10 <= steps(where)[-1] < 40
 
     resumed = subprocess.run(command(where), cwd=tmp_path, env=env(store), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {where}/checkpoints/" in resumed.stdout
     params, step = final_params(where)
-    assert step == 20
+    assert step == 40
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(clean[0])):
         np.testing.assert_array_equal(x, y)
     # what else a run writes is in the store, and nothing was written locally under a mangled name
@@ -161,6 +169,6 @@ def test_a_url_workdir_trains_is_killed_refuses_a_second_run_and_resumes_bitwise
     assert {"checkpoints", "config.json", "metrics.jsonl", "tensorboard", "visualizations"} <= names, names
     assert ".lease" not in names  # released at the end of the resumed run
     logged = [json.loads(line)["step"] for line in workdir.read_bytes(f"{where}/metrics.jsonl").decode().splitlines()]
-    assert logged[-1] == 20 and json.loads(workdir.read_bytes(f"{where}/config.json"))["total_steps"] == 20
+    assert logged[-1] == 40 and json.loads(workdir.read_bytes(f"{where}/config.json"))["total_steps"] == 40
     assert workdir.listdir(f"{where}/visualizations") and workdir.listdir(f"{where}/tensorboard")
     assert not [p for p in os.listdir(tmp_path) if p.startswith("gs:")]
