@@ -102,6 +102,23 @@ def test_the_lease_is_refreshed_while_the_run_lasts(store):
     assert later > first + 0.5 and lease.lost is None
 
 
+@pytest.mark.slow
+def test_an_evaluation_holds_a_url_workdir_and_writes_its_results_there(store):
+    from mdistill.evaluate import common
+
+    where = url("eval")
+    with common.hold_workdir(where, "checkpoints"):
+        with pytest.raises(checkpoint.CheckpointError, match=f"workdir {where} is in use by pid {os.getpid()} on "):
+            with common.hold_workdir(where):
+                pass
+        path = common.write_results(where, "knn", {"knn_top1": 51.25, "k": 20})
+    assert path == f"{where}/knn.json"
+    assert json.loads(workdir.read_bytes(path)) == {"knn_top1": 51.25, "k": 20}
+    assert not workdir.exists(f"{where}/.lease")  # released
+    checkpoint.write_atomically(f"{where}/exported.bin", writer=lambda tmp: open(tmp, "wb").write(b"\x00\x01"))
+    assert workdir.read_bytes(f"{where}/exported.bin") == b"\x00\x01"
+
+
 # ---- a training run on the store: killed, refused to a second run, resumed bitwise ---------
 BASE = [f"--config={ROOT}/configs/mae_vitb.py:smoke", "--config.total_steps=40", "--config.checkpoint_every=5",
         "--config.keep_checkpoints=10", "--config.visualize_every=10"]
@@ -160,6 +177,7 @@ def test_a_url_workdir_trains_is_killed_refuses_a_second_run_and_resumes_bitwise
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {where}/checkpoints/" in resumed.stdout
+    assert f"library logs of this {where} run: " in resumed.stdout  # a bucket takes no growing log file
     params, step = final_params(where)
     assert step == 40
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(clean[0])):
