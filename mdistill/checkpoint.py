@@ -70,7 +70,10 @@ def workdir_lock(workdir: str):
     (gs://...) is held with a lease instead (mdistill.workdir.Lease: best-effort)."""
     fd, held, holder, lease = None, True, "another run", None
     if jax.process_index() == 0 and paths.is_url(workdir):
-        lease = paths.Lease(workdir)
+        try:
+            lease = paths.Lease(workdir)
+        except ValueError as e:  # MDISTILL_LEASE_SECONDS that is not a number of seconds
+            raise CheckpointError(str(e)) from e
         refused = lease.acquire()
         held, holder = refused is None, refused or holder
     elif jax.process_index() == 0:

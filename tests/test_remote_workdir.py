@@ -62,6 +62,17 @@ def test_paths_pass_urls_through_and_make_local_ones_absolute():
     assert checkpoint.checkpoint_dir("gs://b/run") == "gs://b/run/checkpoints"
 
 
+def test_a_lease_time_that_is_not_seconds_is_one_error(monkeypatch):
+    monkeypatch.setenv("MDISTILL_LEASE_SECONDS", "soon")
+    with pytest.raises(ValueError, match=r"^MDISTILL_LEASE_SECONDS='soon': expected a positive number of seconds$"):
+        workdir.lease_seconds()
+    with pytest.raises(checkpoint.CheckpointError, match="MDISTILL_LEASE_SECONDS='soon'"):
+        with checkpoint.workdir_lock("gs://bucket/run"):
+            pass
+    monkeypatch.setenv("MDISTILL_LEASE_SECONDS", "90")
+    assert workdir.lease_seconds() == 90.0
+
+
 @pytest.mark.slow
 def test_a_lease_refuses_a_second_holder_until_released_or_expired(store, monkeypatch):
     where = url("lease")
