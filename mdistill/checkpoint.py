@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from mdistill import workdir as paths
 from mdistill.metrics import log
 
 # Fields that may change between a run and its resumption: they alter neither the model,
@@ -65,9 +66,17 @@ def workdir_lock(workdir: str):
     <workdir>/.lock, so a second run fails at once, naming the holder, instead of mixing its
     metrics and checkpoints into this one. The kernel drops the lock when its holder dies,
     however it dies (SIGKILL included), so it is never left stuck. Only the primary process
-    takes it; on multi-host runs the others learn from it whether it got it."""
-    fd, held, holder = None, True, "another run"
-    if jax.process_index() == 0:
+    takes it; on multi-host runs the others learn from it whether it got it. A URL workdir
+    (gs://...) is held with a lease instead (mdistill.workdir.Lease: best-effort)."""
+    fd, held, holder, lease = None, True, "another run", None
+    if jax.process_index() == 0 and paths.is_url(workdir):
+        try:
+            lease = paths.Lease(workdir)
+        except ValueError as e:  # MDISTILL_LEASE_SECONDS that is not a number of seconds
+            raise CheckpointError(str(e)) from e
+        refused = lease.acquire()
+        held, holder = refused is None, refused or holder
+    elif jax.process_index() == 0:
         path = os.path.join(workdir, LOCK_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -95,6 +104,8 @@ def workdir_lock(workdir: str):
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock
+        if lease is not None:
+            lease.release()
 
 
 def _lock_holder(fd: int) -> str:
@@ -118,8 +129,8 @@ def write_config(workdir: str, config) -> str | None:
         return None
     as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     text = json.dumps(as_dict, indent=2, sort_keys=True, default=str) + "\n"
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
+    paths.makedirs(workdir)
+    path = paths.join(workdir, CONFIG_FILE)
     write_atomically(path, text.encode())
     return path
 
@@ -128,7 +139,19 @@ def write_atomically(path: str, payload: bytes | None = None, writer=None) -> No
     """`path` written whole or not at all: into a temporary file beside it (same folder, so
     the rename is atomic), flushed to disk, then renamed over it. `payload`: the bytes;
     or `writer(temporary_path)` writes the file itself (torch.save, safetensors). On any
-    failure the temporary file is removed and whatever was at `path` is untouched."""
+    failure the temporary file is removed and whatever was at `path` is untouched. At a URL
+    (gs://...) the object is uploaded whole (an object store shows it only once complete);
+    a `writer` writes a local temporary file first."""
+    if paths.is_url(path):
+        if writer is not None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                writer(os.path.join(folder, "file"))
+                with open(os.path.join(folder, "file"), "rb") as f:
+                    payload = f.read()
+        paths.write_bytes(path, payload)
+        return
     folder, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
     try:
@@ -175,7 +198,17 @@ def check_finite(records: list[dict], mngr, what: str = "") -> None:
 
 def ensure_writable(folder: str, what: str = "workdir") -> None:
     """`folder` exists (created if need be) and takes a file: found before the work, not
-    after it. A CheckpointError names the folder and the reason."""
+    after it. A CheckpointError names the folder and the reason. A URL folder (gs://...):
+    its folder marker is made and a probe object written and deleted."""
+    if paths.is_url(folder):
+        try:
+            paths.makedirs(folder)
+            probe = paths.join(folder, f".write-test-{socket.gethostname()}-{os.getpid()}")
+            paths.write_bytes(probe, b"ok")
+            paths.remove(probe)
+        except Exception as e:  # fsspec backends raise their own types (auth, HTTP)
+            raise CheckpointError(f"{what} {folder!r} is not writable: {type(e).__name__}: {e}") from e
+        return
     if os.path.lexists(folder) and not os.path.isdir(folder):
         kind = "a dangling symlink" if os.path.islink(folder) else "a file"
         raise CheckpointError(f"{folder} is not a folder ({kind}): nothing can be written there. Move it away, "
@@ -191,7 +224,7 @@ def ensure_writable(folder: str, what: str = "workdir") -> None:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 def manager(directory: str, keep: int | None = None, best_metric: str = "", create: bool = True
@@ -245,7 +278,10 @@ def write_error(mngr, step, error) -> CheckpointError:
         mngr.wait_until_finished()
     except Exception:
         pass
-    kept = sorted(int(d) for d in os.listdir(mngr.directory) if d.isdigit()) if os.path.isdir(mngr.directory) else []
+    try:
+        kept = sorted(int(d) for d in paths.listdir(str(mngr.directory)) if d.isdigit())
+    except Exception:  # no folder (yet), or a store that cannot be listed now
+        kept = []
     return CheckpointError(f"could not write checkpoint {'' if step is None else step} in {mngr.directory} "
                            f"({type(error).__name__}: {error}). Full disk or unwritable folder? The complete "
                            f"checkpoints already there are untouched: steps {kept}")
@@ -327,8 +363,8 @@ def _set_aside_if_unreadable(mngr, step: int, error: Exception) -> None:
         raise CheckpointError(f"checkpoint {step} in {mngr.directory} could not be read ({type(error).__name__}: "
                               f"{str(error)[:300]}); nothing was changed. Fix the cause and rerun.") from error
     if jax.process_index() == 0:
-        aside = os.path.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
-        os.rename(os.path.join(str(mngr.directory), str(step)), aside)
+        aside = paths.join(str(mngr.directory), f"corrupt-{step}-{int(time.time())}")
+        paths.rename(paths.join(str(mngr.directory), str(step)), aside)
         why = (str(error)[:300] if isinstance(error, CorruptCheckpoint) else
                f"checkpoint {step} could not be read ({type(error).__name__}: {str(error)[:200]})")
         log(f"WARNING: {why}; moved to {aside}, trying the previous one")
@@ -356,13 +392,14 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 
 def _resolve(path: str) -> tuple[str, int]:
     """Accept a workdir, its checkpoints/ folder or one step folder -> (manager dir, step)."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    path = paths.resolve(path)
+    path = path.rstrip("/") if paths.is_url(path) else path
+    if not paths.isdir(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    base = os.path.basename(path)
-    if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
-        return os.path.dirname(path), int(base)
-    directory = checkpoint_dir(path) if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    parent, base = path.rsplit("/", 1) if paths.is_url(path) else os.path.split(path)
+    if base.isdigit() and paths.isdir(paths.join(path, "params")):
+        return parent, int(base)
+    directory = checkpoint_dir(path) if paths.isdir(paths.join(path, "checkpoints")) else path
     steps = manager(directory, create=False).all_steps()
     if not steps:
         raise FileNotFoundError(f"no complete checkpoint in {directory!r} (expected <step>/params inside)")
@@ -479,12 +516,12 @@ def teacher_record(path: str, params) -> dict:
     sums = checksums(params, gather=True)
     digest = hashlib.sha256(json.dumps(sorted(sums.items())).encode()).hexdigest()
     step = None
-    if path and os.path.isdir(path):
+    if path and paths.isdir(path):
         try:
             step = load_shapes(path)[1].get("step")
         except Exception:  # the weights loaded: a step that cannot be read is only not named
             step = None
-    return {"digest": digest, "path": os.path.abspath(path) if path else "", "step": step}
+    return {"digest": digest, "path": paths.resolve(path) if path else "", "step": step}
 
 
 def _describe_teacher(record: dict) -> str:

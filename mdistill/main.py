@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 
@@ -70,12 +71,25 @@ def main(argv):
 def log_to_workdir(workdir: str) -> None:
     """Libraries' log records (Orbax's tracebacks from its saving threads, among them) go to
     <workdir>/mdistill.*.log.* instead of the console, where mdistill's own lines and a
-    failure's one `error:` line stay readable. A workdir that cannot take them: the console."""
+    failure's one `error:` line stay readable. A workdir that cannot take them: the console.
+    A URL workdir (gs://...) cannot take a log file that grows: they go to a local folder,
+    $TMPDIR/mdistill-logs/<the URL's path>, named on the console."""
+    from mdistill import workdir as paths
+
+    folder = workdir
+    if paths.is_url(workdir):
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), "mdistill-logs", re.sub(r"[^A-Za-z0-9._-]+", "_", workdir))
     try:
-        os.makedirs(workdir, exist_ok=True)
-        logging.get_absl_handler().use_absl_log_file("mdistill", workdir)
+        os.makedirs(folder, exist_ok=True)
+        logging.get_absl_handler().use_absl_log_file("mdistill", folder)
     except OSError:
-        pass
+        return
+    if folder != workdir:
+        from mdistill.metrics import log
+
+        log(f"library logs of this {workdir} run: {folder}/mdistill.*.log.*")
 
 
 def dry_run_report(config, mesh, summary: dict, planned: bool = False) -> list[str]:

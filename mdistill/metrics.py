@@ -1,12 +1,15 @@
 """Console logging and metric files: <workdir>/metrics.jsonl (one JSON object per logged
-step) and TensorBoard event files. Only process 0 prints and writes."""
+step) and TensorBoard event files. Only process 0 prints and writes. A URL workdir (gs://...)
+gets both through its object store: metrics.jsonl is rewritten whole at each write (objects
+cannot be appended to), TensorBoard's events go through tensorboardX's own gs:// writer."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import jax
+
+from mdistill import workdir as paths
 
 
 def log(message: str) -> None:
@@ -19,13 +22,12 @@ def read_metrics(workdir: str) -> list[dict]:
     A resumed run may log a step twice, and the k-NN monitor logs on its own line: the
     lines of one step are merged, later values winning."""
     by_step = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    record = json.loads(line)
-                    by_step.setdefault(record["step"], {}).update(record)
+    path = paths.join(workdir, "metrics.jsonl")
+    if paths.exists(path):
+        for line in paths.read_bytes(path).decode().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_step.setdefault(record["step"], {}).update(record)
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -35,11 +37,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        paths.makedirs(workdir)
+        self._jsonl = _Appender(paths.join(workdir, "metrics.jsonl"))
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
 
     @property
     def tensorboard(self):
@@ -67,3 +69,35 @@ class MetricsWriter:
                 errors.append(e)
         if errors:
             raise OSError(f"could not finish writing the metrics in {self.workdir}: {errors[0]}") from errors[0]
+
+
+class _Appender:
+    """A text file opened for appending; at a URL, an object rewritten whole at each flush
+    with what it held when opened plus the lines written since."""
+
+    def __init__(self, path: str):
+        if not paths.is_url(path):
+            self._file = open(path, "a")
+            return
+        self._file, self.path = None, path
+        self._text = paths.read_bytes(path).decode() if paths.exists(path) else ""
+        if self._text and not self._text.endswith("\n"):
+            self._text += "\n"
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text)
+        else:
+            self._text += text
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        else:
+            paths.write_bytes(self.path, self._text.encode())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            self.flush()

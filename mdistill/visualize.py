@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mdistill import inputs
+from mdistill import workdir as paths
 from mdistill.models.mae import patchify, unpatchify
 
 HIDDEN_SHADE = 0.15  # brightness of hidden patches in the "masked" column (0 black, 1 original)
@@ -266,6 +267,9 @@ def samples(config, rows: int | None = None) -> np.ndarray:
 def save_png(path: str, picture: np.ndarray) -> None:
     from PIL import Image
 
+    if paths.is_url(path):  # one object, uploaded whole
+        paths.write_bytes(path, paths.png_bytes(picture))
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     Image.fromarray(picture).save(tmp, format="PNG", compress_level=1)
@@ -280,7 +284,7 @@ class ReconstructionWriter:
         self.objective = trainer.objective
         images = np.asarray(images[:rows] if rows else images)
         self.rng = jax.random.PRNGKey(trainer.config.seed + 7)
-        self.dir = os.path.join(workdir, "visualizations")
+        self.dir = paths.join(workdir, "visualizations")
         self.tensorboard = tensorboard
         # every process runs it on the (possibly sharded) parameters, the same samples
         # replicated over the mesh; the result is replicated
@@ -296,7 +300,7 @@ class ReconstructionWriter:
         if jax.process_index() != 0:
             return None
         picture = assemble(jax.device_get(parts))
-        path = os.path.join(self.dir, f"recon_{step:06d}.png")
+        path = paths.join(self.dir, f"recon_{step:06d}.png")
         save_png(path, picture)
         if self.tensorboard is not None:
             self.tensorboard.add_image("reconstructions", picture, step, dataformats="HWC")

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 
 import jax
@@ -16,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from mdistill import checkpoint, data, inputs, sharding, weights
+from mdistill import workdir as paths
 from mdistill.data import transforms
 from mdistill.config_base import base_config
 from mdistill.data.synthetic import SyntheticSource
@@ -153,12 +153,12 @@ def data_record(config, splits: dict, num_classes: int | None = None) -> dict:
     if d.source == "tfds":
         out.update(name=d.name, data_dir=d.data_dir or "~/tensorflow_datasets")
     elif d.source != "synthetic":
-        out["path"] = os.path.abspath(d.path)
+        out["path"] = paths.resolve(d.path)
     for role, split in splits.items():
         source = split.source
         folder = getattr(source, "directory", None) or getattr(source, "base", None)
         name = config.eval[f"{role}_split"]
-        out[role] = dict(split=name, examples=len(split), **({"folder": os.path.abspath(folder)} if folder else {}))
+        out[role] = dict(split=name, examples=len(split), **({"folder": paths.resolve(folder)} if folder else {}))
     num_classes = num_classes or config.get("num_classes")
     if num_classes:
         out["num_classes"] = int(num_classes)
@@ -372,12 +372,12 @@ def write_results(workdir: str, name: str, results: dict) -> str:
     Written to a temporary file beside it and renamed, so a reader, a full disk or a crash
     never leaves half a file (an earlier one stays whole until the new one is complete);
     a non-finite number is refused, naming its key, before anything is written."""
-    path = os.path.join(workdir, f"{name}.json")
+    path = paths.join(workdir, f"{name}.json")
     if jax.process_index() == 0:
         bad = non_finite(results)
         if bad:
             raise FloatingPointError(f"{name} results: non-finite {', '.join(bad)}; {path} not written")
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         checkpoint.write_atomically(path, json.dumps(results, indent=2, allow_nan=False).encode())
         baselines = results.get("baselines", {})
         results = {k: v for k, v in results.items() if not isinstance(v, dict)}  # nested: in the JSON only
@@ -412,7 +412,7 @@ def hold_workdir(workdir: str, *folders: str):
     workdir is refused at once instead of mixing its results into this one's."""
     checkpoint.ensure_writable(workdir)
     for folder in folders:
-        checkpoint.ensure_writable(os.path.join(workdir, folder), f"workdir {workdir!r}: folder")
+        checkpoint.ensure_writable(paths.join(workdir, folder), f"workdir {workdir!r}: folder")
     with checkpoint.workdir_lock(workdir):
         yield
 
