@@ -51,34 +51,44 @@ def _gray(x: jax.Array) -> jax.Array:
     return jnp.sum(x * jnp.asarray(GRAY, x.dtype), axis=-1, keepdims=True)
 
 
-def color_jitter(x: jax.Array, rng: jax.Array, strengths) -> jax.Array:
-    """torchvision's ColorJitter(brightness, contrast, saturation) on images [B, H, W, C] in
-    [0, 1], per image: factors uniform in [max(0, 1 - s), 1 + s], the three adjustments in a
-    random order (identity where a strength is 0), clipped to [0, 1] after each.
-      brightness: x * f;  contrast: blend with the image's mean luminance;
-      saturation: blend with each pixel's luminance."""
-    batch = x.shape[0]
+def jitter_draws(rng: jax.Array, batch: int, strengths) -> tuple[jax.Array, jax.Array]:
+    """torchvision's ColorJitter(brightness, contrast, saturation) draws, per image: factors
+    [B, 3] uniform in [max(0, 1 - s), 1 + s] (1 where a strength is 0), and the order [B, 3]
+    in which the three adjustments apply (a permutation of 0, 1, 2)."""
     k_factor, k_order = jax.random.split(rng)
     low = jnp.asarray([max(0.0, 1.0 - s) for s in strengths], jnp.float32)
     high = jnp.asarray([1.0 + s for s in strengths], jnp.float32)
     factors = jax.random.uniform(k_factor, (batch, 3), minval=low, maxval=high)
-    factors = jnp.where(jnp.asarray(strengths) > 0, factors, 1.0)[:, :, None, None, None]
+    factors = jnp.where(jnp.asarray(strengths) > 0, factors, 1.0)
     order = jax.vmap(lambda k: jax.random.permutation(k, 3))(jax.random.split(k_order, batch))
+    return factors, order
+
+
+def apply_jitter(x: jax.Array, factors: jax.Array, order: jax.Array) -> jax.Array:
+    """Images [B, H, W, C] in [0, 1] adjusted as PIL's ImageEnhance, which ColorJitter calls,
+    in `order`, clipped to [0, 1] after each: 0 brightness (x * f), 1 contrast (a blend with the
+    image's mean luminance), 2 saturation (a blend with each pixel's luminance)."""
+    f = factors[:, :, None, None, None]
 
     def adjust(op: int, y: jax.Array) -> jax.Array:
-        f = factors[:, op]
         if op == 0:
-            out = y * f
+            out = y * f[:, 0]
         elif op == 1:
-            out = f * y + (1 - f) * jnp.mean(_gray(y), axis=(1, 2, 3), keepdims=True)
+            out = f[:, 1] * y + (1 - f[:, 1]) * jnp.mean(_gray(y), axis=(1, 2, 3), keepdims=True)
         else:
-            out = f * y + (1 - f) * _gray(y)
+            out = f[:, 2] * y + (1 - f[:, 2]) * _gray(y)
         return jnp.clip(out, 0.0, 1.0)
 
     for slot in range(3):
         op = order[:, slot][:, None, None, None]
         x = jnp.select([op == 0, op == 1, op == 2], [adjust(0, x), adjust(1, x), adjust(2, x)])
     return x
+
+
+def color_jitter(x: jax.Array, rng: jax.Array, strengths) -> jax.Array:
+    """ColorJitter(*strengths) (brightness, contrast, saturation) of images [B, H, W, C] in
+    [0, 1], drawn per image from `rng`."""
+    return apply_jitter(x, *jitter_draws(rng, x.shape[0], strengths))
 
 
 def relation_kl(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
