@@ -125,6 +125,7 @@ def test_zero_strengths_leave_the_image_as_it_is():
     np.testing.assert_allclose(apply_jitter(x, factors, order), x, atol=1e-6)
 
 
+@pytest.mark.slow  # eager: every op dispatched alone
 def test_the_teacher_sees_the_crop_and_the_student_its_jittered_copy():
     obj = build_objective(smoke())
     seen = {}
@@ -146,7 +147,7 @@ def test_only_what_the_relations_reach_gets_a_gradient_and_the_rest_is_frozen():
     obj = build_objective(smoke())
     x, rng = images(), jax.random.PRNGKey(0)
     params, teacher = obj.init(rng, x[:1]), obj.teacher.init(rng, jnp.zeros((1, 32, 32, 3)))
-    grads = jax.grad(lambda p: obj.loss(p, teacher, x, rng)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: obj.loss(p, teacher, x, rng)[0]))(params)
     frozen = obj.frozen()(params)
     names = {"/".join(str(k.key) for k in path): (bool(f), float(jnp.abs(g).max()))
              for (path, g), f in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(frozen))}
