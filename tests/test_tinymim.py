@@ -175,6 +175,26 @@ def test_a_train_step_leaves_the_frozen_parameters_as_they_were():
         assert np.array_equal(a, np.asarray(b)) == f
 
 
+@pytest.mark.slow
+def test_same_losses_and_parameters_on_one_and_eight_devices():
+    """The jitter and drop path are drawn for the global batch: the devices do not change them."""
+    from mdistill import sharding
+    from mdistill.train import Trainer
+
+    runs = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        trainer = Trainer(smoke(), sharding.make_mesh(devices))
+        state, teacher, losses = trainer.init_state(), trainer.load_teacher(), []
+        for i in range(3):
+            state, metrics = trainer.step_fn(state, teacher, jax.device_put(np.asarray(images(16, seed=i)),
+                                                                         trainer.batch_sharding))
+            losses.append(float(metrics["loss"]))
+        runs.append((losses, jax.tree.map(np.asarray, state.params)))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 # ---- configs ----------------------------------------------------------------------------------
 
 BAD = [
