@@ -44,6 +44,9 @@ def step_flops(config) -> dict[str, float]:
                             cls=int(spec.layout.class_token))
     method = OBJECTIVES[config.method].flop_terms(config)  # the teacher and the method's heads
     teacher, heads = method["teacher_forward"], method["heads"]
+    # a student that is not MAE's (TinyMIM's: every patch, no decoder) counts itself
+    student, embed = method.get("student_encoder", student), method.get("student_embed", embed)
+    decoder = method.get("decoder", decoder)
     forward = student + decoder + heads
     backward = 2.0 * forward - embed  # no gradient for the pixels
     terms = {"teacher_forward": teacher, "student_encoder": student, "decoder": decoder,

@@ -26,10 +26,14 @@ def decay_mask(params):
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
-def build_optimizer(optim_config, lr_schedule) -> optax.GradientTransformation:
+def build_optimizer(optim_config, lr_schedule, frozen=None) -> optax.GradientTransformation:
+    """`frozen`: None, or a function of the params tree giving True where a parameter must stay
+    as it is (Objective.frozen): its update is zero, weight decay included."""
     parts = []
     if optim_config.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(optim_config.grad_clip))
     parts.append(optax.adamw(lr_schedule, b1=optim_config.b1, b2=optim_config.b2,
                              weight_decay=optim_config.weight_decay, mask=decay_mask))
+    if frozen is not None:
+        parts.append(optax.masked(optax.set_to_zero(), frozen))
     return optax.chain(*parts)

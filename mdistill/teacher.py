@@ -1,5 +1,6 @@
 """The frozen teacher: an MAE-pretrained ViT encoder run only up to its deepest aligned
-block, on the tokens it may see, under stop_gradient. Its parameters are an argument of
+block, on the tokens it may see, under stop_gradient (or, for TinyMIM, up to the token
+relations of one block's attention). Its parameters are an argument of
 the train step, never part of the trained state, and carry no optimizer state."""
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Teacher:
         _, feats = self.encoder.apply({"params": params}, images, ids_keep,
                                       return_blocks=tuple(blocks), stop_after=max(blocks))
         return {b: jax.lax.stop_gradient(f) for b, f in feats.items()}
+
+    def relations(self, params: dict, images: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+        """TinyMIM's targets: the (q k^T, v v^T) logits [B, heads, 1+L, 1+L] of block
+        `block`'s attention (0-based; its norm1 and qkv only) on every patch, float32."""
+        params = jax.lax.stop_gradient(params)
+        relations, _ = self.encoder.apply({"params": params}, images.astype(self.dtype), None, relations_at=block)
+        return tuple(jax.lax.stop_gradient(r) for r in relations)
 
     def blocks_run(self, blocks: Sequence[int]) -> int:
         return max(blocks) + 1

@@ -63,7 +63,7 @@ class Trainer:
         self.plan = plan_steps(config)
         self.lr_schedule = optim.schedule(config.optim, config.batch_size, self.plan.total_steps,
                                           self.plan.warmup_steps)
-        self.tx = optim.build_optimizer(config.optim, self.lr_schedule)
+        self.tx = optim.build_optimizer(config.optim, self.lr_schedule, frozen=self.objective.frozen())
         self.init_rng, self.base_rng = jax.random.split(jax.random.PRNGKey(config.seed))
         self.replicated = sharding.replicated(mesh)
         self.batch_sharding = sharding.batch_sharding(mesh)
@@ -310,6 +310,7 @@ def summarize(config, mesh, device_memory: int | None = None) -> dict:
                                      if teacher is not None else 0),
         **memory_of(compiled),
         "teacher_checkpoint": (config.teacher.checkpoint or None) if objective.uses_teacher else None,
+        **objective.describe(),
     }
     params_bytes = sharding.bytes_per_device(state.params, trainer.state_sharding.params)
     summary.update(memory_fit(config, mesh, summary, params_bytes,

@@ -128,7 +128,9 @@ def test_teacher_gets_no_gradient_and_every_student_part_does(amd_setup):
     assert set(params["heads"]) == {"proj_s1_t2", "proj_s3_t5"}
     assert set(params["generators"]) == {"gen_s1_t2", "gen_s3_t5"}
     for part in ("heads", "generators"):
-        assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grad_student[part]))
+        for path, g in jax.tree_util.tree_leaves_with_path(grad_student[part]):
+            frozen = path[-1].key == "mask_token"  # the release's: never trained (amd.train_mask_tokens)
+            assert (float(jnp.abs(g).max()) == 0.0) == frozen, path
     # bias-free projection, as in the official code
     assert set(params["heads"]["proj_s1_t2"]["out"]) == {"kernel"}
 
@@ -153,7 +155,7 @@ class OracleGenerator:
         self.planted = features
 
     def apply(self, variables, projected, ids_visible, ids_target):
-        return gather_tokens(self.planted[:, 1:], ids_target) + variables["params"] + 1.0
+        return gather_tokens(self.planted[:, 1:], ids_target) + variables["params"]["mask_token"] + 1.0
 
 
 def test_alignments_compare_planted_teacher_features_at_the_right_tokens():
@@ -172,7 +174,7 @@ def test_alignments_compare_planted_teacher_features_at_the_right_tokens():
 
     obj.student_forward = student_forward
     obj.project = lambda params, feats: {(s, t): feats[s] + t + 2.0 for s, t in obj.pairs}
-    params = {"generators": {generator_name(s, t): float(t) for s, t in obj.pairs}}
+    params = {"generators": {generator_name(s, t): {"mask_token": float(t)} for s, t in obj.pairs}}
 
     rng = jax.random.PRNGKey(9)
     total, metrics = obj.loss(params, None, images(), rng)  # eager: no model runs here
@@ -217,6 +219,59 @@ def test_smoke_run_losses_fall(tmp_path):
     for key in ("loss", "rec_loss", "dir_loss", "gen_loss"):
         assert lines[-1][key] < lines[0][key], key
     assert np.isfinite(last["loss"]) and sorted(os.listdir(tmp_path / "checkpoints")) == ["20"]
+
+
+# ---- the generators' mask tokens: the release's (never trained) or trained -------------------
+
+def mask_tokens(params) -> dict:
+    return {name: np.asarray(gen["mask_token"]) for name, gen in params["generators"].items()}
+
+
+def test_mask_tokens_start_as_the_releases_truncated_normal():
+    """timm's trunc_normal_(std=.02) with a=-std, b=std, as the release draws them."""
+    generator, ids = Generator(width=64, depth=1, num_heads=1, grid=8), jnp.zeros((1, 1), jnp.int32)
+    draw = jax.jit(jax.vmap(lambda key: generator.init(key, jnp.zeros((1, 2, 64)), ids, ids)["params"]["mask_token"]))
+    token = draw(jax.random.split(jax.random.PRNGKey(0), 32))  # 2048 values
+    assert float(jnp.abs(token).max()) <= 0.02
+    assert 0.0095 < float(token.std()) < 0.0120  # 0.02 x the std of a normal cut at +-1 (0.54)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained", [False, True])
+def test_mask_tokens_stay_at_their_init_unless_trained(trained):
+    from mdistill import sharding
+    from mdistill.train import Trainer
+
+    trainer = Trainer(smoke(train_mask_tokens=trained), sharding.make_mesh())
+    state, teacher = trainer.init_state(), trainer.load_teacher()
+    start = jax.tree.map(np.asarray, state.params)
+    for i in range(3):  # the first step's lr is 0 (warm-up from 0): two real updates
+        state, _ = trainer.step_fn(state, teacher, jax.device_put(images(16, seed=i), trainer.batch_sharding))
+    after = jax.tree.map(np.asarray, state.params)
+    for name, token in mask_tokens(after).items():
+        assert np.array_equal(token, mask_tokens(start)[name]) != trained, name
+        others = jax.tree.leaves({k: v for k, v in after["generators"][name].items() if k != "mask_token"})
+        before = jax.tree.leaves({k: v for k, v in start["generators"][name].items() if k != "mask_token"})
+        assert not all(np.array_equal(a, b) for a, b in zip(others, before))  # the rest of the generator trains
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_mask_tokens_and_ends_bitwise_equal(tmp_path):
+    import shutil
+
+    from mdistill import checkpoint
+
+    c = smoke()
+    c.total_steps, c.checkpoint_every, c.log_every = 8, 4, 4
+    train(c, str(tmp_path / "clean"))
+    train(c, str(tmp_path / "resumed"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")  # as if stopped after step 4
+    train(c, str(tmp_path / "resumed"))
+    clean, _ = checkpoint.load_params(str(tmp_path / "clean"), None)
+    resumed, meta = checkpoint.load_params(str(tmp_path / "resumed"), None)
+    assert meta["step"] == 8 and set(mask_tokens(resumed)) == {generator_name(s, t) for s, t in ((1, 2), (3, 5))}
+    for a, b in zip(jax.tree.leaves(clean), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---- configs --------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ from mdistill.objectives.common import feature_loss
 from mdistill.objectives.distill import DistillObjective
 
 # float.hex() of the first two smoke losses, measured before config.masking existed
-# (8 simulated CPU devices, tests/conftest.py's XLA flags)
+# (8 simulated CPU devices, tests/conftest.py's XLA flags); AMD's since its generators' mask
+# tokens start as the release's (a normal cut at +-1 std): 11.7136 -> 11.7097, 11.6381 -> 11.6344
 SMOKE_LOSSES = {"mae": ["0x1.27e70e0000000p+1", "0x1.28a0e80000000p+1"],
                 "dmae": ["0x1.35c9ee0000000p+1", "0x1.3686da0000000p+1"],
-                "amd": ["0x1.76d5d60000000p+3", "0x1.746b980000000p+3"]}
+                "amd": ["0x1.76b5e40000000p+3", "0x1.744cb40000000p+3"]}
 
 
 class ToyObjective(DistillObjective):

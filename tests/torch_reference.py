@@ -293,3 +293,55 @@ class VideoMAE(nn.Module):
         full = torch.cat([x_vis + pos[~mask].reshape(b, -1, c),
                           self.mask_token + pos[mask].reshape(b, -1, c)], dim=1)
         return latent, blocks, self.decoder(full, int(mask[0].sum()))
+
+
+# ---- TinyMIM (OliverRensu/TinyMIM: models_tinymim.TinyMIMViT, models_teacher) ----------------
+class RelationAttention(Attention):
+    """The release's Attention with return_relation: softmax(q k^T s) and softmax(v v^T s)
+    per head, s = head_dim^-0.5 of this block's own head count."""
+
+    def relations(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scale = (c // self.heads) ** -0.5
+        return (q @ k.transpose(-2, -1) * scale).softmax(dim=-1), (v @ v.transpose(-2, -1) * scale).softmax(dim=-1)
+
+
+class RelationBlock(Block):
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.attn = RelationAttention(dim, heads)
+
+    def relations(self, x):  # the release's Block(x, return_relation=True): attention of norm1(x) only
+        return self.attn.relations(self.norm1(x))
+
+
+class TinyMIMViT(nn.Module):
+    """The release's student (`last_heads` in its last block) and teacher (MaskedAutoencoderViT
+    with `intermediate`): cls + every patch through the blocks until the 1-based block
+    `relation_block`, whose relations are returned (the student's: its last, count == depth)."""
+
+    def __init__(self, img, patch, chans, dim, depth, heads, relation_block, last_heads=None):
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch, chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.from_numpy(sincos_table(dim, img // patch))[None], requires_grad=False)
+        self.blocks = nn.ModuleList([RelationBlock(dim, heads) for _ in range(depth - 1)]
+                                    + [RelationBlock(dim, last_heads or heads)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.relation_block = relation_block
+
+    def forward(self, imgs):
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for count, blk in enumerate(self.blocks, start=1):
+            if count == self.relation_block:
+                return blk.relations(x)
+            x = blk(x)
+        raise ValueError(f"relation_block {self.relation_block} is past the last block")
+
+
+def tinymim_kd_loss(student_probs, teacher_probs):
+    """The release's forward_kd_loss: KLDivLoss(reduction='none')(pred.log(), target).sum(-1).mean()."""
+    return nn.KLDivLoss(reduction="none")(student_probs.log(), teacher_probs).sum(-1).mean()

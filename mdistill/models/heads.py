@@ -39,7 +39,7 @@ class Generator(nn.Module):
     see, from the student's projected features.
 
     Runs at the teacher's width: the projected student tokens plus its own fixed sin-cos
-    position embeddings, then one learned mask token per target patch (plus its position),
+    position embeddings, then one mask token per target patch (plus its position),
     through `depth` blocks. No final norm, since the targets are raw block outputs of the
     teacher, as in the official code.
     """
@@ -62,7 +62,9 @@ class Generator(nn.Module):
         else:
             table = posemb_sincos_2d(self.width, self.grid)
         pos = jnp.broadcast_to(jnp.asarray(table, visible.dtype), (batch,) + table.shape)
-        mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width))
+        # the release's trunc_normal_(std=.02) cut at +-1 std (a=-std, b=std)
+        mask_token = self.param("mask_token", nn.initializers.truncated_normal(0.02, lower=-1.0, upper=1.0),
+                                (1, 1, self.width))
         queries = mask_token.astype(visible.dtype) + gather_tokens(pos, ids_target)
         cls = 0 if self.video_tokens else 1
         # the cls token keeps no position embedding, as in the MAE decoder

@@ -203,6 +203,16 @@ def multi_head_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
     return einops.rearrange(out, "b h t d -> b t (h d)")
 
 
+def relation_logits(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array]:
+    """TinyMIM's token relations before their softmax, per head, for fused qkv [B, T, 3 *
+    width]: (q k^T, v v^T), each scaled by head_dim^-0.5 -> two [B, heads, T, T] in float32."""
+    q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=num_heads)
+    scale = np.float32(q.shape[-1] ** -0.5)
+    qk = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    vv = jnp.einsum("bhqd,bhkd->bhqk", v, v, preferred_element_type=jnp.float32) * scale
+    return qk, vv
+
+
 class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
@@ -210,7 +220,9 @@ class Attention(nn.Module):
     k_bias: bool = True  # False: VideoMAE's q_bias and v_bias, with a zero k bias
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, relations: bool = False):
+        """-> [B, T, width]; with `relations`, the (q k^T, v v^T) logits of relation_logits
+        instead (the output projection is not called)."""
         width = x.shape[-1]
         # One fused qkv projection, laid out like the PyTorch releases' qkv Linear.
         fused_bias = self.qkv_bias and self.k_bias
@@ -219,6 +231,8 @@ class Attention(nn.Module):
             q_bias = self.param("q_bias", nn.initializers.zeros, (width,))
             v_bias = self.param("v_bias", nn.initializers.zeros, (width,))
             qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
+        if relations:
+            return relation_logits(qkv, self.num_heads)
         out = multi_head_attention(qkv, self.num_heads)
         return dense(width, kernel_init=xavier, dtype=self.dtype, name="proj")(out)
 
@@ -264,8 +278,13 @@ class Block(nn.Module):
     k_bias: bool = True
 
     @nn.compact
-    def __call__(self, x, deterministic: bool = True):
+    def __call__(self, x, deterministic: bool = True, relations: bool = False):
+        """-> [B, T, width]; with `relations`, the relation logits of its attention on
+        norm1(x) (Attention's), and nothing after them is called."""
         norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
+        if relations:
+            return Attention(self.num_heads, self.dtype, self.qkv_bias, self.k_bias, name="attn")(
+                norm("norm1")(x), relations=True)
         branch = lambda y: y if deterministic or self.drop_path == 0.0 else drop_path(  # noqa: E731
             y, self.drop_path, self.make_rng("dropout"))
         x = x + branch(Attention(self.num_heads, self.dtype, self.qkv_bias, self.k_bias, name="attn")(norm("norm1")(x)))
@@ -333,7 +352,13 @@ class Encoder(nn.Module):
       stop_after: last block to run (0-based). None runs all blocks and the final norm;
         otherwise the returned tokens are that block's raw output.
       deterministic: False enables drop path (fine-tuning); its rate rises linearly from 0
-        at the first block to `drop_path` at the last, as in MAE / timm.
+        at the first block to `drop_path` at the last, as in MAE / timm (drop_path_uniform:
+        `drop_path` in every block but the last, as TinyMIM's student).
+      relations_at: a block (0-based) whose token relations to return instead of tokens:
+        blocks before it run, then its norm1 and qkv; the first output is then its (q k^T,
+        v v^T) logits, each [B, heads, 1+K, 1+K] (see relation_logits). Not with stop_after.
+    last_heads: heads of the last block (0: spec.num_heads), e.g. TinyMIM's student's, whose
+      relations have the teacher's head count; no parameter's shape depends on it.
     remat: 'none' | 'full' | 'dots', see block_class.
     """
 
@@ -341,10 +366,16 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     drop_path: float = 0.0
     remat: str = "none"
+    last_heads: int = 0
+    drop_path_uniform: bool = False
+
+    def heads_of(self, block: int) -> int:
+        """Attention heads of a block (0-based)."""
+        return (self.last_heads or self.spec.num_heads) if block == self.spec.depth - 1 else self.spec.num_heads
 
     @nn.compact
     def __call__(self, images, ids_keep=None, return_blocks: Sequence[int] = (), stop_after=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, relations_at: int | None = None):
         spec, layout = self.spec, self.spec.layout
         x = PatchEmbed(spec.patch_size, spec.width, self.dtype, layout.tubelet, layout.patch_bias,
                        name="patch_embed")(images, ids_keep)
@@ -367,19 +398,31 @@ class Encoder(nn.Module):
         if layout.norm_pre:  # CLIP's ln_pre
             x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm_pre")(x)
 
+        if relations_at is not None and (stop_after is not None or not 0 <= relations_at < spec.depth):
+            raise ValueError(f"relations_at={relations_at}: expected a block in 0..{spec.depth - 1}, "
+                             f"without stop_after (given {stop_after})")
         last = spec.depth - 1 if stop_after is None else stop_after
-        if not 0 <= last < spec.depth:
+        if relations_at is not None:
+            last = relations_at - 1
+        if not -1 <= last < spec.depth or (last == -1 and relations_at is None):
             raise ValueError(f"stop_after={stop_after} outside 0..{spec.depth - 1}")
         features = {}
         for i in range(last + 1):
-            rate = self.drop_path * i / max(spec.depth - 1, 1)
-            x = block_class(self.remat)(spec.num_heads, dtype=self.dtype, drop_path=rate, qkv_bias=layout.qkv_bias,
+            if self.drop_path_uniform:
+                rate = self.drop_path if i < spec.depth - 1 else 0.0
+            else:
+                rate = self.drop_path * i / max(spec.depth - 1, 1)
+            x = block_class(self.remat)(self.heads_of(i), dtype=self.dtype, drop_path=rate, qkv_bias=layout.qkv_bias,
                                         k_bias=layout.k_bias, name=f"block_{i}")(x, deterministic)
             if i in return_blocks:
                 features[i] = x
         missing = set(return_blocks) - set(features)
         if missing:
             raise ValueError(f"return_blocks {sorted(missing)} lie past stop_after={last}")
+        if relations_at is not None:
+            relations = Block(self.heads_of(relations_at), dtype=self.dtype, qkv_bias=layout.qkv_bias,
+                              k_bias=layout.k_bias, name=f"block_{relations_at}")(x, relations=True)
+            return relations, features
         if stop_after is None and layout.final_norm:
             x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         return x, features

@@ -7,8 +7,10 @@ from mdistill.objectives.amd import AMDObjective
 from mdistill.objectives.base import Objective
 from mdistill.objectives.dmae import DMAEObjective
 from mdistill.objectives.mae import MAEObjective
+from mdistill.objectives.tinymim import TinyMIMObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MAEObjective, DMAEObjective, AMDObjective)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MAEObjective, DMAEObjective, AMDObjective,
+                                                                    TinyMIMObjective)}
 
 
 def register(cls: type[Objective]) -> type[Objective]:
@@ -29,5 +31,5 @@ def build_objective(config) -> Objective:
     return objective_class(config)(config)
 
 
-__all__ = ["OBJECTIVES", "AMDObjective", "DMAEObjective", "MAEObjective", "Objective", "build_objective",
-           "objective_class", "register"]
+__all__ = ["OBJECTIVES", "AMDObjective", "DMAEObjective", "MAEObjective", "Objective", "TinyMIMObjective",
+           "build_objective", "objective_class", "register"]

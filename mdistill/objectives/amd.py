@@ -9,6 +9,12 @@ bias-free linear projection to the teacher's width, and
   - generation alignment feeds them, with mask tokens at the difference patches, to a small
     transformer generator that predicts the teacher's features there.
 Each alignment is averaged over the pairs, as in the official code.
+
+The generators' mask tokens follow the release by default: it keeps them in a plain Python
+list, never registered as parameters, so they stay at their initialisation (truncated normal,
+std 0.02, cut at +-0.02) and are never trained. Here they are frozen likewise (no gradient,
+no update) but kept in the checkpoint, so that a resumed run continues with the same ones
+(the release draws new ones). `amd.train_mask_tokens=True` trains them as parameters instead.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ class AMDObjective(DistillObjective):
             normalize=False,     # L2-normalise features before the loss (the paper does not)
             dir_weight=1.0,      # direct alignment (teacher features at the student's tokens)
             gen_weight=1.0,      # generation alignment (at the tokens only the teacher sees)
-            rec_weight=1.0))     # pixel reconstruction
+            rec_weight=1.0,      # pixel reconstruction
+            # train the generators' mask tokens; False (the release): frozen at their init, checkpointed
+            train_mask_tokens=False))
 
     @classmethod
     def smoke(cls, config) -> None:
@@ -107,6 +115,20 @@ class AMDObjective(DistillObjective):
                                 for (s, t), r in zip(self.pairs, rngs)}
         return params
 
+    def frozen(self):
+        """The generators' mask tokens, unless amd.train_mask_tokens."""
+        if self.config.amd.train_mask_tokens:
+            return None
+        return lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: path[0].key == "generators" and path[-1].key == "mask_token", params)
+
+    def generator_params(self, params: dict, s: int, t: int) -> dict:
+        """Pair (s, t)'s generator, its mask token under stop_gradient unless amd.train_mask_tokens."""
+        gen = params["generators"][generator_name(s, t)]
+        if self.config.amd.train_mask_tokens:
+            return gen
+        return {**gen, "mask_token": jax.lax.stop_gradient(gen["mask_token"])}
+
     def loss(self, params, teacher_params, images, rng):
         cfg = self.config.amd
         x = self.prepare_images(images)
@@ -120,7 +142,7 @@ class AMDObjective(DistillObjective):
             target = teacher_feats[t]
             d = feature_loss(self.student_tokens(projected), self.teacher_tokens(target[:, :seen]), cfg.loss,
                              cfg.normalize)
-            generated = self.generator.apply({"params": params["generators"][generator_name(s, t)]},
+            generated = self.generator.apply({"params": self.generator_params(params, s, t)},
                                              projected, masks.student.ids_keep, masks.diff_ids)
             g = feature_loss(generated, target[:, seen:], cfg.loss, cfg.normalize)
             metrics[f"dir/{head_name(s, t)}"], metrics[f"gen/{generator_name(s, t)}"] = d, g

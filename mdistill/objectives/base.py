@@ -12,7 +12,7 @@ A method is one subclass of Objective in its own file, listed in OBJECTIVES
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import jax
 import ml_collections
@@ -58,7 +58,10 @@ class Objective:
     def flop_terms(cls, config: ml_collections.ConfigDict) -> dict[str, float]:
         """FLOPs per sample the method adds to an MAE student's forward pass:
         'teacher_forward' (not differentiated) and 'heads' (trained: counted again, twice,
-        in the backward pass). Matrix products only, as benchmarks.flops counts."""
+        in the backward pass). Matrix products only, as benchmarks.flops counts. A method
+        whose student is not MAE's (another token count, no decoder) also gives
+        'student_encoder', 'student_embed' (its patch embedding, which gets no input
+        gradient) and 'decoder', which replace benchmarks.flops' MAE terms."""
         return {"teacher_forward": 0.0, "heads": 0.0}
 
     # ---- built from a validated config ----------------------------------------------------
@@ -70,6 +73,17 @@ class Objective:
         self.config = config
         self.token_steps, per_frame = inputs.tokens(config)  # (1, patches) for images
         self.num_patches = self.token_steps * per_frame
+
+    def describe(self) -> dict:
+        """What --dry_run's summary says of the method beyond the shared fields ({}: nothing)."""
+        return {}
+
+    def frozen(self) -> Callable[[Any], Any] | None:
+        """None when every parameter is trained; else a function of the params tree giving a
+        tree of bools, True where the optimizer leaves a parameter as it is (no update, no
+        weight decay), as PyTorch's AdamW skips a parameter that never gets a gradient
+        (mdistill.optim.build_optimizer)."""
+        return None
 
     def init(self, rng: jax.Array, images: jax.Array) -> dict:
         """Trainable parameters for uint8 NHWC `images` (NTHWC clips) (one image is enough: shapes only)."""

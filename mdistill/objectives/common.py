@@ -49,11 +49,19 @@ def normalize_targets(teacher: jax.Array, kind: str) -> jax.Array:
     raise ValueError(f"target norm {kind!r}: expected one of {TARGET_NORMS}")
 
 
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps) along the last axis, PyTorch's F.normalize. The norm is taken as
+    sqrt(max(sum x^2, eps^2)), the same value, so that an all-zero vector has a gradient (0)."""
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    return x / norm
+
+
 def feature_loss(student: jax.Array, teacher: jax.Array, kind: str, normalize: bool) -> jax.Array:
     """Mean distance between feature maps of the same shape: elementwise (l1, l2, smooth_l1)
     or per token (cosine: 1 - cosine similarity, which needs no normalisation).
 
-    With normalize, both are first L2-normalised along the feature axis.
+    With normalize, both are first L2-normalised along the feature axis as PyTorch's
+    F.normalize does (the DMAE release): x / max(||x||, 1e-12).
     """
     student = student.astype(jnp.float32)
     teacher = teacher.astype(jnp.float32)
@@ -62,8 +70,7 @@ def feature_loss(student: jax.Array, teacher: jax.Array, kind: str, normalize: b
         norms = jnp.linalg.norm(student, axis=-1) * jnp.linalg.norm(teacher, axis=-1)
         return jnp.mean(1.0 - dot / jnp.maximum(norms, 1e-6))
     if normalize:
-        student = student / (jnp.linalg.norm(student, axis=-1, keepdims=True) + 1e-6)
-        teacher = teacher / (jnp.linalg.norm(teacher, axis=-1, keepdims=True) + 1e-6)
+        student, teacher = l2_normalize(student), l2_normalize(teacher)
     diff = student - teacher
     if kind == "l1":
         return jnp.mean(jnp.abs(diff))
