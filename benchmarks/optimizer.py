@@ -127,7 +127,8 @@ def bench_loss(args, out):
         step_bench.emit(out, bench="optimizer_loss", method=args.method, model="tiny", variant=name,
                         steps=args.loss_steps, first_loss=curve[0], last_loss=curve[-1],
                         mean_loss_last_10=round(float(np.mean(curve[-10:])), 6),
-                        max_abs_loss_difference_from_tree=float(diff.max()), bitwise_equal_to_tree=bool(diff.max() == 0))
+                        max_abs_loss_difference_from_tree=float(diff.max()),
+                        bitwise_equal_to_tree=bool(diff.max() == 0))
 
 
 def main(argv):

@@ -174,6 +174,7 @@ def test_a_run_from_prepared_shards_logs_the_folder_losses(folder_and_copy, tmp_
     assert len(losses["folder"]) == 4 and losses["folder"] == losses["prepared"]
 
 
+@pytest.mark.slow  # a subprocess
 def test_prepare_command_writes_a_split(tmp_path):
     root = write_folder(tmp_path / "folder", sizes=((40, 50), (70, 60)))
     out = tmp_path / "out"

@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-FORMAT = "mdistill-prepared"
-VERSION = 1
+from mdistill.data.prepared import FORMAT, VERSION
+
 ENCODINGS = ("auto", "jpeg", "raw")
 RAW_MAX_PIXELS = 64 * 64  # --encoding=auto stores images up to this many pixels raw
 JPEG_MAGIC = b"\xff\xd8"

@@ -14,6 +14,8 @@ import numpy as np
 
 from mdistill.data.errors import DataError
 
+FORMAT = "mdistill-prepared"  # <split>.json's 'format'
+VERSION = 1                    # its 'version': readers accept this one and older
 HOW = "write it with `python -m mdistill.data.prepare --config=... --out=<path> --splits=<split>`"
 
 
@@ -26,8 +28,6 @@ def read_metadata(path: str, split: str) -> dict:
             + (f" (prepared splits there: {there})" if there is not None else f" (nor does {path!r})") + f"; {HOW}")
     with open(meta_path) as f:
         meta = json.load(f)
-    from mdistill.data.prepare import FORMAT, VERSION
-
     if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
         raise DataError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, expected "
                         f"{FORMAT!r} version <= {VERSION}")
