@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU host, about 7 minutes on one H200: the step before and after the flat
-# AdamW update, the update alone, the official DMAE release, the input pipeline. Every figure
+# AdamW update, the update alone, the official DMAE release, the input pipeline, the token
+# gathers by indexing and by one-hot matmul. Every figure
 # is a JSON line in $DEST/*.jsonl (default: $OUT, the device tool's output folder, else
 # benchmarks/gpu/new). How to run it: docs/performance.md ("The GPU script").
 #
@@ -63,7 +64,9 @@ if $PY -c "import nvidia.dali" 2>/dev/null; then
 else
   note dali "nvidia-dali is not installed"
 fi
-# 5. the step before (main's optimizer, tree), same session, if time is left
+# 5. the token gathers of the masked step by indexing vs one-hot matmul (which to use here)
+section gather 40 $PY -m benchmarks.gather --batch=256 --dtype=bfloat16 --rounds=30 | tee "$DEST/gather_b256.jsonl"
+# 6. the step before (main's optimizer, tree), same session, if time is left
 section step_tree 200 $PY -m benchmarks.step --models=B --methods=mae,dmae,amd "${B256[@]}" --steps=10 --warmup=2 \
   --optim_layout=tree --out="$DEST/step_tree_b256.jsonl"
 echo "done in $(( $(date +%s) - START )) s; lines in $DEST"
