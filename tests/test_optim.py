@@ -82,3 +82,31 @@ def test_checkpoints_from_before_the_fields_resume():
     assert config_changes(saved, current) == []
     changed = dict(current, optim=dict(current["optim"], layout="flat"))
     assert [line.split(":")[0].strip() for line in config_changes(saved, changed)] == ["optim.layout"]
+
+
+@pytest.mark.slow  # training runs
+@pytest.mark.parametrize("mu_dtype", ["float32", "bfloat16"])
+def test_a_flat_run_resumes_exactly_and_shards_over_fsdp(tmp_path, mu_dtype):
+    import shutil
+
+    from mdistill import checkpoint, sharding
+    from mdistill.train import Trainer, train
+
+    c = apply_smoke(base_config())
+    c.total_steps, c.checkpoint_every = 20, 10
+    c.optim.update(layout="flat", mu_dtype=mu_dtype)
+    train(c, str(tmp_path / "clean"))
+    train(c, str(tmp_path / "resumed"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "20")  # as if killed after step 10
+    train(c, str(tmp_path / "resumed"))
+    clean, meta = checkpoint.load_params(str(tmp_path / "clean"), None)
+    resumed, _ = checkpoint.load_params(str(tmp_path / "resumed"), None)
+    assert meta["step"] == 20
+    for a, b in zip(jax.tree.leaves(clean), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    # with fsdp, the moments' vector is split over the fsdp axis when its length divides
+    c.mesh.update(data=4, fsdp=2)
+    trainer = Trainer(c, sharding.make_mesh(shape=c.mesh.to_dict()))
+    moments = [s for s, x in zip(jax.tree.leaves(trainer.state_sharding.opt_state),
+                                 jax.tree.leaves(trainer.abstract_state().opt_state)) if x.ndim == 1 and x.size > 1000]
+    assert len(moments) == 2 and all(s.spec == jax.sharding.PartitionSpec("fsdp") for s in moments)
