@@ -187,3 +187,13 @@ def test_prepare_command_writes_a_split(tmp_path):
     assert summary["count"] == 4 and summary["shards"] == ["train-00000.array_record"]
     assert Transform(32, 3, "mae")(load_image(PreparedSource(str(out), "train", 32).raw(1), 3),
                                    np.random.default_rng(0)).shape == (32, 32, 3)
+
+
+def test_the_evaluators_read_a_prepared_split(folder_and_copy):
+    from mdistill.evaluate.common import check_model_fits_data, load_split
+
+    root, out = folder_and_copy
+    prepared, folder = (load_split(config(s, p), "train") for s, p in (("prepared", out), ("folder", root)))
+    np.testing.assert_array_equal(prepared.labels, folder.labels)
+    np.testing.assert_array_equal(prepared.images(np.arange(4)), folder.images(np.arange(4)))
+    check_model_fits_data(config("prepared", out), "the model", tubelet=0)  # an image source: no error
