@@ -10,10 +10,17 @@
 2. Step: images/s of the compiled train step of configs/dmae_vitb.py (ViT-L/16 teacher ->
    ViT-B/16 student, 224 px) on this machine's default JAX device, at a small batch.
 
+Input formats (--formats, each timed on the same images): jpeg, the folder's files as
+they are; prepared, the folder written once by mdistill.data.prepare (short side
+--short_side, JPEG quality --quality) under --workdir and read as config.data.source=
+'prepared' reads it. Each format gets one line {"bench": "format", "format": ...} with the
+images_per_cpu_second of the pre-training, fine-tuning and feature-extraction transforms.
+
 Every figure is printed as one JSON line ({"bench": ..., ...}); the last line is a summary.
 
   python -m benchmarks.pipeline                        # writes a synthetic JPEG folder first
   python -m benchmarks.pipeline --folder=/data/imagenet --split=train --skip_step
+  python -m benchmarks.pipeline --skip_step --formats=jpeg,prepared
 
 Without --folder it writes --num_images JPEGs of ImageNet-like sizes (short side 300-500,
 some up to 1500, quality 90) under --workdir.
@@ -29,6 +36,9 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import ROOT
+
+
+FORMATS = ("jpeg", "prepared")
 
 
 def emit(**record):
@@ -66,7 +76,26 @@ def folder_stats(source) -> dict:
     return {"images": len(source), "mean_file_kb": round(float(np.mean(sizes)) / 1024, 1)}
 
 
-def bench_decode_loop(source, transform, seconds: float, bench: str = "decode_transform_loop") -> dict:
+def prepared_copy(root: str, split: str, workdir: str, short_side: int, quality: int, image_size: int):
+    """The folder written once as prepared shards (mdistill.data.prepare), reused when present."""
+    from mdistill.data.image_folder import ImageFolderSource
+    from mdistill.data.prepare import prepare_split
+    from mdistill.data.prepared import PreparedSource
+
+    folder = ImageFolderSource(root, split, image_size, 3)
+    out = os.path.join(workdir, f"prepared-{folder.fingerprint().split(':')[-1]}-s{short_side}-q{quality}")
+    if not os.path.exists(os.path.join(out, f"{split}.json")):
+        t0 = time.perf_counter()
+        prepare_split(folder, out, split, channels=3, short_side=short_side, encoding="jpeg", quality=quality,
+                      workers=min(os.cpu_count() or 1, 32), log=lambda _: None)
+        emit(bench="prepare", out=out, images=len(folder), seconds=round(time.perf_counter() - t0, 1))
+    source = PreparedSource(out, split, image_size, 3)
+    emit(bench="prepared", out=out, short_side=short_side, quality=quality, images=len(source),
+         mean_record_kb=round(source.meta["stored_bytes"] / max(len(source), 1) / 1024, 1))
+    return source
+
+
+def bench_decode_loop(source, transform, seconds: float, bench: str = "decode_transform_loop", **extra) -> dict:
     """One core, no grain: read + decode (draft) + transform, one image after another."""
     from mdistill.data.transforms import load_image
 
@@ -81,13 +110,13 @@ def bench_decode_loop(source, transform, seconds: float, bench: str = "decode_tr
         n += 1
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     # CPU time, not wall time, is what a core gives when the machine is shared with other jobs
-    return emit(bench=bench, processes=1, images=n, seconds=round(dt, 2),
+    return emit(bench=bench, **extra, processes=1, images=n, seconds=round(dt, 2),
                 cpu_seconds=round(cpu, 2), images_per_sec=round(n / dt, 1),
                 images_per_cpu_second=round(n / cpu, 1), decode_share_of_cpu=round(decode / cpu, 2))
 
 
 def bench_pipeline(source, transform, batch: int, workers: int, threads: int, batches: int,
-                   bench: str = "pipeline", **options) -> dict:
+                   bench: str = "pipeline", extra: dict | None = None, **options) -> dict:
     """The training pipeline (grain) producing host batches; the first batches (worker
     start-up) are not timed. `options` (labels, shuffle) go to data.Pipeline."""
     from mdistill.data import Pipeline
@@ -105,7 +134,7 @@ def bench_pipeline(source, transform, batch: int, workers: int, threads: int, ba
         for _ in range(batches):
             next(p)
         dt = time.perf_counter() - t0
-    return emit(bench=bench, workers=workers, threads=threads, batch=batch, batches=batches,
+    return emit(bench=bench, **(extra or {}), workers=workers, threads=threads, batch=batch, batches=batches,
                 seconds=round(dt, 2), startup_seconds=round(startup, 1),
                 images_per_sec=round(batches * batch / dt, 1))
 
@@ -168,6 +197,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("step_steps", 2, "timed train steps")
     flags.DEFINE_bool("skip_step", False, "no train-step figures")
     flags.DEFINE_bool("skip_eval", False, "no fine-tuning / feature-extraction figures")
+    flags.DEFINE_list("formats", ["jpeg"], "input formats: jpeg (the folder's files) | prepared (written once from "
+                      "them by mdistill.data.prepare)")
+    flags.DEFINE_integer("short_side", 256, "prepared format: stored short side")
+    flags.DEFINE_integer("quality", 90, "prepared format: JPEG quality")
 
 
 def main(argv):
@@ -178,27 +211,44 @@ def main(argv):
     from mdistill.data.image_folder import ImageFolderSource
     from mdistill.data.transforms import Transform
 
+    unknown = sorted(set(args.formats) - set(FORMATS))
+    if unknown:
+        raise app.UsageError(f"--formats: unknown {unknown}, expected some of {list(FORMATS)}", exitcode=2)
     root = args.folder or write_jpeg_folder(os.path.join(args.workdir, "jpegs"), args.num_images)
-    source = ImageFolderSource(root, args.split, args.image_size, 3)
-    transform = Transform(args.image_size, 3, "mae")  # MAE pre-training: RRC (0.2, 1) bicubic + flip
-    emit(bench="folder", root=root, cpu_cores=os.cpu_count(), **folder_stats(source))
-
-    loop = bench_decode_loop(source, transform, args.loop_seconds)
-    runs = [bench_pipeline(source, transform, args.batch, int(w), args.threads, args.batches)
-            for w in args.workers]
-    per_core = loop["images_per_cpu_second"]
-    summary = {"bench": "summary", "input_images_per_sec_per_core": per_core,
-               "input_images_per_sec_best": max(r["images_per_sec"] for r in runs)}
+    folder = ImageFolderSource(root, args.split, args.image_size, 3)
+    emit(bench="folder", root=root, cpu_cores=os.cpu_count(), load_average=round(os.getloadavg()[0], 2),
+         **folder_stats(folder))
+    sources = {f: folder if f == "jpeg" else prepared_copy(root, args.split, args.workdir, args.short_side,
+                                                           args.quality, args.image_size) for f in args.formats}
+    transforms = [("pretrain", Transform(args.image_size, 3, "mae"), {})]  # MAE: RRC (0.2, 1) bicubic + flip
     if not args.skip_eval:  # the evaluators' input: fine-tuning and feature extraction
-        finetune = Transform(args.image_size, 3, "mae", (0.08, 1.0))  # MAE fine-tuning: RRC (0.08, 1) + flip
-        features = Transform(args.image_size, 3, "none")  # evaluation: short side to size / 0.875, centre crop
-        for name, t, options in (("finetune", finetune, dict(labels=True)),
-                                 ("features", features, dict(labels=True, shuffle=False))):
-            per_core_eval = bench_decode_loop(source, t, args.loop_seconds, f"{name}_decode_transform_loop")
-            eval_runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches,
-                                        f"{name}_pipeline", **options) for w in args.workers]
-            summary[f"{name}_images_per_sec_per_core"] = per_core_eval["images_per_cpu_second"]
-            summary[f"{name}_images_per_sec_best"] = max(r["images_per_sec"] for r in eval_runs)
+        transforms += [("finetune", Transform(args.image_size, 3, "mae", (0.08, 1.0)), dict(labels=True)),
+                       ("features", Transform(args.image_size, 3, "none"), dict(labels=True, shuffle=False))]
+    per_core = {f: {} for f in sources}
+    best = {f: {} for f in sources}
+    for name, t, options in transforms:
+        for f, source in sources.items():  # formats side by side, one transform at a time
+            bench = "decode_transform_loop" if name == "pretrain" else f"{name}_decode_transform_loop"
+            per_core[f][name] = bench_decode_loop(source, t, args.loop_seconds, bench,
+                                                  format=f)["images_per_cpu_second"]
+        for f, source in sources.items():
+            bench = "pipeline" if name == "pretrain" else f"{name}_pipeline"
+            runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches, bench,
+                                   extra={"format": f}, **options) for w in args.workers]
+            best[f][name] = max(r["images_per_sec"] for r in runs)
+    for f in sources:
+        emit(bench="format", format=f, **{f"{name}_images_per_cpu_second": v for name, v in per_core[f].items()},
+             **{f"{name}_images_per_sec_best": v for name, v in best[f].items()},
+             **({"pretrain_speedup_over_jpeg": round(per_core[f]["pretrain"] / per_core["jpeg"]["pretrain"], 2)}
+                if "jpeg" in sources and f != "jpeg" else {}))
+    first = args.formats[0]
+    summary = {"bench": "summary", "format": first, "input_images_per_sec_per_core": per_core[first]["pretrain"],
+               "input_images_per_sec_best": best[first]["pretrain"]}
+    for name in per_core[first]:
+        if name != "pretrain":
+            summary[f"{name}_images_per_sec_per_core"] = per_core[first][name]
+            summary[f"{name}_images_per_sec_best"] = best[first][name]
+    per_core = per_core[first]["pretrain"]
     if not args.skip_step:
         step = bench_step(args.config, args.step_batch, args.step_steps)
         summary.update(step_images_per_sec=step["images_per_sec"], step_device=step["device"],

@@ -102,6 +102,7 @@ def build_config(method: str, model: str, args):
     c.teacher.dtype = args.teacher_dtype
     c.remat = args.remat
     c.optim.accum_steps = 1
+    c.optim.layout, c.optim.mu_dtype = args.optim_layout, args.mu_dtype
     # the step does not depend on the data source; synthetic keeps dataset sizes out of it
     c.data.source = "synthetic"
     c.total_steps, c.warmup_steps = 10_000, 100
@@ -160,6 +161,9 @@ def define_step_flags() -> None:
                       "student compute dtype (parameters and optimizer state stay float32)")
     flags.DEFINE_enum("teacher_dtype", "float32", ("float32", "bfloat16"), "teacher compute dtype")
     flags.DEFINE_string("remat", "none", "none | full | dots")
+    flags.DEFINE_enum("optim_layout", "tree", ("tree", "flat"), "AdamW's update: per parameter (tree) or raveled "
+                      "into one vector (flat); config.optim.layout")
+    flags.DEFINE_enum("mu_dtype", "float32", ("float32", "bfloat16"), "AdamW's first moment; config.optim.mu_dtype")
 
 
 def define_one_step_flags() -> None:
@@ -241,7 +245,8 @@ def bench_one(method: str, model: str, args, mesh) -> dict | None:
         "teacher": config.teacher.variant if trainer.objective.uses_teacher else None,
         "image_size": config.image_size, "batch": config.batch_size, "dtype": config.dtype,
         "teacher_dtype": config.teacher.dtype if trainer.objective.uses_teacher else None,
-        "remat": config.remat, "backend": jax.default_backend(), "device_kind": device.device_kind,
+        "remat": config.remat, "optim_layout": config.optim.layout, "mu_dtype": config.optim.mu_dtype,
+        "backend": jax.default_backend(), "device_kind": device.device_kind,
         "devices": mesh.size, "compile_s": round(compile_s, 2),
         "step_s_median": round(step, 4), "step_s_all": [round(x, 4) for x in times],
         "step_s_pipelined": round(pipelined, 4), "images_per_s": round(config.batch_size / step, 2),

@@ -46,7 +46,8 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
 ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "masking.block_max_patches": 75,
                 "masking.block_aspect": 0.3, "masking.block_square": 0, "masking.noise_color": "green",
                 "masking.noise_sigma": 1.0, "student.init": "", "student.init_ignore": "",
-                "distill.target_norm": "none", "num_frames": 1, "tubelet_size": 2, "data.num_sample": 1}
+                "distill.target_norm": "none", "num_frames": 1, "tubelet_size": 2, "data.num_sample": 1,
+                "optim.layout": "tree", "optim.mu_dtype": "float32"}
 
 
 class CheckpointError(RuntimeError):

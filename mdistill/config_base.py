@@ -82,14 +82,16 @@ def base_config() -> ml_collections.ConfigDict:
         lr=-1.0,             # > 0 sets the peak lr directly
         min_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.05,
         grad_clip=0.0,       # global-norm clipping; 0 disables
-        accum_steps=1))      # micro-batches per step (gradient accumulation)
+        accum_steps=1,       # micro-batches per step (gradient accumulation)
+        layout="tree",       # AdamW's moments per parameter (tree) | raveled into one vector, one kernel (flat)
+        mu_dtype="float32"))  # AdamW's first moment: float32 | bfloat16 (big_vision's; half the memory)
 
     # Input pipeline (mdistill/data). Images stay uint8 on the host; mean/std normalise them
     # on device. Sources: tfds (name/split in data_dir, prepared as ArrayRecord) | folder
-    # (<path>/<split>/<class>/<image>, ImageNet layout) | fashion_mnist (IDX files in path)
-    # | synthetic.
+    # (<path>/<split>/<class>/<image>, ImageNet layout) | prepared (shards in path written by
+    # mdistill.data.prepare) | fashion_mnist (IDX files in path) | synthetic.
     c.data = ml_collections.ConfigDict(dict(
-        source="tfds",       # synthetic | fashion_mnist | tfds | folder
+        source="tfds",       # synthetic | fashion_mnist | tfds | folder | prepared
         name="imagenet2012", split="train", data_dir="",
         path=FMNIST_DIR,     # Fashion-MNIST IDX folder, or the image folder's root (source 'folder')
         channels=3,          # 1: grayscale (colour becomes luminance) | 3: RGB (gray is repeated)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from mdistill.data.fashion_mnist import SPLIT_SIZES as FMNIST_SIZES, FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
+from mdistill.data.prepared import PreparedSource
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
 VIDEO_SOURCES = ("video_folder", "video_list")  # video files, decoded and sampled by mdistill.data.video
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", *VIDEO_SOURCES)
+SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "prepared", *VIDEO_SOURCES)
 
 
 def build_source(config, split: str | None = None):
@@ -23,6 +24,8 @@ def build_source(config, split: str | None = None):
         return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
     if d.source == "folder":
         return ImageFolderSource(d.path, split, config.image_size, d.channels)
+    if d.source == "prepared":  # shards written by mdistill.data.prepare, in data.path
+        return PreparedSource(d.path, split, config.image_size, d.channels)
     if d.source in VIDEO_SOURCES:  # clips: VideoMAE's sampling (mdistill.data.video)
         from mdistill.data.video import EvalClips, VideoFolderSource, VideoListSource
 

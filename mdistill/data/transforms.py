@@ -73,6 +73,13 @@ def load_image(raw, channels: int, min_side: int = 0):
         return raw
     if isinstance(raw, Image.Image):
         return raw.convert("L" if channels == 1 else "RGB")
+    if isinstance(raw, (bytes, bytearray)):
+        if raw[:6] == b"\x93NUMPY":  # raw pixels (mdistill.data.prepare): [H, W, C] uint8
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        if raw[:2] == b"\xff\xd8":
+            fast = decode_jpeg(raw, channels, min_side)
+            if fast is not None:
+                return fast
     src = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray)) else raw
     with Image.open(src) as img:
         if min_side and img.format == "JPEG":
@@ -81,6 +88,38 @@ def load_image(raw, channels: int, min_side: int = 0):
             # 16-bit grayscale (PNG, TIFF): convert() would clip every value above 255 to white
             img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
         return img.convert("L" if channels == 1 else "RGB")  # decodes; raises if corrupt
+
+
+def decode_jpeg(data: bytes, channels: int, min_side: int = 0) -> np.ndarray | None:
+    """JPEG bytes -> uint8 [H, W, channels] by simplejpeg (libjpeg-turbo without PIL's
+    per-image overhead: the fastest decoder measured in benchmarks/RESULTS.md), with the
+    DCT scaling of PIL's draft (the largest 1/2, 1/4, 1/8 keeping both sides >= min_side).
+    None where simplejpeg is missing or the file is one it does not handle (CMYK, ...):
+    PIL decodes those. The pixels are load_image's through PIL for baseline and progressive
+    colour and gray JPEGs (tests/test_prepared.py)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("Gray", "YCbCr", "RGB"):
+            return None
+        # gray output where PIL's has it: a gray file, or luminance asked for with draft
+        # (libjpeg's Y); without draft PIL decodes RGB and computes luminance (below)
+        gray = colorspace == "Gray" or (channels == 1 and min_side > 0)
+        # PIL's draft scale: the largest power of two s <= min(width, height) // min_side
+        fits = min(width, height) // min_side if min_side > 0 else 0
+        s = max(s for s in (1, 2, 4, 8) if s == 1 or fits >= s)
+        arr = simplejpeg.decode_jpeg(data, "GRAY" if gray else "RGB", min_height=-(-height // s),
+                                     min_width=-(-width // s))
+    except ValueError:
+        return None  # PIL decodes it, or raises the error the pipeline reports
+    if gray and channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    if not gray and channels == 1:  # luminance as PIL's convert('L') computes it
+        return np.asarray(Image.fromarray(arr).convert("L"))[..., None]
+    return arr
 
 
 def to_pil(image) -> Image.Image:

@@ -418,7 +418,7 @@ def hold_workdir(workdir: str, *folders: str):
 
 
 # What a source gives: clips (video files; synthetic data follows config.num_frames) or images.
-IMAGE_SOURCES = ("fashion_mnist", "tfds", "folder")
+IMAGE_SOURCES = ("fashion_mnist", "tfds", "folder", "prepared")
 
 
 def check_model_fits_data(config, model: str, tubelet: int | None = None) -> None:
