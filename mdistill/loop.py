@@ -117,7 +117,8 @@ def mesh_line(mesh, params_bytes: int, opt_bytes: int, what: str = "") -> str:
 def format_line(step: int, total: int, m: dict, eta: float) -> str:
     """Pre-training's console line: the losses, lr, throughput, time left."""
     losses = " ".join(f"{k} {v:.4f}" for k, v in m.items() if k.endswith("loss"))
-    return (f"step {step}/{total} | {losses} | lr {m['lr']:.2e} | {m['images_per_sec']:.0f} img/s | "
+    lr = f" | lr {m['lr']:.2e}" if "lr" in m else ""
+    return (f"step {step}/{total} | {losses}{lr} | {m['images_per_sec']:.0f} img/s | "
             f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
 

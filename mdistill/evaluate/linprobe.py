@@ -305,6 +305,12 @@ def main(argv):
     from mdistill.checkpoint import CheckpointError
 
     logging.set_verbosity(logging.WARNING)
+    from mdistill import distributed
+
+    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
+        distributed.maybe_initialize()
+    except RuntimeError as e:  # a cluster whose processes or devices do not add up
+        sys.exit(f"error: {e}")
     try:
         from mdistill.resolve import explicit_fields
 
