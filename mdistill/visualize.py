@@ -15,9 +15,10 @@ predicted structure, not the predicted brightness).
 
 ReconstructionWriter writes the grid to <workdir>/visualizations/recon_<step>.png and to
 TensorBoard; it is one of pre-training's monitors (mdistill.loop), run every
-config.visualize_every steps and at the last step, on a fixed set of training samples spread over the dataset and its classes
-(sample_indices), with a fixed mask, so the pictures compare across steps. It draws from its
-own rng and only reads the parameters: training is the same with or without it.
+config.visualize_every steps and at the last step, on a fixed set of training samples
+spread over the dataset and its classes (sample_indices), with a fixed mask, so the
+pictures compare across steps. It draws from its own rng and only reads the parameters:
+training is the same with or without it.
 """
 
 from __future__ import annotations
