@@ -5,7 +5,7 @@ erasing, mixup / cutmix with label smoothing, AdamW with warm-up and cosine deca
 
 The steps run in mdistill.loop, on the mesh of config.mesh with pre-training's partition
 rules (config.mesh.fsdp > 1 splits the parameters and the optimizer state). Top-1 / top-5 on
-the test split every `eval_every` steps and at the end (TestEvaluation, a monitor of the
+the test split every `eval_every` steps and at the end (FinetuneEvaluation, a monitor of the
 loop), in metrics.jsonl; the last checkpoint in <workdir>/checkpoints (rerunning the
 command resumes from it; a SIGTERM saves and stops), the best by top-1 in <workdir>/best;
 <workdir>/finetune.json and a table at the end.
@@ -269,7 +269,7 @@ class FineTuner:
         return {f"top{k}": v for k, v in zip(self.topk, (100.0 * to_host(counts) / len(self.test_split)).tolist())}
 
 
-class TestEvaluation:
+class FinetuneEvaluation:
     """Fine-tuning's monitor (mdistill.loop.Monitor): top-1 / top-5 on the test split every
     config.eval_every steps and at the last; a better top-1 than the best so far saves the
     state to the `best` manager (<workdir>/best). It takes the whole state (params and
@@ -339,7 +339,7 @@ def _run(config, workdir: str, mesh, explicit, preemption: PreemptionWatcher) ->
     writer = MetricsWriter(workdir)
     log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
         f"{optim.peak_learning_rate(config.optim, config.batch_size):.3g}; before: top1 {initial['top1']:.2f}")
-    evaluation = TestEvaluation(ft, best_mngr, best)
+    evaluation = FinetuneEvaluation(ft, best_mngr, best)
     meta = lambda step: {"step": step, "config": config.to_dict(), "initial": initial,  # noqa: E731
                          "best": evaluation.best, "data": batches.state()}
 
