@@ -271,7 +271,7 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
             x = jax.lax.stop_gradient(extractor.pooled(encoder, pixels)[extractor.pool])
             return update(state, x, labels)
 
-        batches, closers = ((encoder, *batch) for batch in pipeline), (pipeline.close,)
+        batches, closers = ((encoder, *next(pipeline)) for _ in range(total)), (pipeline.close,)
 
     ks = (1, 5) if with_top5(config.num_classes) else (1,)
 
