@@ -176,14 +176,18 @@ def write_atomically(path: str, payload: bytes | None = None, writer=None) -> No
 
 def check_finite(records: list[dict], mngr, what: str = "") -> None:
     """Stop before a non-finite state can be saved: every record (one per step since the
-    last check) has a finite loss and grad_norm, and finite parameters where the step reports
-    `finite_params`. On a failure the save in flight (of a checked state) completes first, so
-    that the error names the last good checkpoint, which is kept. `what` prefixes the message."""
+    last check) has a finite loss and grad_norm (where it reports one), and finite parameters
+    where the step reports `finite_params`. On a failure the save in flight (of a checked
+    state) completes first, so that the error names the last good checkpoint of `mngr`, which
+    is kept (None: a run that saves none). `what` prefixes the message."""
     for r in records:
-        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(r[k])]
+        bad = [k for k in ("loss", "grad_norm") if k in r and not np.isfinite(r[k])]
         bad += [] if r.get("finite_params", True) else ["parameters"]
         if not bad:
             continue
+        if mngr is None:
+            raise FloatingPointError(f"{what}non-finite {' and '.join(bad)} at step {r['step']}; this run saves no "
+                                     "checkpoint. Lower --config.optim.blr (or lr)")
         try:
             mngr.wait_until_finished()
         except Exception:  # a failed save is not what this error is about

@@ -1,46 +1,28 @@
-"""Training: the state, the jitted sharded step, and the loop (log, checkpoint)."""
+"""Pre-training: the state, the jitted sharded step, the teacher, the dry-run summary; the
+steps run in mdistill.loop, with the k-NN monitor and the reconstruction pictures."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import time
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, inputs, optim, sharding, visualize, weights
+from mdistill import checkpoint, data, inputs, loop, optim, sharding, visualize, weights
+from mdistill.loop import Monitor, Plan, TrainState
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
 from mdistill.validation import BEST_METRIC_FORM, ConfigError
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-
-
 def plan_steps(config) -> Plan:
-    """Steps from epochs (or explicit step counts where set, >= 0)."""
-    per_epoch = max(data.dataset_size(config) // data.records_per_step(config), 1)
-    total = config.total_steps if config.total_steps >= 0 else round(config.num_epochs * per_epoch)
-    warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * per_epoch)
-    return Plan(per_epoch, int(total), int(min(warmup, total)))
+    """Steps from epochs over the dataset (or explicit step counts where set, >= 0)."""
+    return loop.plan_steps(config, data.dataset_size(config), data.records_per_step(config))
 
 
 def count_params(tree) -> int:
@@ -380,23 +362,6 @@ def ensure_writable(workdir: str) -> None:
     checkpoint.ensure_writable(checkpoint.checkpoint_dir(workdir), f"workdir {workdir!r}: folder")
 
 
-class Monitor(Protocol):
-    """An evaluation the loop runs on the live trained parameters between steps (e.g.
-    mdistill.evaluate.knn.KNNMonitor). The loop waits for the steps in flight before calling
-    it, logs its metrics with the step's, saves them with the checkpoint, and leaves its time
-    out of images_per_sec."""
-
-    def metric_names(self) -> set[str]:
-        """The metrics it returns when it runs (config.best_metric may name them)."""
-
-    def due(self, step: int, is_last: bool, saving: bool) -> bool:
-        """Whether it runs after `step` (`is_last`: the run's final step; `saving`: a
-        checkpoint is written at this step)."""
-
-    def __call__(self, step: int, params) -> dict[str, float]:
-        """Its metrics for the trained parameters `params` (the whole trained tree)."""
-
-
 def check_best_metric(config, trainer: Trainer, monitors: Sequence[Monitor]) -> None:
     """config.best_metric must name a metric every checkpoint is saved with: the step's, and
     the monitors'."""
@@ -411,18 +376,6 @@ def check_best_metric(config, trainer: Trainer, monitors: Sequence[Monitor]) -> 
                           f"its checkpoints; expected one of {sorted(logged)}, as {BEST_METRIC_FORM}")
 
 
-def run_monitors(monitors: Sequence[Monitor], step: int, params, is_last: bool, saving: bool) -> tuple[dict, float]:
-    """The metrics of the monitors due at `step`, and the seconds they took."""
-    due = [m for m in monitors if m.due(step, is_last, saving)]
-    if not due:
-        return {}, 0.0
-    jax.block_until_ready(params)  # the steps in flight finish first: the time is the monitors' own
-    t0, out = time.time(), {}
-    for monitor in due:
-        out.update(monitor(step, params))
-    return out, time.time() - t0
-
-
 def resume_or_init(trainer: Trainer, mngr, teacher: dict | None = None) -> tuple[TrainState, dict | None]:
     """The latest readable checkpoint's state and its input-pipeline state, or a fresh state
     and None. Refuses (moving nothing) a checkpoint whose config differs in anything that
@@ -430,19 +383,18 @@ def resume_or_init(trainer: Trainer, mngr, teacher: dict | None = None) -> tuple
     `teacher` (checkpoint.teacher_record; unless config.teacher.allow_change), or that does
     not fit the model. One that fails its checksums is set aside for the previous one."""
     abstract = trainer.abstract_state()
-    allow = bool(trainer.config.teacher.get("allow_change", False))
-    restored = checkpoint.restore_latest_good(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict(),
-                                              teacher=teacher, allow_teacher_change=allow)
+    restored = loop.restore(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict(), teacher=teacher,
+                            allow_teacher_change=bool(trainer.config.teacher.get("allow_change", False)))
     if restored is None:
         return trainer.init_state(), None
     params, opt_state, meta = restored
-    log(f"resumed from {mngr.directory}/{meta['step']}")
     return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state), meta.get("data")
 
 
 def train(config, workdir: str, mesh=None, monitors: Sequence[Monitor] = ()) -> dict:
     """Run (or resume) training; returns the last logged metrics. `monitors` run between
-    steps when due (mdistill.main builds them from the config: mdistill.evaluate.knn.monitors)."""
+    steps when due (mdistill.main builds them from the config: mdistill.evaluate.knn.monitors);
+    the reconstruction pictures (config.visualize_every) are added here."""
     preemption = PreemptionWatcher()  # first: a SIGTERM during set-up ends the run before its first step
     try:
         ensure_writable(workdir)
@@ -479,89 +431,19 @@ def _train(config, workdir: str, mesh, preemption: PreemptionWatcher, monitors: 
     state, data_state = resume_or_init(trainer, mngr, teacher)
     checkpoint.write_config(workdir, config)  # <workdir>/config.json: the resolved config, readable
     start = int(state.step)
-    if preemption.requested:
-        log("SIGTERM before the first step: nothing to save, stopping; rerun the same command to resume")
-        return {}
     # grain workers start decoding now, while the step compiles
     batches = data.Pipeline.from_config(config, trainer.batch_sharding, start, plan.total_steps, data_state).start()
     writer = MetricsWriter(workdir)
-    # samples spread over the data and its classes; clips are drawn as strips of frames
-    pictures = (visualize.ReconstructionWriter(trainer, workdir, visualize.samples(config),
-                                               tensorboard=writer.tensorboard)
-                if config.visualize_every else None)
+    if config.visualize_every:  # samples spread over the data and its classes; clips are drawn as strips of frames
+        monitors += (visualize.ReconstructionWriter(trainer, workdir, visualize.samples(config),
+                                                    every=config.visualize_every, tensorboard=writer.tensorboard),)
     log(f"{config.method}: {count_params(state.params)} trainable params, {plan.total_steps} steps "
         f"({plan.steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.size} device(s)")
-
-    pending, window, last = [], [], {}
-    t_log, step_log = time.time(), start
-    error = None
-    try:
-        for step in range(start, plan.total_steps):
-            state, metrics = trainer.step_fn(state, teacher_params, next(batches))
-            pending.append((step + 1, metrics))  # stays on device until needed
-            done = step + 1
-            is_last = done == plan.total_steps
-            stop = preemption.should_stop(done)
-            log_now = done % config.log_every == 0 or is_last
-            save_now = done % config.checkpoint_every == 0 or is_last or stop
-            monitored, seconds = run_monitors(monitors, done, state.params, is_last, save_now)  # {} unless due
-            log_now, t_log = log_now or bool(monitored), t_log + seconds
-            draw_now = pictures is not None and (done % config.visualize_every == 0 or is_last)
-            if not (log_now or save_now or draw_now):
-                continue
-            fetched = [dict(jax.device_get(m), step=s) for s, m in pending]
-            pending = []
-            checkpoint.check_finite(fetched, mngr)
-            window += fetched
-            if log_now:
-                last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                now = time.time()
-                ips = (done - step_log) * config.batch_size / max(now - t_log, 1e-9)
-                last.update(step=done, images_per_sec=ips, **monitored)
-                writer.write(done, last)
-                log(format_line(done, plan.total_steps, last, (plan.total_steps - done) * config.batch_size / ips))
-                window, t_log, step_log = [], now, done
-            if save_now:
-                checkpoint.save(mngr, done, state.params, state.opt_state,
-                                {"step": done, "config": config.to_dict(), "data": batches.state(),
-                                 **({"teacher": teacher} if teacher else {})},
-                                metrics={**{k: float(v) for k, v in fetched[-1].items()}, **monitored})
-            if draw_now:
-                pictures(done, state.params)
-            if stop and not is_last:
-                log(f"SIGTERM: saved step {done}, stopping; rerun the same command to resume")
-                break
-        checkpoint.wait(mngr)  # the last save completes (or fails, named) before we return
-    except BaseException as e:
-        error = e
-        try:  # let the last good save complete, without hiding the error that stopped us
-            mngr.wait_until_finished()
-        except Exception:
-            pass
-        raise
-    finally:
-        close_all((writer.close, batches.close), error)
-    return last
-
-
-def close_all(closers, error: BaseException | None) -> None:
-    """Run every closer. When `error` stops the run, a closer's failure (often of the same
-    cause: a full disk) is logged, never raised over it: the first error wins. Otherwise the
-    first failure is raised once all have run."""
-    first = None
-    for close in closers:
-        try:
-            close()
-        except Exception as e:
-            if error is None and first is None:
-                first = e
-            else:
-                log(f"WARNING: {getattr(close, '__qualname__', close)} failed too ({type(e).__name__}: {e})")
-    if first is not None:
-        raise first
-
-
-def format_line(step: int, total: int, m: dict, eta: float) -> str:
-    losses = " ".join(f"{k} {v:.4f}" for k, v in m.items() if k.endswith("loss"))
-    return (f"step {step}/{total} | {losses} | lr {m['lr']:.2e} | {m['images_per_sec']:.0f} img/s | "
-            f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    meta = lambda step: {"step": step, "config": config.to_dict(), "data": batches.state(),  # noqa: E731
+                         **({"teacher": teacher} if teacher else {})}
+    result = loop.run(lambda s, images: trainer.step_fn(s, teacher_params, images), state, batches, mesh=mesh,
+                      start=start, total=plan.total_steps, batch_size=config.batch_size, log_every=config.log_every,
+                      writer=writer, monitors=monitors, preemption=preemption,
+                      checkpoints=loop.Checkpoints(mngr, config.checkpoint_every, meta, ranked=True),
+                      closers=(writer.close, batches.close))
+    return result.last

@@ -14,10 +14,11 @@ put back the original patch's statistics, as the MAE demos do (so the pictures s
 predicted structure, not the predicted brightness).
 
 ReconstructionWriter writes the grid to <workdir>/visualizations/recon_<step>.png and to
-TensorBoard; the training loop calls it every config.visualize_every steps and at the last
-step, on a fixed set of training samples spread over the dataset and its classes
-(sample_indices), with a fixed mask, so the pictures compare across steps. It draws from its
-own rng and only reads the parameters: training is the same with or without it.
+TensorBoard; it is one of pre-training's monitors (mdistill.loop), run every
+config.visualize_every steps and at the last step, on a fixed set of training samples
+spread over the dataset and its classes (sample_indices), with a fixed mask, so the
+pictures compare across steps. It draws from its own rng and only reads the parameters:
+training is the same with or without it.
 """
 
 from __future__ import annotations
@@ -277,11 +278,14 @@ def save_png(path: str, picture: np.ndarray) -> None:
 
 
 class ReconstructionWriter:
-    """Every config.visualize_every steps: a reconstruction grid of a fixed set of samples
-    (`images`, e.g. samples(config)) with a fixed mask rng, so pictures compare across steps."""
+    """A monitor of pre-training (mdistill.loop.Monitor): every `every` steps
+    (config.visualize_every) and at the last, a reconstruction grid of a fixed set of samples
+    (`images`, e.g. samples(config)) with a fixed mask rng, so pictures compare across steps.
+    It returns no metrics."""
 
-    def __init__(self, trainer, workdir: str, images: np.ndarray, rows: int | None = None, tensorboard=None):
-        self.objective = trainer.objective
+    def __init__(self, trainer, workdir: str, images: np.ndarray, rows: int | None = None, tensorboard=None,
+                 every: int = 0):
+        self.objective, self.every = trainer.objective, every
         images = np.asarray(images[:rows] if rows else images)
         self.rng = jax.random.PRNGKey(trainer.config.seed + 7)
         self.dir = paths.join(workdir, "visualizations")
@@ -293,7 +297,21 @@ class ReconstructionWriter:
         self._predict = jax.jit(lambda params, images: predict(self.objective, params, images, self.rng),
                                 out_shardings=replicated)
 
+    def metric_names(self) -> set[str]:
+        return set()
+
+    def due(self, step: int, is_last: bool = False, saving: bool = False) -> bool:
+        return bool(self.every) and (step % self.every == 0 or is_last)
+
+    def maybe_run(self, step: int, params, is_last: bool = False, saving: bool = False) -> dict:
+        """Draws the grid when due at `step` (see due); no metrics."""
+        if self.due(step, is_last, saving):
+            self(step, params)
+        return {}
+
     def __call__(self, step: int, params) -> str | None:
+        """Draws the grid of the trained parameters `params` at `step` -> the PNG's path (None
+        on processes other than 0, or without samples)."""
         if self.images is None:  # no sample could be read
             return None
         parts = self._predict(params, self.images)

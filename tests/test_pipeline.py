@@ -374,10 +374,7 @@ def test_the_probe_can_train_on_augmented_images(image_folder, tmp_path, monkeyp
         def __init__(self, pipeline):
             self.pipeline = pipeline
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
+        def close(self):
             self.pipeline.close()
 
         def __next__(self):

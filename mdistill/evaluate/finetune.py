@@ -3,9 +3,12 @@ a classifier on the global average of its patch tokens (fc_norm, then a linear h
 the cls token after the final norm), layer-wise lr decay, drop path, RandAugment, random
 erasing, mixup / cutmix with label smoothing, AdamW with warm-up and cosine decay.
 
-Top-1 / top-5 on the test split every `eval_every` steps and at the end, in metrics.jsonl;
-the last checkpoint in <workdir>/checkpoints (rerunning the command resumes from it), the
-best by top-1 in <workdir>/best; <workdir>/finetune.json and a table at the end.
+The steps run in mdistill.loop, on the mesh of config.mesh with pre-training's partition
+rules (config.mesh.fsdp > 1 splits the parameters and the optimizer state). Top-1 / top-5 on
+the test split every `eval_every` steps and at the end (FinetuneEvaluation, a monitor of the
+loop), in metrics.jsonl; the last checkpoint in <workdir>/checkpoints (rerunning the
+command resumes from it; a SIGTERM saves and stops), the best by top-1 in <workdir>/best;
+<workdir>/finetune.json and a table at the end.
 
 The training images come through the pre-training input pipeline (data.Pipeline: grain
 workers, per-host shards, batch `step` a pure function of (seed, step), its state in every
@@ -32,16 +35,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, inputs, optim, resolve, sharding
+from mdistill import checkpoint, data, inputs, loop, optim, resolve, sharding
 from mdistill.evaluate import augment
 from mdistill.evaluate.common import (Split, count_classes, data_record, hold_workdir, labelled_source, load_encoder,
                                       ordered_batches, subset, to_host, topk_correct, validate_downstream, with_top5,
                                       write_results)
 from mdistill.evaluate.randaugment import rand_augment
+from mdistill.loop import TrainState
 from mdistill.metrics import MetricsWriter, log
 from mdistill.models.vit import Encoder, ViTSpec
 from mdistill.objectives.common import normalize_images
 from mdistill.objectives.mae import DTYPES
+from mdistill.preemption import PreemptionWatcher
 
 
 def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -113,7 +118,9 @@ def layer_decay_multipliers(params, depth: int, decay: float):
 
 
 class FineTuner:
-    """The classifier, its optimizer and the compiled train and eval steps for one config."""
+    """The classifier, its optimizer and the compiled train and eval steps for one config on
+    one mesh: the state (TrainState) is placed by the partition rules of mdistill.sharding,
+    the batches split over the whole mesh."""
 
     def __init__(self, config, mesh, explicit: frozenset = frozenset()):
         # the model and data of config.pretrained's run, the class count of the data (mdistill.resolve)
@@ -140,18 +147,18 @@ class FineTuner:
                              f"(config.batch_size={config.batch_size})")
         test = labelled_source(config, config.eval.test_split)
         self.test_split = Split(test, subset(len(test), config.test_examples))
-        self.per_epoch = len(self.train_split) // records
-        self.total_steps = (config.total_steps if config.total_steps >= 0
-                            else round(config.num_epochs * self.per_epoch))
-        warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * self.per_epoch)
-        self.lr = optim.schedule(config.optim, config.batch_size, self.total_steps, min(warmup, self.total_steps))
+        self.plan = loop.plan_steps(config, len(self.train_split), records)
+        self.per_epoch, self.total_steps = self.plan.steps_per_epoch, self.plan.total_steps
+        self.lr = optim.schedule(config.optim, config.batch_size, self.total_steps, self.plan.warmup_steps)
         self.rng = jax.random.PRNGKey(config.seed)
         self.abstract_params = jax.eval_shape(self._init, self.rng)
         self.tx = self._optimizer(self.abstract_params)
+        self.state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(self._init_state, self.rng))
         rep, batch = self.replicated, self.batch_sharding
-        self.step_fn = jax.jit(self._train_step, in_shardings=(rep, rep, rep, batch, batch),
-                               out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
-        self.eval_fn = jax.jit(self._eval_counts, in_shardings=(rep, batch, batch), out_shardings=rep)
+        self.step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, batch, batch),
+                               out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+        self.eval_fn = jax.jit(self._eval_counts, in_shardings=(self.state_sharding.params, batch, batch),
+                               out_shardings=rep)
 
     def batches(self, start: int = 0, state: dict | None = None) -> data.Pipeline:
         """(images, labels) of training step `start` on, as pre-training reads its batches
@@ -163,22 +170,35 @@ class FineTuner:
         c = self.config
         return self.model.init(rng, jnp.zeros((1, *inputs.sample_shape(c))))["params"]
 
+    def _init_state(self, rng):
+        params = self._init(rng)
+        return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+
     def init_params(self):
-        """A fresh head on the pre-trained encoder (checked against the config first)."""
+        """A fresh head on the pre-trained encoder (checked against the config first), placed
+        by the partition rules."""
         c = self.config
         if c.pretrained:
             enc, _ = load_encoder(c.pretrained, self.mesh, c.student.variant, c.image_size, c.data.channels)
         else:
             log("WARNING: config.pretrained is empty: fine-tuning from random initialisation (smoke only)")
-        params = jax.jit(self._init, out_shardings=self.replicated)(self.rng)
+        params = jax.jit(self._init, out_shardings=self.state_sharding.params)(self.rng)
         if c.pretrained:  # with global pooling the pre-trained final norm is dropped (fc_norm replaces it)
-            params = dict(params, encoder={k: enc[k] for k in params["encoder"]})
+            encoder = {k: enc[k] for k in params["encoder"]}
+            params = dict(params, encoder=jax.device_put(encoder, self.state_sharding.params["encoder"]))
         return params
 
-    def abstract_state(self):
-        place = lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated)  # noqa: E731
-        opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
-        return jax.tree.map(place, self.abstract_params), jax.tree.map(place, opt_state)
+    def init_state(self) -> TrainState:
+        """Step 0: init_params and the optimizer state of those parameters."""
+        params = self.init_params()
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
+        return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.state_sharding.step), params, opt_state)
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes, placed as the step takes them (what a checkpoint restores into)."""
+        shapes = jax.eval_shape(self._init_state, self.rng)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                            self.state_sharding)
 
     def _optimizer(self, params):
         c = self.config
@@ -191,8 +211,9 @@ class FineTuner:
                   optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, mults))]
         return optax.chain(*parts)
 
-    def _train_step(self, params, opt_state, step, images, labels):
+    def _train_step(self, state: TrainState, images, labels):
         c, ft = self.config, self.config.finetune
+        params, opt_state, step = state.params, state.opt_state, state.step
         k_flip, k_ra, k_erase, k_mix, k_drop = jax.random.split(jax.random.fold_in(self.rng, step), 5)
         x = images.astype(jnp.float32)  # [0, 255]
         if ft.flip:
@@ -217,7 +238,7 @@ class FineTuner:
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
         metrics = {"loss": loss, "lr": self.lr(step), "grad_norm": optax.tree.norm(grads), "bad_labels": bad,
                    "finite_params": finite}
-        return params, opt_state, metrics
+        return TrainState(step + 1, params, opt_state), metrics
 
     def _eval_counts(self, params, images, labels):
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
@@ -248,89 +269,98 @@ class FineTuner:
         return {f"top{k}": v for k, v in zip(self.topk, (100.0 * to_host(counts) / len(self.test_split)).tolist())}
 
 
+class FinetuneEvaluation:
+    """Fine-tuning's monitor (mdistill.loop.Monitor): top-1 / top-5 on the test split every
+    config.eval_every steps and at the last; a better top-1 than the best so far saves the
+    state to the `best` manager (<workdir>/best). It takes the whole state (params and
+    optimizer state, as every checkpoint holds them)."""
+
+    def __init__(self, ft: FineTuner, best_mngr, best: dict):
+        self.ft, self.mngr, self.best, self.last = ft, best_mngr, best, {}
+
+    def metric_names(self) -> set[str]:
+        return {f"top{k}" for k in self.ft.topk}
+
+    def due(self, step: int, is_last: bool = False, saving: bool = False) -> bool:
+        return step % self.ft.config.eval_every == 0 or is_last
+
+    def maybe_run(self, step: int, state: TrainState, is_last: bool = False, saving: bool = False) -> dict:
+        if not self.due(step, is_last, saving):
+            return {}
+        self.last = self.run(state.params)
+        if self.last["top1"] > self.best["top1"]:
+            self.best = dict(self.last, step=step)
+            checkpoint.save(self.mngr, step, state.params, state.opt_state,
+                            {"step": step, "config": self.ft.config.to_dict(), **self.last})
+        return self.last
+
+    def run(self, params) -> dict:
+        return self.ft.evaluate(params)
+
+
+def log_line(step: int, total: int, m: dict, eta: float) -> str:
+    """Fine-tuning's console line: every logged metric, then the throughput."""
+    values = " | ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("step", "images_per_sec"))
+    return f"step {step}/{total} | {values} | {m['images_per_sec']:.0f} img/s"
+
+
 def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
-    """Fine-tune (or resume) and return the results written to <workdir>/finetune.json.
-    `explicit`: the fields set on the command line (see mdistill.resolve). The workdir is
-    checked writable and held for this run alone (the workdir lock, as pre-training)."""
-    with hold_workdir(workdir, "checkpoints", "best"):
-        return _run(config, workdir, mesh or sharding.make_mesh(), explicit)
+    """Fine-tune (or resume) and return the results written to <workdir>/finetune.json ({}
+    when a SIGTERM stopped it: rerunning resumes). `mesh`: default config.mesh's over all
+    devices. `explicit`: the fields set on the command line (see mdistill.resolve). The
+    workdir is checked writable and held for this run alone (the workdir lock, as
+    pre-training)."""
+    preemption = PreemptionWatcher()
+    try:
+        with hold_workdir(workdir, "checkpoints", "best"):
+            return _run(config, workdir, mesh or sharding.make_mesh(shape=config.mesh.to_dict()), explicit,
+                        preemption)
+    finally:
+        preemption.close()
 
 
-def _run(config, workdir: str, mesh, explicit) -> dict:
+def _run(config, workdir: str, mesh, explicit, preemption: PreemptionWatcher) -> dict:
     ft = FineTuner(config, mesh, explicit)
     last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
     best_mngr = checkpoint.manager(os.path.join(os.path.abspath(workdir), "best"), keep=1)
-    restored = checkpoint.restore_latest_good(last_mngr, *ft.abstract_state())
+    abstract = ft.abstract_state()
+    restored = loop.restore(last_mngr, abstract.params, abstract.opt_state, config.to_dict(), "finetune: ")
     if restored is None:
-        params = ft.init_params()
-        opt_state = jax.jit(ft.tx.init, out_shardings=ft.replicated)(params)
-        start, initial = 0, ft.evaluate(params)
-        best, data_state = {"top1": -1.0, "step": 0}, None
+        state = ft.init_state()
+        initial, best, data_state = ft.evaluate(state.params), {"top1": -1.0, "step": 0}, None
     else:
         params, opt_state, meta = restored
-        changes = checkpoint.config_changes(meta["config"], config.to_dict())
-        if changes:
-            raise checkpoint.CheckpointError(f"{last_mngr.directory} holds a fine-tuning run with another config; "
-                                             "use another --workdir, or undo:\n" + "\n".join(changes))
-        start, initial, best, data_state = meta["step"], meta["initial"], meta["best"], meta.get("data")
-        log(f"finetune: resumed from {last_mngr.directory}/{start}")
+        state = TrainState(jax.device_put(jnp.asarray(meta["step"], jnp.int32), ft.state_sharding.step), params,
+                           opt_state)
+        initial, best, data_state = meta["initial"], meta["best"], meta.get("data")
+    start = int(state.step)
     checkpoint.write_config(workdir, config)  # <workdir>/config.json, once the config is known to fit the run
     batches = ft.batches(start, data_state).start()
     writer = MetricsWriter(workdir)
     log(f"finetune: {ft.total_steps} steps ({ft.per_epoch}/epoch), batch {config.batch_size}, peak lr "
         f"{optim.peak_learning_rate(config.optim, config.batch_size):.3g}; before: top1 {initial['top1']:.2f}")
-    evals, pending, window, t0 = {}, [], [], time.time()
-    try:
-        for step in range(start, ft.total_steps):
-            images, labels = next(batches)
-            params, opt_state, metrics = ft.step_fn(params, opt_state, jnp.asarray(step, jnp.int32), images, labels)
-            done = step + 1
-            pending.append((done, metrics))  # stays on device until a log, an evaluation or a save needs it
-            is_last = done == ft.total_steps
-            eval_now = done % config.eval_every == 0 or is_last
-            log_now = done % config.log_every == 0 or eval_now
-            save_now = done % config.checkpoint_every == 0 or is_last
-            if not (log_now or save_now):
-                continue
-            fetched = [dict({k: float(to_host(v)) for k, v in m.items()}, step=s) for s, m in pending]
-            pending = []
-            bad = sum(m["bad_labels"] for m in fetched)
-            if bad:
-                raise ValueError(f"{int(bad)} training labels outside [0, config.num_classes={config.num_classes}) "
-                                 f"by step {done}")
-            checkpoint.check_finite(fetched, last_mngr, "finetune: ")  # before every save, not only when logging
-            window += [{k: v for k, v in m.items() if k not in ("bad_labels", "finite_params", "step")}
-                       for m in fetched]
-            if log_now:
-                line = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                window = []
-                if eval_now:
-                    evals = ft.evaluate(params)
-                    line.update(evals)
-                    if evals["top1"] > best["top1"]:
-                        best = dict(evals, step=done)
-                        checkpoint.save(best_mngr, done, params, opt_state,
-                                        {"step": done, "config": config.to_dict(), **evals})
-                writer.write(done, line)
-                log(f"step {done}/{ft.total_steps} | " + " | ".join(f"{k} {v:.4g}" for k, v in line.items()))
-            if save_now:
-                meta = {"step": done, "config": config.to_dict(), "initial": initial, "best": best,
-                        "data": batches.state()}
-                checkpoint.save(last_mngr, done, params, opt_state, meta)
-        checkpoint.wait(last_mngr)
-        checkpoint.wait(best_mngr)
-    except BaseException:
-        for mngr in (last_mngr, best_mngr):  # the good saves in flight complete, under the error that stopped us
-            try:
-                mngr.wait_until_finished()
-            except Exception:
-                pass
-        raise
-    finally:
-        batches.close()
-        writer.close()
-    if not evals:  # resumed a finished run
-        evals = ft.evaluate(params)
+    evaluation = FinetuneEvaluation(ft, best_mngr, best)
+    meta = lambda step: {"step": step, "config": config.to_dict(), "initial": initial,  # noqa: E731
+                         "best": evaluation.best, "data": batches.state()}
+
+    def check_labels(records):  # labels outside [0, num_classes) would be silently wrong targets
+        bad = sum(int(r["bad_labels"]) for r in records)
+        if bad:
+            raise ValueError(f"{bad} training labels outside [0, config.num_classes={config.num_classes}) "
+                             f"by step {records[-1]['step']}")
+
+    t0 = time.time()
+    result = loop.run(lambda s, batch: ft.step_fn(s, *batch), state, batches, mesh=mesh, start=start,
+                      total=ft.total_steps, batch_size=config.batch_size, log_every=config.log_every,
+                      writer=writer, monitors=(evaluation,), monitor_input=lambda s: s,
+                      checkpoints=loop.Checkpoints(last_mngr, config.checkpoint_every, meta),
+                      preemption=preemption, what="finetune: ", line=log_line, check=check_labels,
+                      unlogged=("bad_labels",), mean_dtype=np.float64,  # means of floats, as it always logged
+                      closers=(batches.close, writer.close, lambda: checkpoint.wait(best_mngr)))
+    if result.stopped:
+        return {}
+    evals = evaluation.last or ft.evaluate(result.state.params)  # none: a finished run, resumed
+    best = evaluation.best
     results = {"top1": evals["top1"], **({"top5": evals["top5"]} if "top5" in evals else {}),
                "best_top1": best["top1"], "best_step": best["step"],
                "initial_top1": initial["top1"], "steps": ft.total_steps, "train_seconds": round(time.time() - t0, 1),
@@ -346,6 +376,12 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
+    from mdistill import distributed
+
+    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
+        distributed.maybe_initialize()
+    except RuntimeError as e:  # a cluster whose processes or devices do not add up
+        sys.exit(f"error: {e}")
     try:
         from mdistill.resolve import explicit_fields
 

@@ -16,7 +16,7 @@ field, e.g. the data or the k-NN settings in config.eval:
 writes <workdir>/knn.json and prints it as a table; --baselines adds raw pixels and a
 randomly initialised encoder of the same architecture, evaluated the same way. During pre-training, KNNMonitor runs
 it every config.eval.knn_every steps on the live student encoder: mdistill.main builds it
-(monitors()) and hands it to mdistill.train.train.
+(monitors()) and hands it to mdistill.train.train, whose loop (mdistill.loop) calls its maybe_run.
 """
 
 from __future__ import annotations

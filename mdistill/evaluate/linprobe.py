@@ -22,10 +22,11 @@ random encoder of the same architecture the same way and prints them beside the 
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, optim, resolve, sharding
+from mdistill import checkpoint, data, loop, optim, resolve, sharding
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
                                       data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
@@ -68,6 +69,15 @@ def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+@flax.struct.dataclass
+class ProbeState:
+    """What the probe trains: the head's parameters, its BatchNorm statistics, LARS's state."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
 class ProbeHead(nn.Module):
     num_classes: int
 
@@ -80,24 +90,27 @@ class ProbeHead(nn.Module):
 
 
 def frozen_encoder(config, mesh):
-    """Pretrained encoder params (checked against config.student.variant) or a random one."""
+    """Pretrained encoder params (checked against config.student.variant) or a random one,
+    placed by the partition rules of mdistill.sharding (split over 'fsdp' as pre-training's)."""
     if config.pretrained:
         params, _ = load_encoder(config.pretrained, mesh, config.student.variant, config.image_size,
                                  config.data.channels)
-        return params
-    log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
-    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed)
+    else:
+        log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
+        params = random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed)
+    return jax.device_put(params, sharding.tree_shardings(mesh, params))
 
 
 def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
     """Probe (and with config.knn, k-NN) the encoder of config.pretrained, and with
     config.baselines the raw pixels and a random encoder too (under 'baselines' in the
     results). The model and data are config.pretrained's run's, num_classes the data's
-    (mdistill.resolve; `explicit`: the fields set on the command line). Writes
-    <workdir>/linprobe.json; metrics.jsonl logs the encoder's probe. The workdir is checked
-    writable and held for this run alone (the workdir lock, as pre-training)."""
+    (mdistill.resolve; `explicit`: the fields set on the command line). `mesh`: default
+    config.mesh's over all devices. Writes <workdir>/linprobe.json; metrics.jsonl logs the
+    encoder's probe. The workdir is checked writable and held for this run alone (the
+    workdir lock, as pre-training)."""
     with hold_workdir(workdir):
-        return _run(config, workdir, mesh or sharding.make_mesh(), explicit)
+        return _run(config, workdir, mesh or sharding.make_mesh(shape=config.mesh.to_dict()), explicit)
 
 
 def _run(config, workdir: str, mesh, explicit) -> dict:
@@ -170,18 +183,46 @@ def probe_batches(config, split, batch_sharding, total_steps: int) -> data.Pipel
                                      transform=transforms.from_config(config, train=True), labels=True)
 
 
+class ProbeEvaluation:
+    """The probe's monitor (mdistill.loop.Monitor): top-1 / top-5 of the head on the test
+    features at every logged step (config.log_every and the last)."""
+
+    def __init__(self, evaluate, test_f, test_y, every: int, topk: tuple[int, ...]):
+        self.evaluate, self.test_f, self.test_y, self.every, self.topk = evaluate, test_f, test_y, every, topk
+
+    def metric_names(self) -> set[str]:
+        return {f"top{k}" for k in self.topk}
+
+    def due(self, step: int, is_last: bool = False, saving: bool = False) -> bool:
+        return step % self.every == 0 or is_last
+
+    def maybe_run(self, step: int, state: ProbeState, is_last: bool = False, saving: bool = False) -> dict:
+        if not self.due(step, is_last, saving):
+            return {}
+        return self.run(state)
+
+    def run(self, state: ProbeState) -> dict:
+        metrics = self.evaluate(state.params, state.batch_stats, self.test_f, self.test_y)
+        return {k: float(to_host(v)) for k, v in metrics.items()}
+
+
+def log_line(step: int, total: int, m: dict, eta: float) -> str:
+    top5 = f" | top5 {m['top5']:.2f}" if "top5" in m else ""
+    return f"step {step}/{total} | loss {m['loss']:.4f} | top1 {m['top1']:.2f}{top5}"
+
+
 def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None, images=None) -> dict:
-    """The probe head trained on precomputed features train_f; top-1/top-5 on the test
-    features. With images=(extractor, encoder params, train split), train_f is not used:
-    each step reads its batch through probe_batches (augmented as config.data.augment
-    says) and computes the features with the frozen encoder inside the step."""
+    """The probe head trained on precomputed features train_f, in mdistill.loop; top-1/top-5
+    on the test features. With images=(extractor, encoder params, train split), train_f is
+    not used: each step reads its batch through probe_batches (augmented as
+    config.data.augment says) and computes the features with the frozen encoder inside the
+    step. Nothing is checkpointed: a probe is rerun whole."""
     n, b = len(train_labels), config.batch_size
     if n < b:
         raise ValueError(f"{n} train examples, fewer than config.batch_size={b}")
-    per_epoch = n // b
-    total = config.total_steps if config.total_steps >= 0 else round(config.num_epochs * per_epoch)
-    warmup = config.warmup_steps if config.warmup_steps >= 0 else round(config.warmup_epochs * per_epoch)
-    lr = optim.schedule(config.optim, b, total, min(warmup, total))
+    plan = loop.plan_steps(config, n, b)
+    per_epoch, total = plan.steps_per_epoch, plan.total_steps
+    lr = optim.schedule(config.optim, b, total, plan.warmup_steps)
     kernels = lambda p: jax.tree_util.tree_map_with_path(lambda k, _: k[-1].key == "kernel", p)  # noqa: E731
     # MAE's LARS leaves biases (1-d parameters) out of weight decay and the trust ratio.
     tx = optax.lars(lr, weight_decay=config.optim.weight_decay, weight_decay_mask=kernels,
@@ -190,44 +231,47 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
     rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     width = test_f.shape[-1]
     variables = head.init(jax.random.PRNGKey(config.seed), jnp.zeros((2, width)), train=False)
-    params, stats = variables["params"], variables["batch_stats"]
-    params, stats, opt_state = jax.device_put((params, stats, tx.init(params)), rep)
+    state = ProbeState(variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    state_sharding = sharding.tree_shardings(mesh, state)  # pre-training's partition rules
+    state = jax.device_put(state, state_sharding)
 
-    def update(params, stats, opt_state, x, y):
+    def update(state, x, y):
         def loss_fn(p):
-            logits, new = head.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            logits, new = head.apply({"params": p, "batch_stats": state.batch_stats}, x, train=True,
+                                     mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return ProbeState(optax.apply_updates(state.params, updates), stats, opt_state), {"loss": loss}
 
     if images is None:
         train_y = jax.device_put(train_labels, rep)
 
         # Features enter as arguments, not closures: jit would embed closed-over arrays as constants.
-        @jax.jit(in_shardings=(rep, rep, rep, batch_sharding, rep, batch_sharding), out_shardings=rep)
-        def step(params, stats, opt_state, feats, labels, idx):
-            return update(params, stats, opt_state, feats[idx], labels[idx])
+        @jax.jit(in_shardings=(state_sharding, batch_sharding, rep, batch_sharding),
+                 out_shardings=(state_sharding, rep))
+        def step(state, feats, labels, idx):
+            return update(state, feats[idx], labels[idx])
 
-        def step_args(s):
-            epoch, offset = divmod(s, per_epoch)
-            idx = np.random.default_rng((config.seed, epoch)).permutation(n)[offset * b:(offset + 1) * b]
-            return train_f, train_y, jax.device_put(idx, batch_sharding)
+        def steps():  # the rows of step s: a per-epoch permutation
+            for s in range(total):
+                epoch, offset = divmod(s, per_epoch)
+                idx = np.random.default_rng((config.seed, epoch)).permutation(n)[offset * b:(offset + 1) * b]
+                yield train_f, train_y, jax.device_put(idx, batch_sharding)
 
-        batches = contextlib.nullcontext()
+        batches, closers = steps(), ()
     else:
         extractor, encoder, split = images
-        batches = probe_batches(config, split, batch_sharding, total)
+        pipeline = probe_batches(config, split, batch_sharding, total)
 
         # the frozen encoder (None: the pixel baseline) is an argument, as the features above
-        @jax.jit(out_shardings=rep)
-        def step(params, stats, opt_state, encoder, pixels, labels):
+        @jax.jit(out_shardings=(state_sharding, rep))
+        def step(state, encoder, pixels, labels):
             x = jax.lax.stop_gradient(extractor.pooled(encoder, pixels)[extractor.pool])
-            return update(params, stats, opt_state, x, labels)
+            return update(state, x, labels)
 
-        def step_args(s):
-            return (encoder, *next(batches))
+        batches, closers = ((encoder, *next(pipeline)) for _ in range(total)), (pipeline.close,)
 
     ks = (1, 5) if with_top5(config.num_classes) else (1,)
 
@@ -240,25 +284,15 @@ def train_probe(config, mesh, train_f, train_labels, test_f, test_y, writer=None
     log(f"linprobe: {total} steps ({per_epoch}/epoch), batch {b}, "
         f"peak lr {optim.peak_learning_rate(config.optim, b):.3g}"
         + (f", training images augmented ({config.data.augment}) and encoded in each step" if images else ""))
-    losses, metrics, t0 = [], {}, time.time()
-    with batches:
-        for s in range(total):
-            params, stats, opt_state, loss = step(params, stats, opt_state, *step_args(s))
-            losses.append(loss)
-            if (s + 1) % config.log_every == 0 or s + 1 == total:
-                metrics = {k: float(to_host(v)) for k, v in evaluate(params, stats, test_f, test_y).items()}
-                metrics.update(loss=float(np.mean([to_host(x) for x in losses])), lr=float(lr(s)),
-                               epoch=(s + 1) / per_epoch)
-                if not np.isfinite(metrics["loss"]):  # nothing non-finite is logged or saved
-                    raise FloatingPointError(f"linprobe: non-finite loss by step {s + 1} ({metrics['loss']}); "
-                                             "nothing was saved. Lower --config.optim.blr (or lr)")
-                if writer:
-                    writer.write(s + 1, metrics)
-                top5 = f" | top5 {metrics['top5']:.2f}" if "top5" in metrics else ""
-                log(f"step {s + 1}/{total} | loss {metrics['loss']:.4f} | top1 {metrics['top1']:.2f}{top5}")
-                losses = []
-    if writer:
-        writer.close()
+    t0 = time.time()
+    # the logged lr is the last step's, the epoch where it ends
+    extra = lambda done: {"lr": float(lr(done - 1)), "epoch": done / per_epoch}  # noqa: E731
+    result = loop.run(lambda state, batch: step(state, *batch), state, batches, mesh=mesh, start=0, total=total,
+                      batch_size=b, log_every=config.log_every, writer=writer,
+                      monitors=(ProbeEvaluation(evaluate, test_f, test_y, config.log_every, ks),),
+                      monitor_input=lambda s: s, what="linprobe: ", line=log_line, extra=extra,
+                      closers=closers + ((writer.close,) if writer else ()))
+    metrics = result.last
     return {"top1": metrics["top1"], **({"top5": metrics["top5"]} if "top5" in metrics else {}),
             "train_loss": metrics["loss"],
             "epochs": float(config.num_epochs), "steps": total, "train_seconds": round(time.time() - t0, 1)}
@@ -271,6 +305,12 @@ def main(argv):
     from mdistill.checkpoint import CheckpointError
 
     logging.set_verbosity(logging.WARNING)
+    from mdistill import distributed
+
+    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
+        distributed.maybe_initialize()
+    except RuntimeError as e:  # a cluster whose processes or devices do not add up
+        sys.exit(f"error: {e}")
     try:
         from mdistill.resolve import explicit_fields
 
