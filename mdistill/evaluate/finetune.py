@@ -24,7 +24,6 @@ random erasing and mixup / cutmix (augment.py).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 
 from mdistill import checkpoint, data, inputs, loop, optim, resolve, sharding
+from mdistill import workdir as paths
 from mdistill.evaluate import augment
 from mdistill.evaluate.common import (Split, count_classes, data_record, hold_workdir, labelled_source, load_encoder,
                                       ordered_batches, subset, to_host, topk_correct, validate_downstream, with_top5,
@@ -322,7 +322,7 @@ def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> d
 def _run(config, workdir: str, mesh, explicit, preemption: PreemptionWatcher) -> dict:
     ft = FineTuner(config, mesh, explicit)
     last_mngr = checkpoint.manager(checkpoint.checkpoint_dir(workdir), keep=1)
-    best_mngr = checkpoint.manager(os.path.join(os.path.abspath(workdir), "best"), keep=1)
+    best_mngr = checkpoint.manager(paths.join(paths.resolve(workdir), "best"), keep=1)
     abstract = ft.abstract_state()
     restored = loop.restore(last_mngr, abstract.params, abstract.opt_state, config.to_dict(), "finetune: ")
     if restored is None:
