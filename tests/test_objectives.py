@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
-from mdistill import data, objectives, sharding, train, validation
-from mdistill.checks import require
-from mdistill.config_base import apply_smoke, base_config
+from mdistill import data, objectives, sharding, train
+from mdistill.config import validation
+from mdistill.config.errors import require
+from mdistill.config import apply_smoke, base_config
 from mdistill.objectives.common import feature_loss
 from mdistill.objectives.distill import DistillObjective
 

@@ -21,9 +21,9 @@ from test_fault_tolerance import ROOT, command, env, run, steps
 
 from mdistill import checkpoint, sharding
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.train import train
-from mdistill.validation import ConfigError
+from mdistill.config.validation import ConfigError
 
 
 def start(workdir, *extra):

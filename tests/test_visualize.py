@@ -16,7 +16,7 @@ from PIL import Image
 
 from configs import amd_video, amd_vitb, mae_vitb
 from mdistill import sharding, visualize
-from mdistill.config_base import apply_smoke
+from mdistill.config import apply_smoke
 from mdistill.models.mae import patchify
 from mdistill.objectives import build_objective
 from mdistill.train import Trainer

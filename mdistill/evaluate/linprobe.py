@@ -40,7 +40,7 @@ from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseli
                                       topk_correct, validate_downstream, with_top5, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
-from mdistill.validation import ConfigError
+from mdistill.config.validation import ConfigError
 
 
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
