@@ -13,8 +13,7 @@ import ml_collections
 import pytest
 
 from mdistill import checkpoint
-from mdistill.config import FIELDS, ConfigError, base_config, meaning, upgrade
-from mdistill.config import schema
+from mdistill.config import FIELDS, ConfigError, base_config, meaning, schema, upgrade
 from mdistill.config import saved as saved_module
 from mdistill.config.validation import validate
 

@@ -11,9 +11,8 @@ import pytest
 
 from benchmarks import flops
 from mdistill import data, objectives, sharding, train
-from mdistill.config import validation
+from mdistill.config import apply_smoke, base_config, validation
 from mdistill.config.errors import require
-from mdistill.config import apply_smoke, base_config
 from mdistill.objectives.common import feature_loss
 from mdistill.objectives.distill import DistillObjective
 

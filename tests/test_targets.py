@@ -4,8 +4,7 @@ features (MaskDistill's), against direct numpy computations."""
 import numpy as np
 import pytest
 
-from mdistill.config import validation
-from mdistill.config import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config, validation
 from mdistill.objectives.common import feature_loss, normalize_targets
 
 
