@@ -45,20 +45,15 @@ from mdistill.objectives.mae import DTYPES
 
 
 def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """MAE's ViT-B fine-tuning recipe on top of base_config()."""
-    c.pretrained = ""        # mdistill workdir / checkpoint / converted release; empty = from scratch
-    c.num_classes = 0        # 0: the data's class count; set, it must agree with the data
+    """MAE's ViT-B fine-tuning recipe on top of base_config() (config.pretrained, num_classes,
+    train_examples, test_examples, eval_every and config.finetune: mdistill/config/schema.py)."""
     c.batch_size = 1024
     c.num_epochs, c.warmup_epochs = 100.0, 5.0
     c.optim.update(blr=5e-4, lr=-1.0, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=0.0)
-    # config.finetune's defaults (mdistill/config/schema.py) are MAE's recipe
     c.eval.update(pool="avg", batch_size=256)  # avg: global pool + fc_norm (MAE); cls: cls token
     # on the host, in the input pipeline: RandomResizedCrop of 8-100% of the area (MAE's
     # fine-tuning; its pre-training uses 20-100%), bicubic, + flip
     c.data.update(augment="mae", crop_scale=(0.08, 1.0))
-    c.train_examples = -1    # -1: the whole split
-    c.test_examples = -1
-    c.eval_every = 1000      # steps; also at the end
     c.log_every = 50
     c.checkpoint_every = 1000
     return c
