@@ -186,7 +186,7 @@ def test_upgrade_takes_a_config_dict_too_and_returns_a_copy():
 
 # ---- no .get default on a config outside mdistill/config --------------------------------------
 CONFIG_NAMES = {"config", "c", "cfg", "run"}  # names that hold a config in this code base
-SECTIONS = {f.name.split(".")[0] for f in FIELDS if "." in f.name} | {"distill", "amd"}
+SECTIONS = {f.name.split(".")[0] for f in FIELDS if "." in f.name} | schema.section_keys()
 
 
 def _rooted_in_config(node, aliases: set[str]) -> bool:
