@@ -42,7 +42,8 @@ from absl import app, flags
 
 from benchmarks import ROOT
 from benchmarks import flops as flops_model
-from mdistill import sharding, train, validation
+from mdistill import sharding, train
+from mdistill.config import validation
 from mdistill.metrics import log
 from mdistill.objectives import OBJECTIVES
 

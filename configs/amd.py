@@ -20,7 +20,7 @@ The paper does not publish its ImageNet pre-training settings, so:
 configs/amd_vitb.py and configs/amd_vits.py are the two variants under their own names.
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 from mdistill.models.vit import ViTSpec
 
 

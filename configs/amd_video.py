@@ -26,7 +26,7 @@ configs/amd_video_vitb.py and configs/amd_video_vits.py are the two students und
 names; `:smoke` trains on synthetic 4-frame clips.
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 from mdistill.models.vit import ViTSpec
 
 DATASETS = {  # name -> (sampling rate, published training-set size used to plan the epochs)

@@ -23,7 +23,7 @@ distilling a fine-tuned ViT-L.
       --config.teacher.checkpoint=vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 from mdistill.models.vit import ViTSpec
 
 TARGETS = ("dmae", "last")

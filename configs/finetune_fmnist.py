@@ -19,7 +19,7 @@ student of 400 steps (seed 0), evaluated every 2 epochs, reached 74.7% at epoch 
 10% of the labels because the full 60k would take hours per run on 2 CPU cores.
 """
 
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 from mdistill.evaluate.finetune import finetune_config
 
 

@@ -12,7 +12,7 @@ mdistill/evaluate/finetune.py.
       --config.pretrained=runs/dmae_vitb --workdir=runs/dmae_vitb/finetune
 """
 
-from mdistill.config_base import base_config
+from mdistill.config import base_config
 from mdistill.evaluate.finetune import finetune_config
 
 

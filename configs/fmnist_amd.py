@@ -10,7 +10,7 @@ rest as configs/fmnist_dmae.py. A few minutes on 2 CPU cores.
       --config.teacher.checkpoint=runs/fmnist_teacher
 """
 
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 
 
 def get_config(arg=None):

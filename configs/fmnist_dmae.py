@@ -16,7 +16,7 @@ distillation settings are then unused).
       --config.teacher.checkpoint=runs/fmnist_teacher
 """
 
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ demo.sh trains it for 800 steps only, to fit its 20-minute budget.
   python -m mdistill.main --config=configs/fmnist_mae_teacher.py --workdir=runs/fmnist_teacher
 """
 
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 
 
 def get_config(arg=None):

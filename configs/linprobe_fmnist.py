@@ -13,7 +13,7 @@ still underfit at 50.1% top-1 (train loss 1.39); with lr 6.4, 71.2% (loss 0.81).
       --config.pretrained=runs/demo/student_dmae --workdir=runs/demo/student_dmae/linprobe
 """
 
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 from mdistill.evaluate.linprobe import linprobe_config
 
 

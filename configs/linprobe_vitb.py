@@ -17,7 +17,7 @@ slightly off the paper's.
       --config.pretrained=runs/dmae_vitb --workdir=runs/dmae_vitb/linprobe
 """
 
-from mdistill.config_base import base_config
+from mdistill.config import base_config
 from mdistill.evaluate.linprobe import linprobe_config
 
 

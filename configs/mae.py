@@ -9,7 +9,7 @@ epochs).
 configs/mae_vitb.py and configs/mae_vitl.py are the two variants under their own names.
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ on 64 GPUs (2048 clips), 40 warm-up epochs, 800 epochs (the release also runs 16
 """
 
 from configs.amd_video import video_config
-from mdistill.config_base import apply_smoke, parse_arg
+from mdistill.config import apply_smoke, parse_arg
 
 
 def get_config(arg=None):

@@ -23,7 +23,7 @@ masks as VideoMAE: the student sees 6 of a frame's 64 patches (mask 0.9), AMD's 
       --config.teacher.checkpoint=runs/mf_teacher
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 
 ROLES = ("teacher", "student")
 

@@ -32,7 +32,7 @@ the release's main_finetune.py does (vit_base_patch16).
       --config.teacher.checkpoint=runs/mae_vitl
 """
 
-from mdistill.config_base import apply_smoke, base_config, parse_arg
+from mdistill.config import apply_smoke, base_config, parse_arg
 
 
 def tinymim_config(arg, student: str, teacher: str, teacher_block: int, student_heads: int = 0):

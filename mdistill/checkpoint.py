@@ -41,13 +41,6 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
                      "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
                      # how the devices are laid out, not what they compute
                      "mesh.")
-# Fields added since older checkpoints were written, with the value that does what those
-# runs did: absent in a checkpoint and this value now is no change.
-ADDED_FIELDS = {"masking.kind": "random", "masking.block_min_patches": 16, "masking.block_max_patches": 75,
-                "masking.block_aspect": 0.3, "masking.block_square": 0, "masking.noise_color": "green",
-                "masking.noise_sigma": 1.0, "student.init": "", "student.init_ignore": "",
-                "distill.target_norm": "none", "num_frames": 1, "tubelet_size": 2, "data.num_sample": 1,
-                "optim.layout": "tree", "optim.mu_dtype": "float32"}
 
 
 class CheckpointError(RuntimeError):
@@ -377,8 +370,11 @@ def _set_aside_if_unreadable(mngr, step: int, error: Exception) -> None:
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:
-    """Fields whose values differ between a checkpoint's config and the current one, except
-    those in RESUMABLE_CHANGES."""
+    """Fields whose values differ between a checkpoint's config (read as today's by
+    mdistill.config.upgrade: a field added since holds what that run did) and the current
+    one, except those in RESUMABLE_CHANGES."""
+    from mdistill.config import upgrade
+
     def flat(d, prefix=""):
         out = {}
         for k, v in d.items():
@@ -386,10 +382,8 @@ def config_changes(saved: dict, current: dict) -> list[str]:
         return out
 
     # JSON round trip: tuples and lists compare equal
-    a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))
-    for k, v in ADDED_FIELDS.items():
-        if k not in a and b.get(k) == v:
-            a[k] = v
+    a = flat(json.loads(json.dumps(upgrade(saved, "the checkpoint's config").to_dict())))
+    b = flat(json.loads(json.dumps(current)))
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     return [f"  {k}: {a.get(k, '<absent>')!r} in the checkpoint -> {b.get(k, '<absent>')!r} now"
             for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_CHANGES)]

@@ -236,7 +236,11 @@ def check_export_target(out: str, overwrite: bool) -> None:
 def _meta_image_size(meta: dict) -> int | None:
     if "architecture" in meta:
         return meta["architecture"]["image_size"]
-    return meta.get("config", {}).get("image_size")
+    if "config" in meta:
+        from mdistill.config import upgrade
+
+        return upgrade(meta["config"], "the checkpoint's config").image_size
+    return None
 
 
 # The command line, in absl flags as every mdistill entry point; held apart from absl's

@@ -11,8 +11,8 @@ from mdistill.models.vit import Layout, ViTSpec, token_grid
 
 
 def num_frames(config) -> int:
-    """Frames per sample: 1 for images (configs saved before video existed have no field)."""
-    return int(config.get("num_frames", 1))
+    """Frames per sample: 1 for images."""
+    return int(config.num_frames)
 
 
 def is_video(config) -> bool:

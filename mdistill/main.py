@@ -29,7 +29,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save chatter out of the console
-    from mdistill import distributed, resolve, sharding, train, validation
+    from mdistill import distributed, resolve, sharding, train
+    from mdistill.config import validation
     from mdistill.checkpoint import CheckpointError
     from mdistill.data import DataError
 

@@ -126,8 +126,8 @@ def random_order(rng: jax.Array, batch_size: int, num_patches: int, **_) -> jax.
     return _shuffle(rng, batch_size, num_patches)
 
 
-def block_order(rng: jax.Array, batch_size: int, num_patches: int, *, block_min_patches: int = 16,
-                block_max_patches: int = 75, block_aspect: float = 0.3, block_square: int = 0, **_) -> jax.Array:
+def block_order(rng: jax.Array, batch_size: int, num_patches: int, *, block_min_patches: int,
+                block_max_patches: int, block_aspect: float, block_square: int, **_) -> jax.Array:
     """BEiT's blockwise masking as an order (SimMIM's squares with block_square > 0).
 
     A fixed number of rectangles is drawn per sample (enough to cover the grid many times
@@ -229,8 +229,8 @@ def noise_sigma_range(g: int, color: str) -> tuple[float, float] | None:
     return low, high
 
 
-def colored_noise_order(rng: jax.Array, batch_size: int, num_patches: int, *, noise_color: str = "green",
-                        noise_sigma: float = 1.0, **_) -> jax.Array:
+def colored_noise_order(rng: jax.Array, batch_size: int, num_patches: int, *, noise_color: str,
+                        noise_sigma: float, **_) -> jax.Array:
     """ColorMAE's masking as an order: white Gaussian noise on the patch grid, filtered by
     noise_response (circular convolution through the FFT), patches in increasing order of
     the filtered value, so the highest values are hidden first."""
@@ -249,22 +249,19 @@ def grid_side(num_patches: int) -> int:
 
 # config.masking.kind -> (rng, batch_size, num_patches, **options) -> [B, L] int32 per-sample
 # order of the patches; each model sees a prefix of it (so a teacher's superset holds by
-# construction). The options are config.masking's other fields (OPTIONS: their defaults).
+# construction). The options are config.masking's other fields (their defaults and meanings:
+# mdistill/config/schema.py).
 ORDERS = {"random": random_order, "block": block_order, "colored_noise": colored_noise_order}
-OPTIONS = dict(block_min_patches=16, block_max_patches=75, block_aspect=0.3, block_square=0,
-               noise_color="green", noise_sigma=1.0)
 
 
 def kind_of(config) -> str:
-    """config.masking.kind ('random' for configs saved before it existed)."""
-    masking = config.get("masking") if hasattr(config, "get") else None
-    return masking.get("kind", "random") if masking is not None else "random"
+    """config.masking.kind."""
+    return config.masking.kind
 
 
 def options_of(config) -> dict:
-    """config.masking's options (OPTIONS' defaults for fields a saved config lacks)."""
-    masking = config.get("masking") if hasattr(config, "get") else None
-    return {k: (masking.get(k, v) if masking is not None else v) for k, v in OPTIONS.items()}
+    """config.masking's options: its fields but the kind."""
+    return {k: v for k, v in config.masking.items() if k != "kind"}
 
 
 def sample(kind: str, rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float,

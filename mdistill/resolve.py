@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from mdistill.checks import ConfigError, get, take
+from mdistill.config import ConfigError, get, take, upgrade
 from mdistill.metrics import log
 from mdistill.models.vit import variant_name
 
@@ -48,7 +48,7 @@ def teacher(config, explicit: set[str] = frozenset()) -> None:
     from mdistill.objectives import OBJECTIVES
 
     objective = OBJECTIVES.get(config.method)
-    path = config.teacher.get("checkpoint", "")
+    path = config.teacher.checkpoint
     if objective is None or not objective.uses_teacher or not path:
         return
     try:
@@ -68,7 +68,7 @@ def teacher(config, explicit: set[str] = frozenset()) -> None:
 def pretrained_run(config, explicit: set[str] = frozenset()) -> None:
     """The model and data fields of config.pretrained's run (see the module's docstring).
     A field the user set on the command line wins for data, and must agree for the model."""
-    path = config.get("pretrained", "")
+    path = config.pretrained
     if not path:
         return
     from mdistill import weights
@@ -84,14 +84,12 @@ def pretrained_run(config, explicit: set[str] = frozenset()) -> None:
     source = f"config.pretrained {path}"
     changed = []
     if "config" in meta:  # an mdistill run: its model and its data
-        run = meta["config"]
+        run = upgrade(meta["config"], f"{source}'s config")
         for field in MODEL_FIELDS:
-            value = get(run, field)
-            if value is not None and take(config, field, value, source, explicit):
+            if take(config, field, get(run, field), source, explicit):
                 changed.append(field)
         for field in DATA_FIELDS:  # the run's data, where the command line names none
-            value = get(run, field)
-            if value is not None and field not in explicit and take(config, field, value, source, set()):
+            if field not in explicit and take(config, field, get(run, field), source, set()):
                 changed.append(field)
     elif "architecture" in meta:  # a converted release: its architecture only
         a = meta["architecture"]

@@ -17,7 +17,7 @@ from mdistill.loop import Monitor, Plan, TrainState
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
-from mdistill.validation import BEST_METRIC_FORM, ConfigError
+from mdistill.config.validation import BEST_METRIC_FORM, ConfigError
 
 
 def plan_steps(config) -> Plan:
@@ -71,7 +71,7 @@ class Trainer:
     def init_state(self) -> TrainState:
         """A fresh state: random parameters, or config.student.init's where set."""
         state = jax.jit(self._init_state, out_shardings=self.state_sharding)(self.init_rng)
-        path = self.config.student.get("init", "")
+        path = self.config.student.init
         return self._student_init(state, path) if path else state
 
     def _student_init(self, state: TrainState, path: str) -> TrainState:
@@ -82,7 +82,7 @@ class Trainer:
         are logged and keep their random init, as does every part the checkpoint lacks. The
         optimizer state is that of the new parameters (Adam's moments are zeros either way)."""
         c = self.config
-        drop = weights.prefixes(c.student.get("init_ignore", ""))
+        drop = weights.prefixes(c.student.init_ignore)
         try:
             loaded = weights.load(path, c.student.variant, image_size=c.image_size, channels=c.data.channels,
                                   decoder_heads=c.student.decoder_heads, field="config.student.variant",
@@ -384,7 +384,7 @@ def resume_or_init(trainer: Trainer, mngr, teacher: dict | None = None) -> tuple
     not fit the model. One that fails its checksums is set aside for the previous one."""
     abstract = trainer.abstract_state()
     restored = loop.restore(mngr, abstract.params, abstract.opt_state, trainer.config.to_dict(), teacher=teacher,
-                            allow_teacher_change=bool(trainer.config.teacher.get("allow_change", False)))
+                            allow_teacher_change=bool(trainer.config.teacher.allow_change))
     if restored is None:
         return trainer.init_state(), None
     params, opt_state, meta = restored
@@ -408,13 +408,13 @@ def check_planned_size(config) -> None:
     """A config that plans its epochs with a published dataset size (config.data.size > 0,
     the video configs) must read a dataset of that size, else its schedule would be another
     run's: refused before anything is written."""
-    size = int(config.data.get("size", 0) or 0)
+    size = int(config.data.size)
     if size <= 0:
         return
     actual = len(data.build_source(config))
     if actual != size:
         raise ConfigError(f"config.data.size={size} (the published count the epochs are planned with) but "
-                          f"config.data.path={config.data.get('path', '')!r} holds {actual} examples: set "
+                          f"config.data.path={config.data.path!r} holds {actual} examples: set "
                           f"--config.data.size=0 to plan with the data's own count, or use the published data")
 
 

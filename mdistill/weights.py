@@ -332,12 +332,14 @@ def load_encoder(path: str, variant: str | None = None, **kwargs) -> dict:
 def _arch_from_meta(meta: dict) -> Architecture | None:
     if "architecture" in meta:  # written by mdistill.convert
         return Architecture.from_json(meta["architecture"])
-    config = meta.get("config")
-    if not config:
+    if not meta.get("config"):
         return None
-    s = config["student"]
-    spec = ViTSpec.parse(s["variant"])
-    if config.get("num_frames", 1) > 1:  # a video run's student: VideoMAE's layout
-        spec = dataclasses.replace(spec, layout=Layout.video(config["tubelet_size"]))
-    return Architecture(spec, config["data"]["channels"], config["image_size"] // spec.patch_size,
-                        (s["decoder_width"], s["decoder_depth"], s["decoder_heads"]))
+    from mdistill.config import upgrade
+
+    config = upgrade(meta["config"], "the checkpoint's config")
+    s = config.student
+    spec = ViTSpec.parse(s.variant)
+    if config.num_frames > 1:  # a video run's student: VideoMAE's layout
+        spec = dataclasses.replace(spec, layout=Layout.video(config.tubelet_size))
+    return Architecture(spec, config.data.channels, config.image_size // spec.patch_size,
+                        (s.decoder_width, s.decoder_depth, s.decoder_heads))

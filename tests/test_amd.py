@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from mdistill import masking
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.models.heads import Generator
 from mdistill.models.vit import gather_tokens
 from mdistill.objectives import build_objective
 from mdistill.objectives.amd import generator_name
 from mdistill.train import flops_of, train
-from mdistill.validation import ConfigError, validate
+from mdistill.config.validation import ConfigError, validate
 
 
 def smoke(**amd):

@@ -189,7 +189,7 @@ def test_the_teacher_record_is_a_digest_of_the_weights(tmp_path):
 
 
 def test_config_teacher_allow_change_is_declared_and_may_change_on_resume():
-    from mdistill.config_base import base_config
+    from mdistill.config import base_config
 
     c = base_config().to_dict()
     assert c["teacher"]["allow_change"] is False

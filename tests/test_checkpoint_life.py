@@ -116,7 +116,7 @@ def test_finetuning_writes_its_resolved_config(finetuned):
 
 def test_pretraining_and_the_linear_probe_write_their_config(tmp_path):
     from configs.linprobe_fmnist import get_config as linprobe_config
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
     from mdistill.evaluate import linprobe
     from mdistill.train import train
 

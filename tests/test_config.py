@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mdistill.config_base import apply_smoke, base_config
-from mdistill.validation import ConfigError, validate
+from mdistill.config import apply_smoke, base_config
+from mdistill.config.validation import ConfigError, validate
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "[!_]*.py")))
 

@@ -442,7 +442,7 @@ def test_safetensors_export_needs_no_torch_and_reimports(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
     from configs import mae_vitb
-    from mdistill.config_base import apply_smoke
+    from mdistill.config import apply_smoke
     from mdistill.objectives import build_objective
 
     config = apply_smoke(mae_vitb.get_config())

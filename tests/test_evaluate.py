@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import Mesh
 
 from mdistill import checkpoint, sharding
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.evaluate import augment, common, finetune, knn, linprobe, randaugment
 from mdistill.models.vit import Encoder, ViTSpec

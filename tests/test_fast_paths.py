@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdistill import validation
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config, validation
 from mdistill.models import MAE, ViTSpec
 from mdistill.models.vit import PatchEmbed, gelu, multi_head_attention
 from mdistill.objectives import build_objective

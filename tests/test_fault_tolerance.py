@@ -151,7 +151,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 def test_failed_save_is_named_and_previous_checkpoints_survive(tmp_path, monkeypatch):
     """A full disk during a save: the error names the folder, earlier checkpoints stay."""
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
     from mdistill.train import train
 
     c = apply_smoke(base_config())

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from mdistill import masking
+from mdistill.config import base_config
+
+OPTIONS = masking.options_of(base_config())  # config.masking's default options
 
 KINDS = sorted(masking.ORDERS)
 STRUCTURED = [("block", {}), ("block", {"block_square": 2}), ("colored_noise", {"noise_color": "red"}),
@@ -41,7 +44,7 @@ def mean_run_length(h: np.ndarray) -> float:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_every_kind_keeps_the_exact_count_for_every_image(kind, ratio):
-    m = jax.jit(lambda r: masking.sample(kind, r, 16, 196, ratio, options=masking.OPTIONS))(jax.random.PRNGKey(1))
+    m = jax.jit(lambda r: masking.sample(kind, r, 16, 196, ratio, options=OPTIONS))(jax.random.PRNGKey(1))
     keep = masking.num_visible(196, ratio)
     assert m.student.ids_keep.shape == (16, keep)
     np.testing.assert_array_equal(np.asarray(m.student.mask).sum(axis=1), 196 - keep)
@@ -53,7 +56,7 @@ def test_every_kind_keeps_the_exact_count_for_every_image(kind, ratio):
 
 @pytest.mark.parametrize("kind,options", [("random", {}), *STRUCTURED])
 def test_amd_nesting_holds_for_every_kind(kind, options):
-    m = masking.sample(kind, jax.random.PRNGKey(2), 8, 196, 0.9, 0.75, options={**masking.OPTIONS, **options})
+    m = masking.sample(kind, jax.random.PRNGKey(2), 8, 196, 0.9, 0.75, options={**OPTIONS, **options})
     keep_s, keep_t = masking.num_visible(196, 0.9), masking.num_visible(196, 0.75)
     assert m.teacher_ids.shape == (8, keep_t) and m.diff_ids.shape == (8, keep_t - keep_s)
     for b in range(8):
@@ -68,21 +71,21 @@ def test_structured_kinds_hide_connected_regions():
     base = hidden_grid("random")
     assert abs(neighbour_agreement(base) - 0.625) < 0.01
     for kind, options in STRUCTURED:
-        h = hidden_grid(kind, {**masking.OPTIONS, **options})
+        h = hidden_grid(kind, {**OPTIONS, **options})
         assert neighbour_agreement(h) > neighbour_agreement(base) + 0.05, (kind, options)
         assert mean_run_length(h) > mean_run_length(base) + 0.5, (kind, options)
 
 
 def test_blue_noise_spreads_the_visible_patches():
     """High-pass noise anti-correlates neighbours: fewer equal pairs than uniform masks."""
-    blue = hidden_grid("colored_noise", {**masking.OPTIONS, "noise_color": "blue", "noise_sigma": 1.0})
+    blue = hidden_grid("colored_noise", {**OPTIONS, "noise_color": "blue", "noise_sigma": 1.0})
     assert neighbour_agreement(blue) < neighbour_agreement(hidden_grid("random")) - 0.02
 
 
 def test_simmim_squares_are_hidden_whole():
     """With block_square=2 on a 14 x 14 grid (49 squares) and a count of whole squares
     hidden (0.75 -> 147 = 36.75 squares: at most one square is partly hidden)."""
-    h = hidden_grid("block", {**masking.OPTIONS, "block_square": 2}, batch=32)
+    h = hidden_grid("block", {**OPTIONS, "block_square": 2}, batch=32)
     per_square = h.reshape(32, 7, 2, 7, 2).sum(axis=(2, 4))
     partial = ((per_square > 0) & (per_square < 4)).sum(axis=(1, 2))
     assert partial.max() <= 1
@@ -90,7 +93,7 @@ def test_simmim_squares_are_hidden_whole():
 
 def test_block_rectangles_follow_the_area_bounds():
     """Square 16-patch rectangles, 16 patches hidden: the first rectangle, a 4 x 4 square."""
-    opts = {**masking.OPTIONS, "block_min_patches": 16, "block_max_patches": 16, "block_aspect": 1.0}
+    opts = {**OPTIONS, "block_min_patches": 16, "block_max_patches": 16, "block_aspect": 1.0}
     h = hidden_grid("block", opts, batch=64, ratio=15.5 / 196)
     for img in h:
         rows, cols = np.nonzero(img)
@@ -111,9 +114,9 @@ def test_the_noise_filters_are_the_documented_ones():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_same_rng_same_masks(kind):
-    a = masking.sample(kind, jax.random.PRNGKey(3), 4, 64, 0.75, options=masking.OPTIONS)
-    b = masking.sample(kind, jax.random.PRNGKey(3), 4, 64, 0.75, options=masking.OPTIONS)
-    c = masking.sample(kind, jax.random.PRNGKey(4), 4, 64, 0.75, options=masking.OPTIONS)
+    a = masking.sample(kind, jax.random.PRNGKey(3), 4, 64, 0.75, options=OPTIONS)
+    b = masking.sample(kind, jax.random.PRNGKey(3), 4, 64, 0.75, options=OPTIONS)
+    c = masking.sample(kind, jax.random.PRNGKey(4), 4, 64, 0.75, options=OPTIONS)
     np.testing.assert_array_equal(a.student.ids_keep, b.student.ids_keep)
     assert not np.array_equal(a.student.mask, c.student.mask)
 
@@ -125,7 +128,7 @@ def test_the_reconstruction_grid_draws_the_configured_kind(kind):
     teacher masks are the objective's, structured and nested."""
     from configs import amd_vitb
     from mdistill import visualize
-    from mdistill.config_base import apply_smoke
+    from mdistill.config import apply_smoke
     from mdistill.models.mae import patchify
     from mdistill.objectives import build_objective
 

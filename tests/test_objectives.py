@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks import flops
-from mdistill import data, objectives, sharding, train, validation
-from mdistill.checks import require
-from mdistill.config_base import apply_smoke, base_config
+from mdistill import data, objectives, sharding, train
+from mdistill.config import apply_smoke, base_config, upgrade, validation
+from mdistill.config.errors import require
 from mdistill.objectives.common import feature_loss
 from mdistill.objectives.distill import DistillObjective
 
@@ -117,8 +117,10 @@ def test_masking_kind_is_validated():
 def smoke_losses(method: str, masking_kind: str | None) -> list[str]:
     c = apply_smoke(base_config())
     c.method, c.mask_ratio = method, 0.9 if method == "amd" else 0.75
-    if masking_kind is None:
-        del c["masking"]  # a config from before config.masking
+    if masking_kind is None:  # a config saved before config.masking, read as today's
+        saved = c.to_dict()
+        del saved["masking"]
+        c = upgrade(saved)
     else:
         c.masking.kind = masking_kind
     trainer = train.Trainer(c, sharding.make_mesh())

@@ -9,7 +9,7 @@ import pytest
 
 from mdistill import optim
 from mdistill.checkpoint import config_changes
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 
 
 def optim_config(**overrides):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mdistill import checkpoint, sharding
-from mdistill.config_base import apply_smoke, base_config, fashion_mnist
+from mdistill.config import apply_smoke, base_config, fashion_mnist
 from mdistill.data import DataError, ImageFolderSource, Pipeline, SyntheticSource, build_source
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.data.transforms import Transform, load_image, rrc_box

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mdistill import sharding
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.data import DataError, Pipeline, build_source
 from mdistill.data.prepare import prepare_split
 from mdistill.data.prepared import PreparedSource

@@ -21,9 +21,9 @@ from test_fault_tolerance import ROOT, command, env, run, steps
 
 from mdistill import checkpoint, sharding
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config, upgrade
 from mdistill.train import train
-from mdistill.validation import ConfigError
+from mdistill.config.validation import ConfigError
 
 
 def start(workdir, *extra):
@@ -220,7 +220,8 @@ def test_readable_checkpoint_that_does_not_fit_is_refused_not_set_aside(tmp_path
     with pytest.raises(CheckpointError, match=r"checkpoint 1 in .* is readable but does not fit"):
         checkpoint.restore_latest_good(mngr, {"w": abstract((4,))}, {"m": abstract((4,))})
     with pytest.raises(CheckpointError, match=r"different config.*\n  seed: 0 in the checkpoint -> 1 now"):
-        checkpoint.restore_latest_good(mngr, {"w": abstract((3,))}, {"m": abstract((3,))}, config={"seed": 1})
+        checkpoint.restore_latest_good(mngr, {"w": abstract((3,))}, {"m": abstract((3,))},
+                                       config=upgrade({"seed": 1}).to_dict())  # the checkpoint's, but the seed
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "checkpoints" / "1"))

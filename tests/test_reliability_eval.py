@@ -18,9 +18,9 @@ from conftest import xla_flags
 
 from mdistill import checkpoint, convert, sharding
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.evaluate import common, finetune, knn, linprobe
-from mdistill.validation import ConfigError
+from mdistill.config.validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from mdistill import masking, validation
-from mdistill.config_base import apply_smoke, base_config
-from mdistill.validation import ConfigError
+from mdistill import masking
+from mdistill.config import apply_smoke, base_config, validation
+from mdistill.config.validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def smoke(**fields):
 
 def distinct_masks(color: str, sigma: float, grid: int = 8, batch: int = 32) -> int:
     m = masking.sample("colored_noise", jax.random.PRNGKey(0), batch, grid * grid, 0.75,
-                       options={**masking.OPTIONS, "noise_color": color, "noise_sigma": sigma})
+                       options={**masking.options_of(base_config()), "noise_color": color, "noise_sigma": sigma})
     return len({row.tobytes() for row in np.asarray(m.student.mask)})
 
 

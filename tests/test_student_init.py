@@ -6,7 +6,7 @@ import pytest
 
 from mdistill import convert, sharding
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.state_dict import flatten
 from mdistill.train import Trainer, train
 

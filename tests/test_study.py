@@ -144,7 +144,7 @@ def test_the_fine_tuning_config_is_the_recipe_the_study_states(study):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(arg)
-    from mdistill.validation import validate
+    from mdistill.config.validation import validate
 
     validate(c, num_devices=1)
     assert (c.train_examples, c.batch_size, c.num_epochs, c.student.variant) == (6000, 256, 40.0, study.STUDENT_VARIANT)

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdistill import validation
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config, validation
 from mdistill.objectives.common import feature_loss, l2_normalize, normalize_targets
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.models import ViTSpec
 from mdistill.objectives import build_objective
 from mdistill.teacher import Teacher

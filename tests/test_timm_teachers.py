@@ -12,7 +12,7 @@ import pytest
 
 from mdistill import sharding, weights
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.models.vit import Encoder
 from mdistill.train import Trainer, train
 from real_timm import import_timm

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from conftest import xla_flags
 
-from mdistill import validation
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config, validation
 from mdistill.models.vit import Encoder, ViTSpec, relation_logits
 from mdistill.objectives import build_objective
 from mdistill.objectives.tinymim import apply_jitter, jitter_draws, relation_kl

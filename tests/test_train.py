@@ -11,7 +11,7 @@ import pytest
 
 from mdistill import sharding
 from mdistill.checkpoint import CheckpointError
-from mdistill.config_base import apply_smoke, base_config
+from mdistill.config import apply_smoke, base_config
 from mdistill.train import Trainer, train
 
 pytestmark = pytest.mark.slow  # training runs (tests/README.md)

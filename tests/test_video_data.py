@@ -442,7 +442,7 @@ def ramp_list(tmp_path, count: int, length: int = 20) -> str:
 
 
 def repeated_config(path: str, num_sample: int, batch_size: int):
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
 
     c = base_config()
     c.method, c.num_frames = "mae", 16
@@ -482,7 +482,7 @@ def test_repeated_sampling_gives_each_video_num_sample_adjacent_clips(tmp_path):
 
 
 def test_repeated_sampling_is_refused_where_it_cannot_apply(tmp_path):
-    from mdistill import validation
+    from mdistill.config import validation
 
     c = repeated_config(ramp_list(tmp_path, 2), num_sample=4, batch_size=6)
     with pytest.raises(validation.ConfigError, match="batch_size.*multiple of data.num_sample=4") as e:

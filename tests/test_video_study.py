@@ -58,7 +58,7 @@ def test_report_has_the_baselines_and_paired_differences_on_both_labels(study):
 
 def test_every_role_of_the_config_is_valid(study):
     from configs import moving_fmnist
-    from mdistill import validation
+    from mdistill.config import validation
 
     for arg in ("", "role=student,method=mae", "role=student,method=amd", "role=student,method=amd,smoke"):
         c = moving_fmnist.get_config(arg or None)

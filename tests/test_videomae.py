@@ -124,7 +124,7 @@ def xs_teacher(ref, tmp_path_factory):
 @pytest.mark.slow
 def test_mae_and_dmae_train_on_clips(method, tmp_path):
     from mdistill import sharding, train
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
 
     c = base_config()
     c.method, c.num_frames = method, 16
@@ -152,7 +152,7 @@ def test_an_image_teacher_is_refused_for_clips(ref, tmp_path):
 
     from mdistill import sharding
     from mdistill.checkpoint import CheckpointError
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
     from mdistill.train import Trainer
 
     image_teacher = ref.randomize(ref.MAE(32, PATCH, CHANS, 128, 6, 4, 64, 1, 2), 1)
@@ -201,7 +201,7 @@ def test_mae_trains_on_video_files_through_the_pipeline(tmp_path, capsys, batch_
     repeated sampling (num_sample 2) each step reads 5 videos for its 10 clips."""
     pytest.importorskip("av")
     from mdistill import sharding, train
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
 
     write_clips(tmp_path, 10)
     (tmp_path / "v3.mp4").write_bytes((tmp_path / "v3.mp4").read_bytes()[:300])  # truncated
@@ -223,7 +223,7 @@ def test_knn_on_clip_features_monitor_and_command(tmp_path):
     and as the standalone command on a list of video files, beside both baselines."""
     pytest.importorskip("av")
     from mdistill import sharding, train
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
     from mdistill.evaluate import knn
 
     c = base_config()
@@ -252,7 +252,7 @@ def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
     import torch
 
     from mdistill import convert, sharding, train
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
 
     c = base_config()
     c.method, c.num_frames = "mae", 16
@@ -285,7 +285,7 @@ def test_a_planned_size_that_is_not_the_datas_is_refused(tmp_path):
     pytest.importorskip("av")
     from configs import amd_video
     from mdistill import train
-    from mdistill.validation import ConfigError
+    from mdistill.config.validation import ConfigError
 
     c = amd_video.get_config("variant=S/16,smoke")
     assert amd_video.get_config("variant=S/16").data.size == 168_913  # SSv2's published count
@@ -301,7 +301,7 @@ def test_a_video_student_fine_tunes_with_the_multi_view_test(tmp_path):
     video as 2 windows x 3 crops whose softmax is averaged."""
     pytest.importorskip("av")
     from mdistill import sharding, train
-    from mdistill.config_base import apply_smoke, base_config
+    from mdistill.config import apply_smoke, base_config
     from mdistill.evaluate import finetune
 
     c = base_config()

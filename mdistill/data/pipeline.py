@@ -214,9 +214,8 @@ class Pipeline:
         d = config.data
         source = source if source is not None else build_source(config)
         kwargs = dict(seed=config.seed, start_step=start_step, stop_step=stop_step,
-                      workers=resolve_workers(d.get("workers", 0)),
-                      threads=d.get("threads", 2), prefetch=d.get("prefetch", 2),
-                      max_bad_fraction=d.get("max_bad_fraction", 0.0))
+                      workers=resolve_workers(d.workers), threads=d.threads, prefetch=d.prefetch,
+                      max_bad_fraction=d.max_bad_fraction)
         kwargs.update(overrides)
         transform = transform if transform is not None else transform_from_config(config)
         rows = batch_size or config.batch_size

@@ -17,7 +17,7 @@ def build_source(config, split: str | None = None):
     split = split or d.split
     if d.source == "synthetic":
         return SyntheticSource(d.synthetic_size, config.image_size, d.channels, seed=config.seed,
-                               frames=int(config.get("num_frames", 1)))
+                               frames=int(config.num_frames))
     if d.source == "fashion_mnist":
         return FashionMNISTSource(split, d.path, d.channels)
     if d.source == "tfds":
@@ -32,7 +32,7 @@ def build_source(config, split: str | None = None):
         evaluation = EvalClips(config.image_size, int(config.num_frames), d.sampling_rate, channels=d.channels)
         if d.source == "video_folder":
             return VideoFolderSource(d.path, split, evaluation)
-        return VideoListSource(d.path, d.get("root") or None, evaluation)
+        return VideoListSource(d.path, d.root or None, evaluation)
     raise ValueError(f"config.data.source={d.source!r}: expected one of {SOURCES}")
 
 
@@ -40,7 +40,7 @@ def dataset_size(config) -> int:
     """Number of training examples, known without reading the data where possible (an
     image folder is listed; the listing is cached for the run)."""
     d = config.data
-    if d.get("size", 0) > 0:  # a published count, for planning the epochs (video configs)
+    if d.size > 0:  # a published count, for planning the epochs (video configs)
         return int(d.size)
     if d.source == "synthetic":
         return d.synthetic_size
@@ -54,4 +54,4 @@ def dataset_size(config) -> int:
 def records_per_step(config) -> int:
     """Records a step reads: the batch counts rows (clips), and with repeated sampling
     (config.data.num_sample, VideoMAE's) each video read gives num_sample of them."""
-    return config.batch_size // config.data.get("num_sample", 1)
+    return config.batch_size // config.data.num_sample

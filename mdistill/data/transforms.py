@@ -255,6 +255,6 @@ def from_config(config, train: bool = True):
             return EvalClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate)
         # data.temporal: VideoMAE's pre-training sampling, or its fine-tuning one ('finetune')
         return ClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate, d.flip,
-                             d.get("temporal", "pretrain"), d.get("num_sample", 1))
-    augment = d.get("augment", "none") if train else "none"
-    return Transform(config.image_size, d.channels, augment, tuple(d.get("crop_scale", RRC_SCALE)))
+                             d.temporal, d.num_sample)
+    augment = d.augment if train else "none"
+    return Transform(config.image_size, d.channels, augment, tuple(d.crop_scale))

@@ -17,7 +17,7 @@ import numpy as np
 from mdistill import checkpoint, data, inputs, sharding, weights
 from mdistill import workdir as paths
 from mdistill.data import transforms
-from mdistill.config_base import base_config
+from mdistill.config import base_config, upgrade
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
 from mdistill.models.vit import Encoder, ViTSpec, variant_name
@@ -45,30 +45,18 @@ def to_host(x) -> np.ndarray:
 
 
 def run_config(meta: dict) -> ml_collections.ConfigDict:
-    """The config a checkpoint was trained with, on top of today's defaults (fields added
-    since, such as config.eval, get theirs). A converted checkpoint has no run config: its
+    """The config a checkpoint was trained with, as today's (mdistill.config.upgrade: fields
+    added since get what those runs did). A converted checkpoint has no run config: its
     architecture sets the student variant and image size, the rest is base_config()'s
     (ImageNet, TFDS), so set config.data.* to evaluate it on something else."""
-    config = base_config()
     if "config" in meta:
-        saved = ml_collections.ConfigDict(meta["config"])
-        if "eval" not in saved and saved.data.source == "fashion_mnist":
-            saved.eval = ml_collections.ConfigDict(dict(train_split="train", test_split="test"))
-        _merge(config, saved)
-    elif "architecture" in meta:
+        return upgrade(meta["config"], "the checkpoint's config")
+    config = base_config()
+    if "architecture" in meta:
         a = meta["architecture"]
         config.student.variant = variant_name(a["width"], a["depth"], a["num_heads"], a["patch_size"])
         config.image_size, config.data.channels = a["image_size"], a["channels"]
     return config
-
-
-def _merge(into: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> None:
-    with into.unlocked():
-        for k, v in new.items():
-            if isinstance(v, ml_collections.ConfigDict) and isinstance(into.get(k), ml_collections.ConfigDict):
-                _merge(into[k], v)
-            else:
-                into[k] = v
 
 
 def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 0, channels: int = 3):
@@ -159,7 +147,7 @@ def data_record(config, splits: dict, num_classes: int | None = None) -> dict:
         folder = getattr(source, "directory", None) or getattr(source, "base", None)
         name = config.eval[f"{role}_split"]
         out[role] = dict(split=name, examples=len(split), **({"folder": paths.resolve(folder)} if folder else {}))
-    num_classes = num_classes or config.get("num_classes")
+    num_classes = num_classes or config.num_classes
     if num_classes:
         out["num_classes"] = int(num_classes)
     first = next(iter(splits.values()), None)
@@ -344,11 +332,11 @@ def topk_correct(logits, labels, k: int):
 def validate_downstream(config, num_devices: int) -> None:
     """The linear-probe and fine-tuning configs: the shared fields as for pre-training, then
     their own."""
-    from mdistill.validation import ConfigError, validate
+    from mdistill.config.validation import ConfigError, validate
 
     validate(config, num_devices)
     # a video ViT on images (or the reverse) would fail deep in the encoder: refused here, named
-    check_model_fits_data(config, f"config.pretrained {config.pretrained}" if config.get("pretrained") else
+    check_model_fits_data(config, f"config.pretrained {config.pretrained}" if config.pretrained else
                           f"config.student.variant={config.student.variant!r}")
     if config.num_classes != 0 and config.num_classes < 2:
         raise ConfigError(f"config.num_classes={config.num_classes} is invalid: must be >= 2, or 0 for the data's "
@@ -427,10 +415,10 @@ def check_model_fits_data(config, model: str, tubelet: int | None = None) -> Non
     config.num_frames / tubelet_size; then config.num_frames (> 1: a video ViT) against
     config.data.source (video files give clips, image sources images). `model` names the
     checkpoint in the message."""
-    from mdistill.validation import ConfigError
+    from mdistill.config.validation import ConfigError
 
     frames = inputs.num_frames(config)
-    wanted = int(config.get("tubelet_size", 2)) if frames > 1 else 0
+    wanted = int(config.tubelet_size) if frames > 1 else 0
     if tubelet is not None and tubelet != wanted:
         if tubelet:
             raise ConfigError(f"{model} is a video ViT (tubelets of {tubelet} frames) but config.num_frames={frames}"

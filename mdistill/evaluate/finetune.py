@@ -50,27 +50,15 @@ from mdistill.preemption import PreemptionWatcher
 
 
 def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """MAE's ViT-B fine-tuning recipe on top of base_config()."""
-    c.pretrained = ""        # mdistill workdir / checkpoint / converted release; empty = from scratch
-    c.num_classes = 0        # 0: the data's class count; set, it must agree with the data
+    """MAE's ViT-B fine-tuning recipe on top of base_config() (config.pretrained, num_classes,
+    train_examples, test_examples, eval_every and config.finetune: mdistill/config/schema.py)."""
     c.batch_size = 1024
     c.num_epochs, c.warmup_epochs = 100.0, 5.0
     c.optim.update(blr=5e-4, lr=-1.0, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05, grad_clip=0.0)
-    c.finetune = ml_collections.ConfigDict(dict(
-        layer_decay=0.65,    # lr of block i (0-based) scaled by decay^(depth - i); head and fc_norm by 1
-        drop_path=0.1,       # at the last block, linear from 0 at the first
-        flip=False,          # random horizontal flip on device (data.augment='mae' flips on the host)
-        randaug_layers=2, randaug_magnitude=9.0, randaug_std=0.5,  # timm 'rand-m9-mstd0.5-inc1'; 0 layers: off
-        reprob=0.25,         # random-erasing probability per image
-        mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5,  # Beta alphas; 0 disables
-        smoothing=0.1))      # label smoothing
     c.eval.update(pool="avg", batch_size=256)  # avg: global pool + fc_norm (MAE); cls: cls token
     # on the host, in the input pipeline: RandomResizedCrop of 8-100% of the area (MAE's
     # fine-tuning; its pre-training uses 20-100%), bicubic, + flip
     c.data.update(augment="mae", crop_scale=(0.08, 1.0))
-    c.train_examples = -1    # -1: the whole split
-    c.test_examples = -1
-    c.eval_every = 1000      # steps; also at the end
     c.log_every = 50
     c.checkpoint_every = 1000
     return c
@@ -259,7 +247,7 @@ class FineTuner:
 
         c = self.config
         return MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
-                                      c.data.get("test_num_segment", 1), c.data.get("test_num_crop", 1))
+                                      c.data.test_num_segment, c.data.test_num_crop)
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""

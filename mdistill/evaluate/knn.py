@@ -91,7 +91,7 @@ class KNNMonitor:
 
     def __init__(self, config, mesh):
         self.config, self.every = config, int(config.eval.knn_every)
-        self.for_checkpoints = "knn" in config.get("best_metric", "")
+        self.for_checkpoints = "knn" in config.best_metric
         if self.for_checkpoints and not self.every:
             raise ValueError(f"config.best_metric={config.best_metric!r} needs the k-NN monitor: "
                              "set config.eval.knn_every > 0")
@@ -160,7 +160,8 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
 
 
 def _evaluate_checkpoint(path: str, workdir: str, overrides: dict | None, mesh, baselines: bool) -> dict:
-    from mdistill import sharding, validation, weights
+    from mdistill import sharding, weights
+    from mdistill.config import validation
 
     mesh = mesh or sharding.make_mesh()
     loaded = weights.load(path, placement=sharding.replicated(mesh), decoder=False)
@@ -213,7 +214,7 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    from mdistill.config_base import base_config
+    from mdistill.config import base_config
 
     _FLAGS = flags.FLAGS
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where knn.json goes; also the checkpoint to evaluate "

@@ -41,27 +41,20 @@ from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseli
                                       topk_correct, validate_downstream, with_top5, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
-from mdistill.validation import ConfigError
+from mdistill.config.validation import ConfigError
 
 
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """MAE's ViT-B linear-probe recipe on top of base_config()."""
-    c.pretrained = ""          # mdistill workdir / checkpoint; empty = random encoder (smoke only)
-    c.num_classes = 0          # 0: the data's class count; set, it must agree with the data
+    """MAE's ViT-B linear-probe recipe on top of base_config() (config.pretrained, num_classes,
+    train_examples, test_examples, knn, baselines, eval.knn_pool: mdistill/config/schema.py).
+    With config.knn, k-NN (eval.knn_k, knn_temperature) on the same examples and forward pass,
+    pooled by eval.knn_pool, into linprobe.json as knn_*; with config.baselines, raw pixels and a
+    random encoder of config.student.variant (seed RANDOM_ENCODER_SEED) alike, under 'baselines'."""
     c.batch_size = 16384
     c.num_epochs, c.warmup_epochs = 90.0, 10.0
     c.optim.update(blr=0.1, lr=-1.0, weight_decay=0.0, min_lr=0.0)
     c.eval.update(pool="cls", batch_size=256)  # MAE probes the cls token (after the final norm)
-    c.train_examples = -1      # -1: the whole train split
-    c.test_examples = -1
     c.log_every = 100
-    # Also k-NN (config.eval.knn_k, knn_temperature) on the same examples, from the same
-    # forward pass, pooled by knn_pool; the results go into linprobe.json as knn_*.
-    c.knn = False
-    c.eval.knn_pool = "avg"  # as the k-NN monitor and mdistill.evaluate.knn pool by default
-    # Also evaluate the baselines (raw pixels; a random encoder of config.student.variant,
-    # seed RANDOM_ENCODER_SEED) the same way; they go into linprobe.json under 'baselines'.
-    c.baselines = False
     # The training images' host transform: 'none' computes their features once (centre
     # crop); 'mae' (RandomResizedCrop of data.crop_scale + flip, MAE's probe) or 'flip'
     # read augmented batches and run the frozen encoder in every step.

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mdistill import inputs
-from mdistill.checks import require
+from mdistill.config.errors import require
 from mdistill.models.flops import block_flops
 from mdistill.models.heads import Generator
 from mdistill.models.vit import ViTSpec

@@ -4,7 +4,7 @@ A method is one subclass of Objective in its own file, listed in OBJECTIVES
 (mdistill/objectives/__init__.py, or added with register()). From that entry alone:
   - base_config() holds its config section (config.<config_key>, from defaults()) and the
     ':smoke' shrink applies smoke() to it;
-  - mdistill.validation runs its validate() after the shared checks;
+  - mdistill.config.validation runs its validate() after the shared checks;
   - benchmarks.flops counts its flop_terms() beside the student's;
   - the trainer builds it from the config and differentiates its loss(), --dry_run compiles
     its step, and benchmarks/step.py times it.
@@ -52,7 +52,7 @@ class Objective:
     @classmethod
     def validate(cls, config: ml_collections.ConfigDict) -> None:
         """Check the method's own fields after the shared ones passed; raise
-        mdistill.checks.ConfigError naming the field (mdistill.checks.require)."""
+        mdistill.config.errors.ConfigError naming the field (mdistill.config.errors.require)."""
 
     @classmethod
     def flop_terms(cls, config: ml_collections.ConfigDict) -> dict[str, float]:

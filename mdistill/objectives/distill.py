@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mdistill import inputs
-from mdistill.checks import require, variant
+from mdistill.config.errors import require, variant
 from mdistill.models.flops import encoder_flops
 from mdistill.models.heads import ProjectionHead
 from mdistill.models.vit import Layout, ViTSpec

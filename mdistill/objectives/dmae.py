@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mdistill.checks import require, take
+from mdistill.config.errors import require, take
 from mdistill.models.heads import PROJECTION_KINDS
 from mdistill.models.vit import ViTSpec
 from mdistill.objectives.common import FEATURE_LOSSES, TARGET_NORMS, feature_loss, normalize_targets
@@ -51,7 +51,7 @@ class DMAEObjective(DistillObjective):
 
     @classmethod
     def follow_teacher(cls, config, explicit) -> None:
-        if config.distill.get("projection"):  # () skips the check: nothing to follow
+        if config.distill.projection:  # () skips the check: nothing to follow
             student, teacher = ViTSpec.parse(config.student.variant), ViTSpec.parse(config.teacher.variant)
             take(config, "distill.projection", (student.width, teacher.width), "the student and teacher widths",
                  explicit)
@@ -65,7 +65,7 @@ class DMAEObjective(DistillObjective):
         require(dist.loss in FEATURE_LOSSES, "distill.loss", dist.loss, f"expected one of {FEATURE_LOSSES}")
         require(dist.target_norm in TARGET_NORMS, "distill.target_norm", dist.target_norm,
                 f"expected one of {TARGET_NORMS}")
-        if dist.get("projection"):
+        if dist.projection:
             require(tuple(dist.projection) == (student.width, teacher.width), "distill.projection",
                     dist.projection, f"must map the student width to the teacher width: ({student.width}, "
                     f"{teacher.width})")

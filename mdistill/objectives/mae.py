@@ -17,7 +17,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class MAEObjective(Objective):
     """Trainable parameters: {'mae': {'encoder', 'decoder'}}. No teacher. The student config
     (config.student, mask_ratio, norm_pix_loss) is shared by every method, so checked by
-    mdistill.validation, and its FLOPs counted by benchmarks.flops."""
+    mdistill.config.validation, and its FLOPs counted by benchmarks.flops."""
 
     name = "mae"
     reference_config = "mae_vitb"
@@ -28,7 +28,7 @@ class MAEObjective(Objective):
         self.dtype = DTYPES[config.dtype]
         self.mae = MAE(self.spec, config.student.decoder_width, config.student.decoder_depth,
                        config.student.decoder_heads, channels=config.data.channels, dtype=self.dtype,
-                       remat=config.get("remat", "none"))
+                       remat=config.remat)
 
     # Blocks of the student encoder whose outputs the loss needs (none for plain MAE).
     student_blocks: tuple[int, ...] = ()

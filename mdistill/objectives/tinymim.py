@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mdistill import inputs
-from mdistill.checks import require, variant
+from mdistill.config.errors import require, variant
 from mdistill.models.flops import attention_flops, block_flops, patch_embed_flops
 from mdistill.models.vit import Encoder, Layout, ViTSpec
 from mdistill.objectives.base import Objective

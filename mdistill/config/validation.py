@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from mdistill import inputs, masking
-from mdistill.checks import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
+from mdistill.config.errors import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
 from mdistill.data import SOURCES, VIDEO_SOURCES
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
 from mdistill.data.transforms import AUGMENTS
@@ -23,7 +23,7 @@ def validate(config, num_devices: int | None = None) -> None:
     _require_finite(config)  # nan passes no comparison it should fail, inf many; int(nan) raises
     _require(config.method in OBJECTIVES, "method", config.method, f"expected one of {sorted(OBJECTIVES)}")
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"expected one of {sorted(DTYPES)}")
-    _require(config.get("remat", "none") in REMAT_POLICIES, "remat", config.get("remat"),
+    _require(config.remat in REMAT_POLICIES, "remat", config.remat,
              f"expected one of {REMAT_POLICIES}")
 
     student = _variant("student.variant", config.student.variant)
@@ -86,7 +86,7 @@ def validate(config, num_devices: int | None = None) -> None:
         _require(bool(d.path), "data.path", d.path,
                  "must name the image folder's root (<path>/<split>/<class>/<image>)")
     _validate_pipeline(d)
-    num_sample = d.get("num_sample", 1)
+    num_sample = d.num_sample
     _require(isinstance(num_sample, int) and num_sample >= 1, "data.num_sample", num_sample,
              "must be an integer >= 1 (clips drawn from each video read: repeated sampling)")
     _require(num_sample == 1 or d.source in VIDEO_SOURCES, "data.num_sample", num_sample,
@@ -98,8 +98,7 @@ def validate(config, num_devices: int | None = None) -> None:
     _require(kind in masking.ORDERS, "masking.kind", kind, f"expected one of {sorted(masking.ORDERS)}")
     _validate_masking(masking.options_of(config), kind, num_patches)
 
-    if "eval" in config:
-        validate_eval(config, num_devices)
+    validate_eval(config, num_devices)
 
     OBJECTIVES[config.method].validate(config)  # the method's own fields
 
@@ -176,7 +175,7 @@ def _validate_best_metric(config) -> None:
     mode, _, name = value.rpartition(":")
     _require(not value or (mode in ("", "min", "max") and name), "best_metric", value, f"expected {BEST_METRIC_FORM}")
     # the k-NN monitor's metrics exist only with the monitor on (mdistill.evaluate.knn)
-    _require(not name.startswith("knn_") or config.get("eval", {}).get("knn_every", 0) > 0, "best_metric", value,
+    _require(not name.startswith("knn_") or config.eval.knn_every > 0, "best_metric", value,
              "needs the k-NN monitor (config.eval.knn_every > 0)")
 
 

@@ -1,6 +1,6 @@
 """The one form of a config error: the field, its value and what is allowed.
 
-mdistill.validation checks the shared fields; each objective checks its own
+mdistill.config.validation checks the shared fields; each objective checks its own
 (mdistill.objectives.base.Objective.validate) with the same helpers."""
 
 from __future__ import annotations
