@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
         workers=-1,          # decoding processes per host; -1: one per CPU core (at most 32); 0: in-process
         threads=2,           # threads per process reading and decoding
         prefetch=2,          # batches assembled on device ahead of the step
+        decoder="grain",     # grain: decode on host CPUs | dali: NVIDIA DALI, on the GPU where there is one
         max_bad_fraction=0.001))  # undecodable records tolerated (skipped), as a fraction of the dataset
 
     # Evaluation on frozen features (mdistill/evaluate): the k-NN monitor during

@@ -223,6 +223,12 @@ class Pipeline:
         repeats = getattr(transform, "repeats", 1)
         if rows % repeats:
             raise DataError(f"batch size {rows} is not a multiple of data.num_sample={repeats} (clips per video)")
+        if d.decoder not in ("grain", "dali"):
+            raise DataError(f"config.data.decoder={d.decoder!r}: expected 'grain' or 'dali'")
+        if d.decoder == "dali" and cls is Pipeline:  # decoding in NVIDIA DALI (mdistill.data.dali)
+            from mdistill.data.dali import DaliPipeline
+
+            cls = DaliPipeline
         pipeline = cls(source, transform, rows // repeats, sharding, **kwargs)
         if state:
             pipeline.restore(state)
