@@ -14,7 +14,7 @@ pytest.importorskip("nvidia.dali")
 
 from mdistill import sharding  # noqa: E402
 from mdistill.data import DataError, Pipeline, build_source  # noqa: E402
-from mdistill.data.dali import DaliPipeline, centre_geometry, image_size  # noqa: E402
+from mdistill.data.dali import centre_geometry, image_size  # noqa: E402
 from mdistill.data.prepare import prepare_split  # noqa: E402
 from mdistill.data.transforms import ClipTransform, Transform  # noqa: E402
 from tests.test_prepared import config, write_folder  # noqa: E402
@@ -34,8 +34,9 @@ def batches(pipe, n):
 def test_same_records_geometry_and_labels_as_the_grain_path(folder, augment):
     source = build_source(config("folder", folder))
     t = Transform(32, 3, augment)
-    grain, dali = Pipeline(source, t, 4, seed=3, labels=True), DaliPipeline(source, t, 4, seed=3, labels=True)
-    assert dali.device_id is None  # no sharding on GPUs: DALI's CPU operators
+    grain = Pipeline(source, t, 4, seed=3, labels=True)
+    dali = Pipeline(source, t, 4, seed=3, labels=True, decoder="dali")
+    assert dali.dali.device_id is None  # no sharding on GPUs: DALI's CPU operators
     for step in range(3):
         a, b = grain.local_batch(step), dali.local_batch(step)
         assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8
@@ -53,14 +54,15 @@ def test_same_records_geometry_and_labels_as_the_grain_path(folder, augment):
 def test_deterministic_given_the_seed_and_sharded_per_host(folder):
     source = build_source(config("folder", folder))
     t = Transform(32, 3, "mae")
-    one = [DaliPipeline(source, t, 4, seed=5, labels=True).local_batch(s) for s in range(3)]
-    again = [DaliPipeline(source, t, 4, seed=5, labels=True, threads=1).local_batch(s) for s in range(3)]
-    other = DaliPipeline(source, t, 4, seed=6, labels=True).local_batch(0)
+    one = [Pipeline(source, t, 4, seed=5, labels=True, decoder="dali").local_batch(s) for s in range(3)]
+    again = [Pipeline(source, t, 4, seed=5, labels=True, threads=1, decoder="dali").local_batch(s) for s in range(3)]
+    other = Pipeline(source, t, 4, seed=6, labels=True, decoder="dali").local_batch(0)
     for a, b in zip(one, again):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(one[0]["image"], other["image"])
-    hosts = [DaliPipeline(source, t, 4, seed=5, labels=True, process_index=p, process_count=2) for p in range(2)]
+    hosts = [Pipeline(source, t, 4, seed=5, labels=True, process_index=p, process_count=2, decoder="dali")
+             for p in range(2)]
     assert [h.layout.local_batch for h in hosts] == [2, 2]
     for step in range(3):
         halves = [h.local_batch(step) for h in hosts]
@@ -73,13 +75,13 @@ def test_deterministic_given_the_seed_and_sharded_per_host(folder):
 def test_resume_continues_with_the_batches_of_an_uninterrupted_run(folder):
     source = build_source(config("folder", folder))
     t = Transform(32, 3, "mae")
-    straight = batches(DaliPipeline(source, t, 4, seed=1, labels=True, stop_step=5), 5)
-    first = DaliPipeline(source, t, 4, seed=1, labels=True)
+    straight = batches(Pipeline(source, t, 4, seed=1, labels=True, stop_step=5, decoder="dali"), 5)
+    first = Pipeline(source, t, 4, seed=1, labels=True, decoder="dali")
     with first:
         next(first), next(first)
         state = first.state()
     assert state["next_step"] == 2
-    resumed = DaliPipeline(source, t, 4, seed=1, labels=True, stop_step=5)
+    resumed = Pipeline(source, t, 4, seed=1, labels=True, stop_step=5, decoder="dali")
     resumed.restore(state)
     rest = batches(resumed, 3)
     for (a_img, a_lab), (b_img, b_lab) in zip(straight[2:], rest):
@@ -97,7 +99,7 @@ def test_prepared_jpeg_shards_and_global_arrays_through_the_config(folder, tmp_p
     c.batch_size = 8
     batch_sharding = sharding.batch_sharding(sharding.make_mesh())
     pipe = Pipeline.from_config(c, batch_sharding, 0, 2, labels=True)
-    assert type(pipe) is DaliPipeline
+    assert pipe.dali is not None
     g = config("prepared", out, augment="none")
     g.batch_size = 8
     grain = Pipeline.from_config(g, labels=True)
@@ -117,12 +119,12 @@ def test_a_record_whose_header_cannot_be_read_is_replaced_and_reported(folder, t
         f.write(b"not an image at all")
     source = build_source(config("folder", root))
     bad = next(i for i in range(len(source)) if source.path(i).endswith(os.path.join("ant", "0.jpg")))
-    pipe = DaliPipeline(source, Transform(32, 3, "mae"), 4, seed=0, max_bad_fraction=0.5, stop_step=5)
+    pipe = Pipeline(source, Transform(32, 3, "mae"), 4, seed=0, max_bad_fraction=0.5, stop_step=5, decoder="dali")
     with pipe:
         for _ in range(5):
             assert next(pipe).shape == (4, 32, 32, 3)
     assert pipe.bad == {bad}
-    strict = DaliPipeline(source, Transform(32, 3, "mae"), 4, seed=0, stop_step=5)
+    strict = Pipeline(source, Transform(32, 3, "mae"), 4, seed=0, stop_step=5, decoder="dali")
     with strict, pytest.raises(DataError, match="cannot be decoded"):
         for _ in range(5):
             next(strict)
@@ -131,9 +133,9 @@ def test_a_record_whose_header_cannot_be_read_is_replaced_and_reported(folder, t
 def test_errors_name_what_dali_cannot_take(folder, tmp_path):
     c = config("synthetic", "")
     with pytest.raises(DataError, match="encoded images"):
-        DaliPipeline(build_source(c), Transform(32, 3, "mae"), 4)
+        Pipeline(build_source(c), Transform(32, 3, "mae"), 4, decoder="dali")
     with pytest.raises(DataError, match="decoder='grain'"):
-        DaliPipeline(build_source(config("folder", folder)), ClipTransform(32, 2, 3, 1, True), 4)
+        Pipeline(build_source(config("folder", folder)), ClipTransform(32, 2, 3, 1, True), 4, decoder="dali")
     with pytest.raises(DataError, match="decoder='bogus'"):
         Pipeline.from_config(config("folder", folder, decoder="bogus"))
     raw = str(tmp_path / "raw")  # prepared as raw pixels: nothing for DALI to decode

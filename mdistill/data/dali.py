@@ -40,7 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mdistill.data.errors import DataError
-from mdistill.data.pipeline import MAX_TRIES, Pipeline
 from mdistill.data.transforms import EVAL_CROP_FRACTION, Transform, rrc_box
 
 DECODERS = ("grain", "dali")  # config.data.decoder
@@ -88,22 +87,24 @@ def _blank_jpeg(size: int, channels: int) -> bytes:
     return out.getvalue()
 
 
-class DaliPipeline(Pipeline):
-    """mdistill.data.Pipeline with DALI decoding: same constructor, batches, state and resume.
+class DaliDecoder:
+    """The batches of an mdistill.data.Pipeline built with decoder='dali' (config.data.decoder),
+    decoded by DALI: the pipeline keeps its layout, state, resume, accounting of bad records
+    and its transfer to the devices; this replaces its grain dataset.
 
-    `device_id`: the CUDA device DALI decodes on; None (the default where the batch's sharding
-    is not on GPUs, or there is none) runs DALI's CPU operators. `workers` is ignored (DALI's
-    `threads` CPU threads do the host-side work)."""
+    `device_id`: the CUDA device DALI decodes on; -1 (default) picks the first GPU of the
+    batch's sharding on this host, or DALI's CPU operators where there is none. The
+    pipeline's `workers` are not used (DALI's `threads` CPU threads do the host-side work)."""
 
-    def __init__(self, source, transform, global_batch_size: int, sharding=None, *, device_id: int | None = -1,
-                 **kwargs):
+    def __init__(self, pipeline, max_tries: int, device_id: int | None = -1):
+        transform, sharding = pipeline.reader.transform, pipeline.sharding
         if not isinstance(transform, Transform):
             raise DataError(f"config.data.decoder='dali' decodes images with the transforms of "
                             f"mdistill.data.transforms.Transform; got {type(transform).__name__} (video clips "
                             f"and other transforms use config.data.decoder='grain')")
-        kwargs["workers"] = 0
-        super().__init__(source, transform, global_batch_size, sharding, **kwargs)
-        self.transform = transform
+        self.source, self.reader, self.layout = pipeline.source, pipeline.reader, pipeline.layout
+        self.transform, self.seed, self.labels, self.max_tries = transform, pipeline.seed, pipeline.labels, max_tries
+        self.threads, self.prefetch = pipeline.threads, pipeline.prefetch
         if device_id == -1:  # where the batch goes: the first GPU of this host, or DALI's CPU operators
             devices = [] if sharding is None else [d for d in sharding.addressable_devices if d.platform == "gpu"]
             device_id = min(d.local_hardware_id for d in devices) if devices else None
@@ -130,10 +131,10 @@ class DaliPipeline(Pipeline):
         the label and the records skipped."""
         reader, t, size = self.reader, self.transform, self.transform.size
         index = reader.record_index(step, slot)
-        skipped = np.full(MAX_TRIES, -1, np.int64)
+        skipped = np.full(self.max_tries, -1, np.int64)
         rng = np.random.default_rng((self.seed, step, slot, 1)) if t.augment != "none" else None
         data = None
-        for attempt in range(MAX_TRIES if self.layout.shuffle else 1):
+        for attempt in range(self.max_tries if self.layout.shuffle else 1):
             try:
                 data = self.encoded(index)
                 width, height = image_size(data)
@@ -202,16 +203,9 @@ class DaliPipeline(Pipeline):
 
         return graph()
 
-    def dataset(self, start_step: int | None = None):
-        """This host's batches from `start_step` (default: the next), as the grain path's:
-        {'image': uint8 [L, size, size, C], 'skipped': int64 [L, MAX_TRIES]} (+ 'label')."""
-        return self._batches(self.step if start_step is None else start_step, self.stop_step)
-
-    def local_batch(self, step: int) -> dict:
-        """This host's batch `step`, decoded by DALI here and now (for tests and debugging)."""
-        return next(self._batches(step, step + 1))
-
-    def _batches(self, start: int, stop: int):
+    def batches(self, start: int, stop: int):
+        """This host's batches of steps start .. stop - 1, as the grain dataset's:
+        {'image': uint8 [L, size, size, C], 'skipped': int64 [L, max_tries]} (+ 'label')."""
         pool = ThreadPoolExecutor(max(self.threads, 1)) if self.threads > 1 else None
         pipe = self.build(start, stop, pool)
         try:
