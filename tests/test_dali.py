@@ -152,3 +152,13 @@ def test_header_size_and_centre_geometry(tmp_path):
     assert centre_geometry(32, 32, 32) == (32, 32, 0, 0)  # left as it is, as transforms.center_crop does
     rw, rh, left, top = centre_geometry(300, 200, 224)  # short side to 256, the central 224
     assert (rw, rh) == (384, 256) and (left, top) == (80, 16)
+
+
+def test_the_benchmark_times_the_dali_format(folder, capsys):
+    from benchmarks.pipeline import FORMATS, bench_dali
+
+    assert "dali" in FORMATS
+    source = build_source(config("folder", folder))
+    record = bench_dali(source, Transform(32, 3, "mae"), 4, 1, 2, "pipeline", labels=True)
+    assert record["format"] == "dali" and record["device"] == "cpu" and record["images_per_cpu_second"] > 0
+    assert '"format": "dali"' in capsys.readouterr().out
