@@ -162,3 +162,28 @@ def test_the_benchmark_times_the_dali_format(folder, capsys):
     record = bench_dali(source, Transform(32, 3, "mae"), 4, 1, 2, "pipeline", labels=True)
     assert record["format"] == "dali" and record["device"] == "cpu" and record["images_per_cpu_second"] > 0
     assert '"format": "dali"' in capsys.readouterr().out
+
+
+@pytest.mark.slow  # two training runs in subprocesses
+def test_a_pretraining_run_with_dali_logs_about_the_grain_losses(folder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    losses = {}
+    for decoder in ("grain", "dali"):
+        workdir = str(tmp_path / f"run-{decoder}")
+        overrides = ["--config.data.source=folder", f"--config.data.path={folder}", "--config.data.split=train",
+                     "--config.data.augment=mae", f"--config.data.decoder={decoder}", "--config.batch_size=8",
+                     "--config.total_steps=4", "--config.log_every=1", "--config.checkpoint_every=4",
+                     "--config.visualize_every=0"]
+        run = subprocess.run([sys.executable, "-m", "mdistill.main", "--config=configs/mae_vitb.py:smoke",
+                              f"--workdir={workdir}", *overrides], cwd=root, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"))
+        assert run.returncode == 0, run.stderr[-3000:]
+        losses[decoder] = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))
+                           if "loss" in json.loads(line)]
+    # the same records, crops and flips; pixels a few grey levels apart (0.1% apart in the losses here)
+    assert len(losses["dali"]) == 4
+    np.testing.assert_allclose(losses["dali"], losses["grain"], rtol=0.005)
