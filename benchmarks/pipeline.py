@@ -13,8 +13,12 @@
 Input formats (--formats, each timed on the same images): jpeg, the folder's files as
 they are; prepared, the folder written once by mdistill.data.prepare (short side
 --short_side, JPEG quality --quality) under --workdir and read as config.data.source=
-'prepared' reads it. Each format gets one line {"bench": "format", "format": ...} with the
-images_per_cpu_second of the pre-training, fine-tuning and feature-extraction transforms.
+'prepared' reads it; dali (only where NVIDIA DALI is installed), the folder's files decoded,
+cropped and resized by DALI (config.data.decoder='dali'): on the GPU where JAX has one (the
+batches then go to it as in training), else on DALI's CPU operators. Each format gets one
+line {"bench": "format", "format": ...} with the images_per_cpu_second of the pre-training,
+fine-tuning and feature-extraction transforms (for dali: the process's CPU time, all of
+DALI's threads, with one DALI thread; on a GPU that is the host's share of the work).
 
 Every figure is printed as one JSON line ({"bench": ..., ...}); the last line is a summary.
 
@@ -38,7 +42,7 @@ from absl import app, flags
 from benchmarks import ROOT
 
 
-FORMATS = ("jpeg", "prepared")
+FORMATS = ("jpeg", "prepared", "dali")  # dali: where nvidia-dali is installed
 
 
 def emit(**record):
@@ -139,6 +143,34 @@ def bench_pipeline(source, transform, batch: int, workers: int, threads: int, ba
                 images_per_sec=round(batches * batch / dt, 1))
 
 
+def bench_dali(source, transform, batch: int, threads: int, batches: int, bench: str, **options) -> dict:
+    """The pipeline with decoder='dali' (mdistill.data.dali): host batches from DALI's CPU
+    operators, or, where JAX's default device is a GPU, batches decoded there and delivered
+    as global jax.Arrays as in training. The first batches (DALI's start-up) are not timed."""
+    import jax
+
+    from mdistill import sharding
+    from mdistill.data import Pipeline
+
+    gpu = jax.default_backend() == "gpu"
+    target = sharding.batch_sharding(sharding.make_mesh()) if gpu else None
+    p = Pipeline(source, transform, batch, target, threads=threads, prefetch=2, max_bad_fraction=1.0,
+                 decoder="dali", **options)
+    with p:
+        t_start = time.perf_counter()
+        jax.block_until_ready(next(p))
+        startup = time.perf_counter() - t_start
+        jax.block_until_ready(next(p))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(batches):
+            out = next(p)
+        jax.block_until_ready(out)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return emit(bench=bench, format="dali", device="gpu" if gpu else "cpu", threads=threads, batch=batch,
+                batches=batches, seconds=round(dt, 2), cpu_seconds=round(cpu, 2), startup_seconds=round(startup, 1),
+                images_per_sec=round(batches * batch / dt, 1), images_per_cpu_second=round(batches * batch / cpu, 1))
+
+
 def bench_step(config_file: str, batch: int, steps: int) -> dict:
     """The train step of a config at a small batch, on the default device; random uint8
     images, randomly initialised teacher (a checkpoint changes no shapes, so no timings)."""
@@ -198,7 +230,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("skip_step", False, "no train-step figures")
     flags.DEFINE_bool("skip_eval", False, "no fine-tuning / feature-extraction figures")
     flags.DEFINE_list("formats", ["jpeg"], "input formats: jpeg (the folder's files) | prepared (written once from "
-                      "them by mdistill.data.prepare)")
+                      "them by mdistill.data.prepare) | dali (the folder's files through NVIDIA DALI, where installed)")
     flags.DEFINE_integer("short_side", 256, "prepared format: stored short side")
     flags.DEFINE_integer("quality", 90, "prepared format: JPEG quality")
 
@@ -214,11 +246,16 @@ def main(argv):
     unknown = sorted(set(args.formats) - set(FORMATS))
     if unknown:
         raise app.UsageError(f"--formats: unknown {unknown}, expected some of {list(FORMATS)}", exitcode=2)
+    if "dali" in args.formats:
+        from mdistill.data import dali
+
+        if not dali.available():
+            raise app.UsageError("--formats=dali: NVIDIA DALI is not installed (pip install '.[dali]')", exitcode=2)
     root = args.folder or write_jpeg_folder(os.path.join(args.workdir, "jpegs"), args.num_images)
     folder = ImageFolderSource(root, args.split, args.image_size, 3)
     emit(bench="folder", root=root, cpu_cores=os.cpu_count(), load_average=round(os.getloadavg()[0], 2),
          **folder_stats(folder))
-    sources = {f: folder if f == "jpeg" else prepared_copy(root, args.split, args.workdir, args.short_side,
+    sources = {f: folder if f in ("jpeg", "dali") else prepared_copy(root, args.split, args.workdir, args.short_side,
                                                            args.quality, args.image_size) for f in args.formats}
     transforms = [("pretrain", Transform(args.image_size, 3, "mae"), {})]  # MAE: RRC (0.2, 1) bicubic + flip
     if not args.skip_eval:  # the evaluators' input: fine-tuning and feature extraction
@@ -229,12 +266,20 @@ def main(argv):
     for name, t, options in transforms:
         for f, source in sources.items():  # formats side by side, one transform at a time
             bench = "decode_transform_loop" if name == "pretrain" else f"{name}_decode_transform_loop"
+            if f == "dali":  # one DALI thread: its CPU time per image
+                per_core[f][name] = bench_dali(source, t, args.batch, 1, args.batches, bench,
+                                               **options)["images_per_cpu_second"]
+                continue
             per_core[f][name] = bench_decode_loop(source, t, args.loop_seconds, bench,
                                                   format=f)["images_per_cpu_second"]
         for f, source in sources.items():
             bench = "pipeline" if name == "pretrain" else f"{name}_pipeline"
-            runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches, bench,
-                                   extra={"format": f}, **options) for w in args.workers]
+            if f == "dali":  # DALI's threads in place of grain's worker processes
+                runs = [bench_dali(source, t, args.batch, max(int(w), 1) * args.threads, args.batches, bench,
+                                   **options) for w in args.workers]
+            else:
+                runs = [bench_pipeline(source, t, args.batch, int(w), args.threads, args.batches, bench,
+                                       extra={"format": f}, **options) for w in args.workers]
             best[f][name] = max(r["images_per_sec"] for r in runs)
     for f in sources:
         emit(bench="format", format=f, **{f"{name}_images_per_cpu_second": v for name, v in per_core[f].items()},

@@ -38,7 +38,7 @@ RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_c
                      "student.init", "student.init_ignore",
                      "data.path", "data.data_dir", "eval.",
                      # how the input pipeline runs, not what it yields
-                     "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction",
+                     "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction", "data.decoder",
                      # how the devices are laid out, not what they compute
                      "mesh.")
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU host, about 7 minutes on one H200: the step before and after the flat
-# AdamW update, the update alone, the official DMAE release, the input pipeline, the token
+# AdamW update, the update alone, the official DMAE release, the input pipeline (and its DALI
+# path where nvidia-dali is installed), the token
 # gathers by indexing and by one-hot matmul. Every figure
 # is a JSON line in $DEST/*.jsonl (default: $OUT, the device tool's output folder, else
 # benchmarks/gpu/new). How to run it: docs/performance.md ("The GPU script").
@@ -59,10 +60,14 @@ fi
 section pipeline 100 $PY -m benchmarks.pipeline --skip_step --skip_eval --formats=jpeg,prepared --num_images=256 \
   --workdir=/tmp/mdistill-bench --loop_seconds=6 --workers=0,$(nproc) --batches=8 \
   | tee "$DEST/pipeline.jsonl"
+# 4b. the DALI input path (config.data.decoder='dali') on this GPU: decode (nvJPEG), crop, resize and
+#     flip there, batches delivered as jax.Arrays; the same JPEGs, one and $(nproc) DALI threads. Only where
+#     the host has nvidia-dali: its wheel (~200 MB) is too large to carry in .whl
 if $PY -c "import nvidia.dali" 2>/dev/null; then
-  note dali "nvidia-dali is installed; mdistill has no DALI input path yet, nothing to time"
+  section dali 60 $PY -m benchmarks.pipeline --skip_step --formats=dali --num_images=256 \
+    --workdir=/tmp/mdistill-bench --workers=0,$(nproc) --batch=128 --batches=8 | tee "$DEST/pipeline_dali.jsonl"
 else
-  note dali "nvidia-dali is not installed"
+  note dali "nvidia-dali is not installed on this host: the DALI input path was not timed"
 fi
 # 5. the token gathers of the masked step by indexing vs one-hot matmul (which to use here)
 section gather 40 $PY -m benchmarks.gather --batch=256 --dtype=bfloat16 --rounds=30 | tee "$DEST/gather_b256.jsonl"

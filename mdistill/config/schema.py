@@ -102,6 +102,7 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
     ("data.workers", -1, "decoding processes per host; -1 one per CPU core (at most 32); 0 in-process"),
     ("data.threads", 2, "threads per process reading and decoding"),
     ("data.prefetch", 2, "batches assembled on device ahead of the step"),
+    ("data.decoder", "grain", "grain: decode on the host's CPUs | dali: NVIDIA DALI, on the GPU where there is one"),
     ("data.max_bad_fraction", 0.001, "undecodable records skipped, at most this fraction of the dataset"),
 
     # ---- evaluation on frozen features (mdistill/evaluate) ----

@@ -175,7 +175,8 @@ class Pipeline:
     def __init__(self, source, transform: Transform, global_batch_size: int, sharding=None, *, seed: int = 0,
                  start_step: int = 0, stop_step: int | None = None, workers: int = 0, threads: int = 2,
                  prefetch: int = 2, max_bad_fraction: float = 0.0, known_bad=(), labels: bool = False,
-                 shuffle: bool = True, process_index: int | None = None, process_count: int | None = None):
+                 shuffle: bool = True, process_index: int | None = None, process_count: int | None = None,
+                 decoder: str = "grain"):
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
         if len(source) < global_batch_size and shuffle:
@@ -199,6 +200,13 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._iterator = None
+        self.dali = None  # decoder='dali': batches decoded by NVIDIA DALI (mdistill.data.dali), same contents
+        if decoder == "dali":
+            from mdistill.data.dali import DaliDecoder
+
+            self.dali = DaliDecoder(self, MAX_TRIES)
+        elif decoder != "grain":
+            raise DataError(f"decoder={decoder!r}: expected 'grain' or 'dali'")
 
     @classmethod
     def from_config(cls, config, sharding=None, start_step: int = 0, stop_step: int | None = None,
@@ -222,6 +230,9 @@ class Pipeline:
         repeats = getattr(transform, "repeats", 1)
         if rows % repeats:
             raise DataError(f"batch size {rows} is not a multiple of data.num_sample={repeats} (clips per video)")
+        if d.decoder not in ("grain", "dali"):
+            raise DataError(f"config.data.decoder={d.decoder!r}: expected 'grain' or 'dali'")
+        kwargs.setdefault("decoder", d.decoder)
         pipeline = cls(source, transform, rows // repeats, sharding, **kwargs)
         if state:
             pipeline.restore(state)
@@ -246,6 +257,8 @@ class Pipeline:
 
     def local_batch(self, step: int) -> dict:
         """This host's batch `step`, computed here and now (for tests and debugging)."""
+        if self.dali is not None:
+            return next(self.dali.batches(step, step + 1))
         lb = self.layout.local_batch
         examples = [self.reader(step * lb + j) for j in range(lb)]
         return self._rows({k: np.stack([e[k] for e in examples]) for k in examples[0]})
@@ -290,6 +303,8 @@ class Pipeline:
         import grain
 
         start = self.step if start_step is None else start_step
+        if self.dali is not None:
+            return self.dali.batches(start, self.stop_step)
         lb = self.layout.local_batch
         ds = grain.MapDataset.range(start * lb, self.stop_step * lb).map(self.reader).batch(lb, drop_remainder=True)
         options = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=2 * max(self.threads, 1))
