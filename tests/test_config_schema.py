@@ -12,7 +12,7 @@ import os
 import ml_collections
 import pytest
 
-from mdistill import checkpoint
+from mdistill.weights import checkpoint
 from mdistill.config import FIELDS, ConfigError, base_config, meaning, schema, upgrade
 from mdistill.config import saved as saved_module
 from mdistill.config.validation import validate

@@ -114,9 +114,9 @@ def test_lines_fit_the_ruff_line_length():
     assert long == [], f"lines longer than {limit} (pyproject.toml's [tool.ruff] line-length)"
 
 
-# mdistill/state_dict.py names argparse.Namespace only to let torch unpickle the 'args' that
+# mdistill/weights/state_dict.py names argparse.Namespace only to let torch unpickle the 'args' that
 # the official MAE training checkpoints hold; it parses no command line.
-ARGPARSE_READERS = {"mdistill/state_dict.py"}
+ARGPARSE_READERS = {"mdistill/weights/state_dict.py"}
 
 
 def test_every_command_line_is_absl_flags():

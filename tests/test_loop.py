@@ -14,7 +14,8 @@ import pytest
 from conftest import xla_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, loop, sharding
+from mdistill import loop, sharding
+from mdistill.weights import checkpoint
 from mdistill.config import apply_smoke, base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

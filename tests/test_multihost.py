@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import xla_flags
 
-from mdistill import checkpoint, sharding
+from mdistill import sharding
+from mdistill.weights import checkpoint
 from mdistill.train import train
 
 pytestmark = pytest.mark.slow  # processes on several simulated hosts (tests/README.md)

@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, inputs, loop, optim, resolve, sharding
+from mdistill import data, inputs, loop, optim, resolve, sharding
+from mdistill.weights import checkpoint
 from mdistill import workdir as paths
 from mdistill.evaluate import augment
 from mdistill.evaluate.common import (Split, count_classes, data_record, hold_workdir, labelled_source, load_encoder,

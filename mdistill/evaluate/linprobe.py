@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, loop, optim, resolve, sharding
+from mdistill import data, loop, optim, resolve, sharding
+from mdistill.weights import checkpoint
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
                                       data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
@@ -295,7 +296,7 @@ def main(argv):
     del argv
     from absl import logging
 
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights.checkpoint import CheckpointError
 
     logging.set_verbosity(logging.WARNING)
     from mdistill import distributed
