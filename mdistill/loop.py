@@ -21,9 +21,9 @@ import flax
 import jax
 import numpy as np
 
-from mdistill.weights import checkpoint
 from mdistill.metrics import MetricsWriter, log
 from mdistill.preemption import PreemptionWatcher
+from mdistill.weights import checkpoint
 
 
 @flax.struct.dataclass

@@ -13,12 +13,12 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdistill import data, inputs, loop, optim, sharding, visualize
-from mdistill.weights import checkpoint, init, loader
 from mdistill.loop import Monitor, Plan, TrainState
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
 from mdistill.config.validation import BEST_METRIC_FORM, ConfigError
+from mdistill.weights import checkpoint, init, loader
 
 
 def plan_steps(config) -> Plan:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mdistill
-from mdistill.weights import checkpoint, convert, loader, state_dict
 from mdistill.models.vit import ViTSpec
+from mdistill.weights import checkpoint, convert, loader, state_dict
 from mdistill.weights.pretrained import ids_restore_for
 from real_timm import import_timm
 

@@ -15,8 +15,8 @@ from conftest import xla_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mdistill import loop, sharding
-from mdistill.weights import checkpoint
 from mdistill.config import apply_smoke, base_config
+from mdistill.weights import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH_LINE = re.compile(r"^(\w+: )?mesh data=(\d+) fsdp=(\d+) \| per device: params ([\d,]+) B \+ optimizer "

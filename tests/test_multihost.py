@@ -16,8 +16,8 @@ import pytest
 from conftest import xla_flags
 
 from mdistill import sharding
-from mdistill.weights import checkpoint
 from mdistill.train import train
+from mdistill.weights import checkpoint
 
 pytestmark = pytest.mark.slow  # processes on several simulated hosts (tests/README.md)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mdistill import optim
-from mdistill.weights.checkpoint import config_changes
 from mdistill.config import apply_smoke, base_config
+from mdistill.weights.checkpoint import config_changes
 
 
 def optim_config(**overrides):

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from mdistill import sharding
-from mdistill.weights import checkpoint
 from mdistill.config import apply_smoke, base_config, fashion_mnist
 from mdistill.data import DataError, ImageFolderSource, Pipeline, SyntheticSource, build_source
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.data.transforms import Transform, load_image, rrc_box
+from mdistill.weights import checkpoint
 
 
 def pipeline(source, batch=8, augment="mae", size=16, channels=3, **kw):

@@ -20,11 +20,11 @@ import pytest
 from test_fault_tolerance import ROOT, command, env, run, steps
 
 from mdistill import sharding
-from mdistill.weights import checkpoint
-from mdistill.weights.checkpoint import CheckpointError
 from mdistill.config import apply_smoke, base_config, upgrade
 from mdistill.train import train
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint
+from mdistill.weights.checkpoint import CheckpointError
 
 
 def start(workdir, *extra):

@@ -17,11 +17,11 @@ import pytest
 from conftest import xla_flags
 
 from mdistill import sharding
-from mdistill.weights import checkpoint, convert
-from mdistill.weights.checkpoint import CheckpointError
 from mdistill.config import apply_smoke, base_config
 from mdistill.evaluate import common, finetune, knn, linprobe
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint, convert
+from mdistill.weights.checkpoint import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
+from mdistill.config import apply_smoke, base_config
+from mdistill.train import Trainer, train
 from mdistill.weights import convert
 from mdistill.weights.checkpoint import CheckpointError
-from mdistill.config import apply_smoke, base_config
 from mdistill.weights.state_dict import flatten
-from mdistill.train import Trainer, train
 
 pytestmark = pytest.mark.slow  # training runs started from checkpoints (tests/README.md)
 

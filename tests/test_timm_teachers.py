@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
-from mdistill.weights import loader
-from mdistill.weights.checkpoint import CheckpointError
 from mdistill.config import apply_smoke, base_config
 from mdistill.models.vit import Encoder
 from mdistill.train import Trainer, train
+from mdistill.weights import loader
+from mdistill.weights.checkpoint import CheckpointError
 from real_timm import import_timm
 
 IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS = 16, 4, 3, 64, 4, 4  # mu/4
@@ -98,7 +98,7 @@ def test_timm_layouts_match_the_reference_block_by_block(ref, tmp_path, name):
 
 def test_the_layout_is_read_off_the_tensors(ref, tmp_path):
     clip = loader.architecture(save(timm_model(ref, 1, pre_norm=True, qkv_bias=False),
-                                     tmp_path / "clip.safetensors"))
+                                    tmp_path / "clip.safetensors"))
     assert clip.describe() == ("width 64, depth 4, patch 4, 3 channel(s), learned position embedding, "
                                "norm_pre, no qkv bias, no patch embedding bias")
     no_cls = loader.architecture(save(timm_model(ref, 2, class_token=False, fc_norm=True), tmp_path / "gap.pth"))

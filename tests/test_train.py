@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
-from mdistill.weights.checkpoint import CheckpointError
 from mdistill.config import apply_smoke, base_config
 from mdistill.train import Trainer, train
+from mdistill.weights.checkpoint import CheckpointError
 
 pytestmark = pytest.mark.slow  # training runs (tests/README.md)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from mdistill import masking
-from mdistill.weights import loader
 from mdistill.models.mae import MAE
 from mdistill.models.vit import Encoder, posemb_sincos_1d
+from mdistill.weights import loader
 
 FRAMES, IMG, PATCH, TUBELET, CHANS = 4, 16, 4, 2, 3
 WIDTH, DEPTH, HEADS, DEC = 64, 4, 4, (64, 2, 1)  # mu/4; decoder heads 64 wide, as VideoMAE's

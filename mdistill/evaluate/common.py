@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 
 from mdistill import data, inputs, sharding
-from mdistill.weights import checkpoint, loader
 from mdistill import workdir as paths
 from mdistill.data import transforms
 from mdistill.config import base_config, upgrade
@@ -23,6 +22,7 @@ from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
 from mdistill.models.vit import Encoder, ViTSpec, variant_name
 from mdistill.objectives.common import normalize_images
+from mdistill.weights import checkpoint, loader
 
 POOLS = ("avg", "cls")
 # Reference "encoders" printed beside every pre-trained one: the model's normalised input
@@ -68,7 +68,7 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
     exactly that encoder: a width or depth that does not fit fails here, listing the
     mismatched parameters, before anything compiles."""
     loaded = loader.load(path, variant, image_size=image_size, channels=channels if variant else None,
-                          placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
+                         placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
     return loaded.encoder, run_config(loaded.meta)
 
 

@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdistill.weights.checkpoint import CheckpointError
 from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, check_model_fits_data,
                                       count_classes, data_record, encoder_params, hold_workdir, load_split,
                                       run_config, to_host, with_top5, write_results)
 from mdistill.metrics import log
+from mdistill.weights.checkpoint import CheckpointError
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk"))

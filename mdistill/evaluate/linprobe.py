@@ -35,7 +35,6 @@ import numpy as np
 import optax
 
 from mdistill import data, loop, optim, resolve, sharding
-from mdistill.weights import checkpoint
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
                                       data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
@@ -43,6 +42,7 @@ from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseli
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint
 
 
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

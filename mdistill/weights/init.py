@@ -24,8 +24,8 @@ def student(config, objective, state: TrainState, path: str, state_sharding, tx)
     drop = loader.prefixes(c.student.init_ignore)
     try:
         loaded = loader.load(path, c.student.variant, image_size=c.image_size, channels=c.data.channels,
-                              decoder_heads=c.student.decoder_heads, field="config.student.variant",
-                              drop=drop, method_heads=True)
+                             decoder_heads=c.student.decoder_heads, field="config.student.variant",
+                             drop=drop, method_heads=True)
     except (ValueError, ImportError) as e:
         raise checkpoint.CheckpointError(f"config.student.init: {e}") from e
     have, want = loaded.arch.spec.layout, inputs.student_spec(c).layout
@@ -107,6 +107,8 @@ def method_heads(config, objective, params: dict, loaded: loader.Weights,
 
 
 def teacher_architecture(config):
+    """config.teacher.checkpoint's architecture (its layout is the teacher model's), read without
+    loading the weights."""
     try:
         return loader.architecture(config.teacher.checkpoint)
     except (ValueError, ImportError, OSError) as e:  # unreadable, unsupported, no torch for a .pth
@@ -125,8 +127,8 @@ def teacher(config, objective, mesh, random_init):
         return random_init(jax.random.PRNGKey(config.seed + 1))
     try:  # checked against config.teacher.variant, placed by the partition rules
         encoder = loader.load_encoder(path, config.teacher.variant, image_size=config.image_size,
-                                       channels=config.data.channels, placement=mesh,
-                                       field="config.teacher.variant")
+                                      channels=config.data.channels, placement=mesh,
+                                      field="config.teacher.variant")
     except (ValueError, ImportError) as e:  # wrong architecture, unreadable file, no torch for a .pth
         raise checkpoint.CheckpointError(str(e)) from e
     return teacher.prepare(encoder)

@@ -17,9 +17,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from mdistill.weights import loader
 from mdistill.models.mae import MAE
 from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.weights import loader
 from mdistill.weights.state_dict import Architecture
 
 
