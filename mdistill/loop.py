@@ -2,7 +2,7 @@
 the linear probe's head (evaluate/linprobe.py), as big_vision's single trainer: each job
 gives its jitted step, its state, its input iterator and its monitors; the loop alone plans
 the steps (plan_steps), resumes (restore), checks for non-finite values
-(mdistill.checkpoint.check_finite), logs (console, metrics.jsonl, TensorBoard), times the
+(mdistill.weights.checkpoint.check_finite), logs (console, metrics.jsonl, TensorBoard), times the
 checkpoints, handles preemption (mdistill.preemption) and calls the monitors.
 
 A step's metrics stay on device until a log, a monitor or a save needs them; then every step
@@ -21,9 +21,9 @@ import flax
 import jax
 import numpy as np
 
-from mdistill import checkpoint
 from mdistill.metrics import MetricsWriter, log
 from mdistill.preemption import PreemptionWatcher
+from mdistill.weights import checkpoint
 
 
 @flax.struct.dataclass
@@ -87,7 +87,7 @@ def restore(mngr, abstract_params, abstract_opt_state, config: dict, what: str =
             allow_teacher_change: bool = False):
     """The latest readable checkpoint of `mngr` -> (params, opt_state, meta), or None for a
     fresh start; one saved with another config (outside checkpoint.RESUMABLE_CHANGES) or
-    another teacher is refused (mdistill.checkpoint.restore_latest_good)."""
+    another teacher is refused (mdistill.weights.checkpoint.restore_latest_good)."""
     restored = checkpoint.restore_latest_good(mngr, abstract_params, abstract_opt_state, config, teacher=teacher,
                                               allow_teacher_change=allow_teacher_change)
     if restored is not None:

@@ -31,7 +31,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save chatter out of the console
     from mdistill import distributed, resolve, sharding, train
     from mdistill.config import validation
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights.checkpoint import CheckpointError
     from mdistill.data import DataError
 
     try:

@@ -43,8 +43,8 @@ def explicit_fields(overrides: dict, prefix: str = "") -> set[str]:
 def teacher(config, explicit: set[str] = frozenset()) -> None:
     """config.teacher.variant from config.teacher.checkpoint's architecture (a method
     without a teacher, or no checkpoint: nothing to do); the DMAE projection's sizes follow."""
-    from mdistill import weights
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights import loader
+    from mdistill.weights.checkpoint import CheckpointError
     from mdistill.objectives import OBJECTIVES
 
     objective = OBJECTIVES.get(config.method)
@@ -52,7 +52,7 @@ def teacher(config, explicit: set[str] = frozenset()) -> None:
     if objective is None or not objective.uses_teacher or not path:
         return
     try:
-        arch = weights.architecture(path)
+        arch = loader.architecture(path)
     except (ValueError, ImportError, OSError) as e:  # unreadable, unsupported, no torch for a .pth
         raise CheckpointError(f"config.teacher.checkpoint: {e}") from e
     spec = arch.spec
@@ -71,12 +71,12 @@ def pretrained_run(config, explicit: set[str] = frozenset()) -> None:
     path = config.pretrained
     if not path:
         return
-    from mdistill import weights
-    from mdistill.checkpoint import CheckpointError, load_shapes
+    from mdistill.weights import loader
+    from mdistill.weights.checkpoint import CheckpointError, load_shapes
 
     try:
         if os.path.isfile(path):
-            meta = {"architecture": weights.architecture(path).to_json()}
+            meta = {"architecture": loader.architecture(path).to_json()}
         else:
             _, meta = load_shapes(path)
     except (ValueError, ImportError, OSError) as e:

@@ -12,12 +12,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, data, inputs, loop, optim, sharding, visualize, weights
+from mdistill import data, inputs, loop, optim, sharding, visualize
 from mdistill.loop import Monitor, Plan, TrainState
 from mdistill.metrics import MetricsWriter, log
 from mdistill.objectives import build_objective
 from mdistill.preemption import PreemptionWatcher
 from mdistill.config.validation import BEST_METRIC_FORM, ConfigError
+from mdistill.weights import checkpoint, init, loader
 
 
 def plan_steps(config) -> Plan:
@@ -39,7 +40,7 @@ class Trainer:
             # the teacher's layout (learned position table, cls token, norm_pre, ...) is the
             # checkpoint's; its size is config.teacher.variant's, checked when it is loaded
             try:
-                self.objective.use_teacher_layout(self._teacher_architecture().spec.layout)
+                self.objective.use_teacher_layout(init.teacher_architecture(config).spec.layout)
             except ValueError as e:  # a teacher that does not cut the input into the student's tokens
                 raise checkpoint.CheckpointError(str(e)) from e
         self.plan = plan_steps(config)
@@ -72,108 +73,12 @@ class Trainer:
         """A fresh state: random parameters, or config.student.init's where set."""
         state = jax.jit(self._init_state, out_shardings=self.state_sharding)(self.init_rng)
         path = self.config.student.init
-        return self._student_init(state, path) if path else state
-
-    def _student_init(self, state: TrainState, path: str) -> TrainState:
-        """The student's encoder (and decoder, if the checkpoint has one) from `path`, checked
-        against config.student: a video student (config.num_frames > 1) from a video
-        checkpoint, an image student from an image one. Method heads (an mdistill run's by
-        name, an official DMAE / AMD release's by position) load where they fit, the others
-        are logged and keep their random init, as does every part the checkpoint lacks. The
-        optimizer state is that of the new parameters (Adam's moments are zeros either way)."""
-        c = self.config
-        drop = weights.prefixes(c.student.init_ignore)
-        try:
-            loaded = weights.load(path, c.student.variant, image_size=c.image_size, channels=c.data.channels,
-                                  decoder_heads=c.student.decoder_heads, field="config.student.variant",
-                                  drop=drop, method_heads=True)
-        except (ValueError, ImportError) as e:
-            raise checkpoint.CheckpointError(f"config.student.init: {e}") from e
-        have, want = loaded.arch.spec.layout, inputs.student_spec(c).layout
-        if have.tubelet != want.tubelet:
-            kind = lambda t: f"a video ViT ({t}-frame tubelets)" if t else "an image ViT"  # noqa: E731
-            raise checkpoint.CheckpointError(
-                f"config.student.init: {path} holds {kind(have.tubelet)} but the student is {kind(want.tubelet)} "
-                f"(config.num_frames={inputs.num_frames(c)}, config.tubelet_size={c.tubelet_size}): a video student "
-                "starts from a video checkpoint, an image student from an image one")
-        if have != want:
-            raise checkpoint.CheckpointError(
-                f"config.student.init: {path} is a ViT with {have.describe() or 'MAE layout'}; the student is "
-                f"{want.describe() or 'an MAE ViT (fixed sin-cos position embedding, cls token, qkv bias, final norm)'}"
-                ", so it cannot start from it (as a teacher, config.teacher.checkpoint, it can be used)")
-        mae = state.params["mae"]
-        parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params}
-        want_shapes = {"/".join(p): tuple(v.shape) for p, v in weights.flatten({k: mae[k] for k in parts}).items()}
-        have_shapes = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(parts).items()}
-        problems = weights.shape_problems(have_shapes, want_shapes)
-        if problems:
-            s = c.student
-            raise checkpoint.CheckpointError(
-                f"config.student.init: {path} does not fit the student ({s.variant}, decoder width "
-                f"{s.decoder_width} depth {s.decoder_depth}):\n" + "\n".join(problems))
-        placed = weights.place(jax.device_get(parts), {k: self.state_sharding.params["mae"][k] for k in parts})
-        params = {**state.params, "mae": {**mae, **placed}}
-        params, heads, skipped = self._method_heads_init(params, loaded)
-        log(f"student initialised from {path}: {' and '.join(parts)}"
-            + ("" if "decoder" in parts else " (the decoder keeps its random init)")
-            + (f"; heads {', '.join(heads)}" if heads else ""))
-        if skipped:
-            log(f"config.student.init: not loaded from {path} (kept at their random init):\n" + "\n".join(skipped))
-        opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
-        return TrainState(state.step, params, opt_state)
-
-    def _method_heads_init(self, params: dict, loaded: weights.Weights) -> tuple[dict, list[str], list[str]]:
-        """params with the checkpoint's method heads where they fit -> (params, 'name <- source'
-        of each head loaded, lines naming what was not). A head loads when every tensor the
-        checkpoint has for it fits (name and shape); tensors it lacks (AMD's generator mask
-        token, stored nowhere by the release) keep their init. An official release's head i
-        is that of the i-th aligned student block (its order)."""
-        from mdistill.objectives.amd import generator_name
-        from mdistill.objectives.distill import head_name
-
-        pairs = sorted(getattr(self.objective, "pairs", ()))
-        by_index = {"heads": [head_name(s, t) for s, t in pairs],
-                    "generators": [generator_name(s, t) for s, t in pairs]}
-        release = {"heads": "projection head", "generators": "generator"}
-        params, done, skipped = dict(params), [], list(loaded.unused)
-        for kind, trees in loaded.method.items():
-            for key, tree in trees.items():
-                by_position = isinstance(key, int)  # an official release's; an mdistill run's are named
-                source = f"{release[kind]} {key}" if by_position else f"{kind}/{key}"
-                name = (by_index[kind][key] if key < len(pairs) else None) if by_position else key
-                target = params.get(kind, {}).get(name) if name else None
-                if target is None:
-                    method = self.config.method
-                    why = (f"this {method} run has {len(pairs)} aligned pair(s) with {kind}" if by_position
-                           else f"this {method} run has no {kind[:-1]} {key!r}")
-                    skipped.append(f"  {source}: {why}")
-                    continue
-                have = {"/".join(p): tuple(np.shape(v)) for p, v in weights.flatten(tree).items()}
-                want = {"/".join(p): tuple(v.shape) for p, v in weights.flatten(target).items()}
-                problems = [line for line in weights.shape_problems(have, want) if "missing from" not in line]
-                if problems:
-                    skipped += [f"  {source} -> {kind}/{name}:"] + [f"  {line}" for line in problems]
-                    continue
-                sharding_tree = weights.flatten(self.state_sharding.params[kind][name])
-                flat = weights.flatten(target)
-                for p, v in weights.flatten(tree).items():
-                    flat[p] = weights.place(np.asarray(jax.device_get(v), np.float32), sharding_tree[p])
-                params[kind] = {**params[kind], name: weights.unflatten(flat)}
-                lacking = sorted(set(want) - set(have))
-                done.append(f"{kind}/{name} <- {source}" + (f" ({', '.join(lacking)} keep their init)" if lacking
-                                                            else ""))
-        return params, done, skipped
+        return init.student(self.config, self.objective, state, path, self.state_sharding, self.tx) if path else state
 
     def abstract_state(self) -> TrainState:
         return _abstract(jax.eval_shape(self._init_state, self.init_rng), self.state_sharding)
 
     # ---- teacher ------------------------------------------------------------------------
-    def _teacher_architecture(self):
-        try:
-            return weights.architecture(self.config.teacher.checkpoint)
-        except (ValueError, ImportError, OSError) as e:  # unreadable, unsupported, no torch for a .pth
-            raise checkpoint.CheckpointError(f"config.teacher.checkpoint: {e}") from e
-
     def _teacher_init(self, rng):
         return self.objective.teacher.init(rng, jnp.zeros(self.batch_shape(1).shape, jnp.float32))
 
@@ -188,21 +93,8 @@ class Trainer:
     def load_teacher(self):
         """Frozen teacher parameters, placed by the partition rules (None for methods
         without a teacher)."""
-        if not self.objective.uses_teacher:
-            return None
-        teacher, path = self.objective.teacher, self.config.teacher.checkpoint
-        if not path:
-            log("WARNING: config.teacher.checkpoint is empty: distilling from a randomly "
-                "initialised teacher (only meaningful for smoke tests)")
-            init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
-            return init(jax.random.PRNGKey(self.config.seed + 1))
-        try:  # checked against config.teacher.variant, placed by the partition rules
-            encoder = weights.load_encoder(path, self.config.teacher.variant, image_size=self.config.image_size,
-                                           channels=self.config.data.channels, placement=self.mesh,
-                                           field="config.teacher.variant")
-        except (ValueError, ImportError) as e:  # wrong architecture, unreadable file, no torch for a .pth
-            raise checkpoint.CheckpointError(str(e)) from e
-        return teacher.prepare(encoder)
+        random_init = jax.jit(self._teacher_init, out_shardings=self.teacher_sharding)
+        return init.teacher(self.config, self.objective, self.mesh, random_init)
 
     # ---- the step -----------------------------------------------------------------------
     def _grads(self, params, teacher_params, images, rng):
@@ -267,7 +159,7 @@ def summarize(config, mesh, device_memory: int | None = None) -> dict:
     summary = {
         "method": config.method,
         "student": config.student.variant,
-        "student_params": count_params(weights.encoder_of(state.params)),
+        "student_params": count_params(loader.encoder_of(state.params)),
         "trainable_params": count_params(state.params),
         "teacher": config.teacher.variant if objective.uses_teacher else None,
         "teacher_params": count_params(teacher) if teacher is not None else 0,

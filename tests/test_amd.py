@@ -259,7 +259,7 @@ def test_mask_tokens_stay_at_their_init_unless_trained(trained):
 def test_a_resumed_run_keeps_its_mask_tokens_and_ends_bitwise_equal(tmp_path):
     import shutil
 
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
 
     c = smoke()
     c.total_steps, c.checkpoint_every, c.log_every = 8, 4, 4

@@ -17,7 +17,7 @@ import pytest
 from conftest import xla_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint
+from mdistill.weights import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mdistill import checkpoint, convert, sharding
+from mdistill import sharding
+from mdistill.weights import checkpoint, convert
 from real_timm import import_timm
 
 pytestmark = pytest.mark.slow  # fine-tuning and probe runs (tests/README.md)

@@ -12,10 +12,10 @@ import os
 import ml_collections
 import pytest
 
-from mdistill import checkpoint
 from mdistill.config import FIELDS, ConfigError, base_config, meaning, schema, upgrade
 from mdistill.config import saved as saved_module
 from mdistill.config.validation import validate
+from mdistill.weights import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "saved_configs", "*.json")))

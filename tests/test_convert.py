@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import mdistill
-from mdistill import checkpoint, convert, weights
 from mdistill.models.vit import ViTSpec
-from mdistill.pretrained import ids_restore_for
+from mdistill.weights import checkpoint, convert, loader, state_dict
+from mdistill.weights.pretrained import ids_restore_for
 from real_timm import import_timm
 
 # mdistill's 'mu/4' encoder, a 2-block decoder whose heads follow the width/32 default
@@ -97,8 +97,8 @@ def test_converted_encoder_and_decoder_match_pytorch(release):
 def test_orbax_conversion_loads_as_checkpoint_teacher_and_pretrained(release):
     params, meta = checkpoint.load_params(release["orbax"], CPU)
     assert set(params["mae"]) == {"encoder", "decoder"} and meta["architecture"]["decoder_heads"] == DEC[2]
-    from_pth = weights.load_encoder(release["path"], placement=CPU, variant="mu/4", image_size=IMG)
-    from_dir = weights.load_encoder(release["orbax"], placement=CPU, variant="mu/4", image_size=IMG)
+    from_pth = loader.load_encoder(release["path"], placement=CPU, variant="mu/4", image_size=IMG)
+    from_dir = loader.load_encoder(release["orbax"], placement=CPU, variant="mu/4", image_size=IMG)
     jax.tree.map(np.testing.assert_array_equal, from_pth, from_dir)
     jax.tree.map(np.testing.assert_array_equal, from_dir, params["mae"]["encoder"])
     model = mdistill.load_pretrained(release["orbax"])
@@ -132,10 +132,10 @@ def test_other_image_size_uses_the_sincos_table_of_its_grid(ref, release, capsys
     model = mdistill.load_pretrained(release["path"])
     np.testing.assert_allclose(model.encode(images, ids_keep)[DEPTH - 1], blocks[-1], atol=ATOL)
     np.testing.assert_allclose(model.reconstruct(images, ids_keep), pred, atol=ATOL)
-    weights.load_encoder(release["path"], placement=CPU, image_size=24)
+    loader.load_encoder(release["path"], placement=CPU, image_size=24)
     assert "used at 24px" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a multiple of the checkpoint's patch size 4"):
-        weights.load_encoder(release["path"], placement=CPU, image_size=18)
+        loader.load_encoder(release["path"], placement=CPU, image_size=18)
 
 
 @pytest.mark.parametrize("global_pool", [False, True])
@@ -174,8 +174,8 @@ def test_export_without_head_round_trips_to_the_release_layout(ref, release, tmp
     for k in original:
         np.testing.assert_allclose(exported[k].numpy(), original[k].numpy(), atol=1e-6, err_msg=k)
     # and back in: the export is itself a valid teacher checkpoint
-    weights.load_encoder(str(out), placement=CPU, variant="mu/4")
-    sd = convert.export_state_dict(weights.load_encoder(str(out)), image_size=24, num_classes=0)
+    loader.load_encoder(str(out), placement=CPU, variant="mu/4")
+    sd = convert.export_state_dict(loader.load_encoder(str(out)), image_size=24, num_classes=0)
     assert sd["pos_embed"].shape == (1, 37, WIDTH)
 
 
@@ -210,17 +210,17 @@ def test_conversion_never_writes_over_an_existing_output(release, tmp_path):
 
 def test_architecture_mismatch_names_every_tensor(release):
     with pytest.raises(ValueError) as e:
-        weights.load_encoder(release["path"], placement=CPU, variant="xs/4")
+        loader.load_encoder(release["path"], placement=CPU, variant="xs/4")
     msg = str(e.value)
     assert "width 64, depth 4, patch 4" in msg and "'xs/4' is width 128, depth 6, patch 4" in msg
     assert "blocks.0.attn.qkv.weight: shape (192, 64) in the checkpoint, (384, 128) expected" in msg
     assert "blocks.4.norm1.weight: missing from the checkpoint (expected (128,))" in msg
     with pytest.raises(ValueError, match=r"patch_embed.proj.weight: shape \(64, 3, 4, 4\) in the checkpoint, "
                                          r"\(64, 3, 8, 8\) expected"):
-        weights.load_encoder(release["path"], placement=CPU, variant="mu/8")
+        loader.load_encoder(release["path"], placement=CPU, variant="mu/8")
     with pytest.raises(ValueError, match=r"block_0/attn/qkv/kernel: shape \(64, 192\) in the checkpoint, "
                                          r"\(128, 384\) expected"):
-        weights.load_encoder(release["orbax"], placement=CPU, variant="xs/4")
+        loader.load_encoder(release["orbax"], placement=CPU, variant="xs/4")
     with pytest.raises(SystemExit, match="error: .*'B/16' is width 768, depth 12, patch 16"):
         convert.main(["--input", release["path"], "--output", "unused", "--variant", "B/16"])
 
@@ -238,7 +238,7 @@ def test_unknown_and_missing_keys_are_reported(ref, tmp_path):
     assert "head.weight: not in the model (shape (10, 64))" in str(e.value)
     assert "blocks.1.mlp.fc2.bias: missing from the checkpoint (expected (64,))" in str(e.value)
     with pytest.raises(ValueError) as e:  # an explicit ignore drops the head, nothing else
-        convert.state_dict_to_params(convert.read_state_dict(path), path, ignore=("head.",))
+        loader.state_dict_to_params(state_dict.read_state_dict(path), path, ignore=("head.",))
     assert "head.weight" not in str(e.value) and "blocks.1.mlp.fc2.bias" in str(e.value)
 
 
@@ -251,7 +251,7 @@ def test_a_learned_position_embedding_becomes_a_parameter(ref, tmp_path):
     with torch.no_grad():
         model.pos_embed.add_(0.02 * torch.randn(model.pos_embed.shape))
     path = save_release(model, tmp_path / "finetuned.pth", encoder_only=True)
-    w = weights.load(path, decoder=False)
+    w = loader.load(path, decoder=False)
     assert w.arch.spec.layout.posemb == "learned" and w.encoder["pos_embed"].shape == (1, 17, WIDTH)
     images, ids_keep = inputs()
     latent, _, _ = torch_forward(model, images, ids_keep)
@@ -264,9 +264,9 @@ def test_corrupt_or_missing_files_fail_naming_the_file(release, tmp_path):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=f"could not read '{bad}'.*is the file complete"):
-        weights.load_encoder(str(bad))
+        loader.load_encoder(str(bad))
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        convert.read_state_dict(str(tmp_path / "nowhere.pth"))
+        state_dict.read_state_dict(str(tmp_path / "nowhere.pth"))
     with pytest.raises(SystemExit, match=f"error: could not read '{bad}'"):
         convert.main(["--input", str(bad), "--output", str(tmp_path / "out")])
 
@@ -297,7 +297,7 @@ def test_safetensors_files_read_without_torch(tmp_path):
     head = json.dumps(header).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
-    sd = convert.read_state_dict(str(path))
+    sd = state_dict.read_state_dict(str(path))
     np.testing.assert_array_equal(sd["cls_token"], tensors["cls_token"])
     assert sd["norm.weight"].dtype == np.float32 and sd["norm.weight"].sum() == 4
 
@@ -464,11 +464,11 @@ def test_safetensors_export_needs_no_torch_and_reimports(tmp_path, monkeypatch):
     for k in expected:
         np.testing.assert_array_equal(written[k], expected[k], err_msg=k)
         assert written[k].dtype == np.float32
-    np.testing.assert_array_equal(convert.read_state_dict(str(out))["blocks.0.attn.qkv.weight"],
+    np.testing.assert_array_equal(state_dict.read_state_dict(str(out))["blocks.0.attn.qkv.weight"],
                                   expected["blocks.0.attn.qkv.weight"])
-    back = weights.load_encoder(str(out), "mu/4", ignore=("head.",))
-    for path, value in convert._flatten(params["mae"]["encoder"]).items():
-        np.testing.assert_array_equal(convert._flatten(back)[path], np.asarray(value), err_msg=str(path))
+    back = loader.load_encoder(str(out), "mu/4", ignore=("head.",))
+    for path, value in state_dict.flatten(params["mae"]["encoder"]).items():
+        np.testing.assert_array_equal(state_dict.flatten(back)[path], np.asarray(value), err_msg=str(path))
 
 
 @pytest.mark.parametrize("global_pool", [False, True])
@@ -503,7 +503,7 @@ def test_a_pretrained_export_by_default_has_the_pretraining_releases_tensors(ref
         convert.main(["--export", "--input", release["orbax"], "--output", str(out)])
     assert set(torch.load(pth, weights_only=True)["model"]) == release_keys
     assert set(load_file(str(st))) == release_keys
-    assert set(convert.export_state_dict(weights.load_encoder(release["orbax"]), IMG)) == release_keys
+    assert set(convert.export_state_dict(loader.load_encoder(release["orbax"]), IMG)) == release_keys
     # asked for: a zero head of --num_classes rows, fc_norm (ones, zeros) in place of norm
     convert.main(["--export", "--input", release["orbax"], "--output", str(pth), "--num_classes", "7",
                   "--global_pool", "--overwrite"])

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from mdistill import checkpoint, sharding
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.evaluate import augment, common, finetune, knn, linprobe, randaugment
 from mdistill.models.vit import Encoder, ViTSpec
+from mdistill.weights import checkpoint
 
 
 # ---- k-NN -----------------------------------------------------------------------------

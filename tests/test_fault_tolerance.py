@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import xla_flags
 
-from mdistill import checkpoint
+from mdistill.weights import checkpoint
 
 pytestmark = pytest.mark.slow  # training processes killed, resumed and checked (tests/README.md)
 

@@ -1,5 +1,6 @@
 """The package's shape: no import cycle between mdistill's modules, the trainer below the
-evaluators, a method's knowledge in objectives/ only, and lines within the ruff limit."""
+evaluators, the models and weights below both, a method's knowledge in objectives/ only, and
+lines within the ruff limit."""
 
 from __future__ import annotations
 
@@ -86,6 +87,17 @@ def test_the_trainer_imports_nothing_from_the_evaluators():
     assert not {d for d in graph["mdistill.train"] if d.startswith("mdistill.evaluate")}
 
 
+def test_the_models_own_their_names_and_the_weights_serve_the_jobs():
+    """models/ (tensor names included) imports nothing else of the package; the weights
+    package reads and writes parameters for train.py and evaluate/, importing neither."""
+    graph = import_graph()
+    assert not {d for m, deps in graph.items() if m.startswith("mdistill.models.")
+                for d in deps if not d.startswith("mdistill.models")}
+    assert not {d for m, deps in graph.items() if m.startswith("mdistill.weights")
+                for d in deps if d.startswith(("mdistill.train", "mdistill.evaluate", "mdistill.main"))}
+    assert "mdistill.models.names" in graph["mdistill.weights.state_dict"]
+
+
 def test_methods_are_named_only_in_objectives():
     """A method's knowledge lives in its objective: nothing else asks which method runs."""
     found = [f"{path}:{i}" for name, path in modules().items() if not name.startswith("mdistill.objectives")
@@ -114,9 +126,9 @@ def test_lines_fit_the_ruff_line_length():
     assert long == [], f"lines longer than {limit} (pyproject.toml's [tool.ruff] line-length)"
 
 
-# mdistill/state_dict.py names argparse.Namespace only to let torch unpickle the 'args' that
+# mdistill/weights/state_dict.py names argparse.Namespace only to let torch unpickle the 'args' that
 # the official MAE training checkpoints hold; it parses no command line.
-ARGPARSE_READERS = {"mdistill/state_dict.py"}
+ARGPARSE_READERS = {"mdistill/weights/state_dict.py"}
 
 
 def test_every_command_line_is_absl_flags():

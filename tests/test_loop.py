@@ -14,8 +14,9 @@ import pytest
 from conftest import xla_flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mdistill import checkpoint, loop, sharding
+from mdistill import loop, sharding
 from mdistill.config import apply_smoke, base_config
+from mdistill.weights import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH_LINE = re.compile(r"^(\w+: )?mesh data=(\d+) fsdp=(\d+) \| per device: params ([\d,]+) B \+ optimizer "

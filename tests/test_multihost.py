@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import xla_flags
 
-from mdistill import checkpoint, sharding
+from mdistill import sharding
 from mdistill.train import train
+from mdistill.weights import checkpoint
 
 pytestmark = pytest.mark.slow  # processes on several simulated hosts (tests/README.md)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mdistill import optim
-from mdistill.checkpoint import config_changes
 from mdistill.config import apply_smoke, base_config
+from mdistill.weights.checkpoint import config_changes
 
 
 def optim_config(**overrides):
@@ -89,7 +89,8 @@ def test_checkpoints_from_before_the_fields_resume():
 def test_a_flat_run_resumes_exactly_and_shards_over_fsdp(tmp_path, mu_dtype):
     import shutil
 
-    from mdistill import checkpoint, sharding
+    from mdistill import sharding
+    from mdistill.weights import checkpoint
     from mdistill.train import Trainer, train
 
     c = apply_smoke(base_config())

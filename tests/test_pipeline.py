@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdistill import checkpoint, sharding
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config, fashion_mnist
 from mdistill.data import DataError, ImageFolderSource, Pipeline, SyntheticSource, build_source
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 from mdistill.data.transforms import Transform, load_image, rrc_box
+from mdistill.weights import checkpoint
 
 
 def pipeline(source, batch=8, augment="mae", size=16, channels=3, **kw):
@@ -270,7 +271,7 @@ def test_missing_tfds_dataset_names_it_and_how_to_prepare(tmp_path):
 def test_mae_trains_from_an_image_folder_and_checkpoints_the_input_state(image_folder, tmp_path):
     """Exact resume through train() is checked by tests/test_train.py and
     tests/test_fault_tolerance.py, which run the same pipeline on synthetic data."""
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
     from mdistill.train import train
 
     c = folder_config(image_folder)

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from test_fault_tolerance import ROOT, command, env, run, steps
 
-from mdistill import checkpoint, sharding
-from mdistill.checkpoint import CheckpointError
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config, upgrade
 from mdistill.train import train
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint
+from mdistill.weights.checkpoint import CheckpointError
 
 
 def start(workdir, *extra):
@@ -125,7 +126,7 @@ def test_unknown_config_field_is_one_line():
 
 @pytest.mark.slow
 def test_export_over_a_folder_is_one_line(contested, tmp_path):
-    from mdistill import convert
+    from mdistill.weights import convert
 
     with pytest.raises(SystemExit) as e:
         convert.main(["--export", "--input", str(contested[0]), "--output", str(tmp_path)])

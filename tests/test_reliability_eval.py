@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from conftest import xla_flags
 
-from mdistill import checkpoint, convert, sharding
-from mdistill.checkpoint import CheckpointError
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config
 from mdistill.evaluate import common, finetune, knn, linprobe
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint, convert
+from mdistill.weights.checkpoint import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +135,7 @@ def test_export_over_an_existing_file_on_a_full_disk_leaves_it_whole(image_run, 
 
 
 def test_export_to_an_unwritable_place_is_one_line_before_reading(image_run, monkeypatch):
-    from mdistill import weights
+    from mdistill.weights import loader
 
     target = "/proc/mdistill-export.safetensors"  # /proc takes no new files, even from root
     if not os.path.isdir("/proc/self"):
@@ -143,7 +144,7 @@ def test_export_to_an_unwritable_place_is_one_line_before_reading(image_run, mon
     def no_reading(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the output was checked")
 
-    monkeypatch.setattr(weights, "load", no_reading)
+    monkeypatch.setattr(loader, "load", no_reading)
     with pytest.raises(SystemExit) as e:
         export(image_run, target)
     assert str(e.value.code).startswith(f"error: --output {target!r}: cannot write in '/proc'")

@@ -212,7 +212,7 @@ class _RunsCode:
 
 def test_a_pickle_that_would_run_code_is_named_so_with_torchs_warning(tmp_path):
     torch = pytest.importorskip("torch")
-    from mdistill import state_dict
+    from mdistill.weights import state_dict
 
     path, marker = str(tmp_path / "evil.pth"), tmp_path / "ran"
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4)}, "payload": _RunsCode(marker)}, path)
@@ -229,7 +229,7 @@ def test_a_pickle_that_would_run_code_is_named_so_with_torchs_warning(tmp_path):
 def test_a_failed_background_save_is_named_by_its_step(tmp_path):
     """An asynchronous save fails after it started: the error surfaces when the next save
     starts (or at the final wait) and names the step that failed, not the one being started."""
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
 
     class Manager:  # Orbax's CheckpointManager as the loop sees it: save starts, the write fails later
         directory, failing = str(tmp_path), False

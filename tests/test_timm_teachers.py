@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from mdistill import sharding, weights
-from mdistill.checkpoint import CheckpointError
+from mdistill import sharding
 from mdistill.config import apply_smoke, base_config
 from mdistill.models.vit import Encoder
 from mdistill.train import Trainer, train
+from mdistill.weights import loader
+from mdistill.weights.checkpoint import CheckpointError
 from real_timm import import_timm
 
 IMG, PATCH, CHANS, WIDTH, DEPTH, HEADS = 16, 4, 3, 64, 4, 4  # mu/4
@@ -85,7 +86,7 @@ def test_timm_layouts_match_the_reference_block_by_block(ref, tmp_path, name):
     model = timm_model(ref, seed=len(name), **LAYOUTS[name])
     images, ids_keep = inputs()
     for path in (save(model, tmp_path / "model.safetensors"), save(model, tmp_path / "model.pth")):
-        w = weights.load(path, "mu/4", decoder=False)
+        w = loader.load(path, "mu/4", decoder=False)
         assert w.arch.spec.layout.posemb == "learned", w.arch.describe()
         for ids in (None, ids_keep):
             out, blocks = run_encoder(w, images, ids)
@@ -96,11 +97,11 @@ def test_timm_layouts_match_the_reference_block_by_block(ref, tmp_path, name):
 
 
 def test_the_layout_is_read_off_the_tensors(ref, tmp_path):
-    clip = weights.architecture(save(timm_model(ref, 1, pre_norm=True, qkv_bias=False),
-                                     tmp_path / "clip.safetensors"))
+    clip = loader.architecture(save(timm_model(ref, 1, pre_norm=True, qkv_bias=False),
+                                    tmp_path / "clip.safetensors"))
     assert clip.describe() == ("width 64, depth 4, patch 4, 3 channel(s), learned position embedding, "
                                "norm_pre, no qkv bias, no patch embedding bias")
-    no_cls = weights.architecture(save(timm_model(ref, 2, class_token=False, fc_norm=True), tmp_path / "gap.pth"))
+    no_cls = loader.architecture(save(timm_model(ref, 2, class_token=False, fc_norm=True), tmp_path / "gap.pth"))
     layout = no_cls.spec.layout
     assert (layout.class_token, layout.posemb_cls, layout.final_norm, no_cls.grid) == (False, False, False, 4)
 
@@ -121,7 +122,7 @@ def test_a_learned_table_is_resized_as_timm_resizes_it(ref, tmp_path):
     sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 64, WIDTH)], dim=1)
     big.load_state_dict(sd, strict=True)
     big.eval()
-    w = weights.load(path, "mu/4", decoder=False, image_size=32)
+    w = loader.load(path, "mu/4", decoder=False, image_size=32)
     assert w.encoder["pos_embed"].shape == (1, 65, WIDTH) and w.arch.grid == 8
     images, ids_keep = inputs(img=32, keep=20)
     out, blocks = run_encoder(w, images, ids_keep)
@@ -139,7 +140,7 @@ def test_what_cannot_be_expressed_is_refused_in_one_line(ref, tmp_path, key, wha
     sd[key] = torch.ones(WIDTH)
     torch.save(sd, tmp_path / "model.pth")
     with pytest.raises(ValueError) as e:
-        weights.load_encoder(str(tmp_path / "model.pth"), "mu/4")
+        loader.load_encoder(str(tmp_path / "model.pth"), "mu/4")
     assert what in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
 
 
@@ -228,6 +229,6 @@ def test_real_timm_vits_match(tmp_path, options):
     images, _ = inputs()
     with torch.no_grad():
         want = vit.forward_features(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
-    w = weights.load(save(vit, tmp_path / "timm.safetensors"), "mu/4", decoder=False)
+    w = loader.load(save(vit, tmp_path / "timm.safetensors"), "mu/4", decoder=False)
     out, _ = run_encoder(w, images)
     np.testing.assert_allclose(out, want, atol=PARITY)

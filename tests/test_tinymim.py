@@ -296,7 +296,7 @@ def test_sequential_distillation_from_a_tinymim_students_workdir_and_export(tmp_
     assert [r["step"] for r in lines] == [5, 10] and all(np.isfinite(r["loss"]) for r in lines)
     assert {"qk_loss", "vv_loss"} <= set(lines[-1])
     export = tmp_path / "first.safetensors"
-    cli("mdistill.convert", "--export", f"--input={first}", f"--output={export}")
+    cli("mdistill.weights.convert", "--export", f"--input={first}", f"--output={export}")
     losses = []
     for teacher in (first, export):  # its student, a mu/4, is the next run's teacher
         work = tmp_path / f"from_{teacher.name}"
@@ -324,7 +324,7 @@ def test_the_loss_is_the_releases(ref, tmp_path, jitter, relations):
     4) and teacher (relations of its 5th block of 6), forward_kd_loss of qk and vv."""
     import torch
 
-    from mdistill import weights
+    from mdistill.weights import loader
 
     c = smoke(jitter=jitter, relations=relations, drop_path=0.0, teacher_block=4, student_heads=2)
     obj = build_objective(c)
@@ -334,8 +334,8 @@ def test_the_loss_is_the_releases(ref, tmp_path, jitter, relations):
     for name, model in (("student", student), ("teacher", teacher)):
         paths[name] = str(tmp_path / f"{name}.pth")
         torch.save({"model": model.state_dict()}, paths[name])
-    params = {"mae": {"encoder": weights.load_encoder(paths["student"], "mu/4")}}
-    teacher_params = obj.teacher.prepare(weights.load_encoder(paths["teacher"], "xs/4"))
+    params = {"mae": {"encoder": loader.load_encoder(paths["student"], "mu/4")}}
+    teacher_params = obj.teacher.prepare(loader.load_encoder(paths["teacher"], "xs/4"))
 
     x, rng = images(3, seed=5), jax.random.PRNGKey(11)
     loss, metrics = jax.jit(obj.loss)(params, teacher_params, x, rng)

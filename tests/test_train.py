@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mdistill import sharding
-from mdistill.checkpoint import CheckpointError
 from mdistill.config import apply_smoke, base_config
 from mdistill.train import Trainer, train
+from mdistill.weights.checkpoint import CheckpointError
 
 pytestmark = pytest.mark.slow  # training runs (tests/README.md)
 
@@ -78,7 +78,7 @@ def test_smoke_run_loss_falls_and_writes_metrics(tmp_path):
 
 
 def test_resume_from_a_checkpoint_ends_with_identical_parameters(tmp_path):
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
 
     c = smoke("mae", total_steps=20)
     c.checkpoint_every = 10

@@ -141,14 +141,14 @@ def test_the_finetuned_classifier_exports_into_timm(user, finetuned):
 
     from real_timm import import_timm
 
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
     from mdistill.data.image_folder import ImageFolderSource
     from mdistill.evaluate.finetune import Classifier
     from mdistill.models.vit import ViTSpec
 
     _, data = user
     out = os.path.join(finetuned, "student.safetensors")
-    cli("mdistill.convert", "--export", "--input", finetuned, "--output", out)
+    cli("mdistill.weights.convert", "--export", "--input", finetuned, "--output", out)
     params, meta = checkpoint.load_params(finetuned, None)
     run = meta["config"]
     images = ImageFolderSource(data, "val", 32, 3).images(np.arange(0, 60, 7))  # across the 3 classes

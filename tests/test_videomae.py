@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from mdistill import masking, weights
+from mdistill import masking
 from mdistill.models.mae import MAE
 from mdistill.models.vit import Encoder, posemb_sincos_1d
+from mdistill.weights import loader
 
 FRAMES, IMG, PATCH, TUBELET, CHANS = 4, 16, 4, 2, 3
 WIDTH, DEPTH, HEADS, DEC = 64, 4, 4, (64, 2, 1)  # mu/4; decoder heads 64 wide, as VideoMAE's
@@ -72,7 +73,7 @@ def test_the_official_tube_counts():
 @pytest.mark.slow
 def test_a_videomae_release_matches_the_reference(release):
     model, path = release
-    w = weights.load(path, "mu/4")
+    w = loader.load(path, "mu/4")
     layout = w.arch.spec.layout
     assert (layout.tubelet, layout.class_token, layout.posemb, layout.k_bias) == (2, False, "sincos_1d", False)
     assert w.arch.decoder == DEC
@@ -100,7 +101,7 @@ def test_the_finetuning_layout_loads_as_an_encoder(ref, release, tmp_path):
     sd["fc_norm.weight"], sd["fc_norm.bias"] = sd.pop("norm.weight"), sd.pop("norm.bias")
     sd["head.weight"], sd["head.bias"] = torch.zeros(174, WIDTH), torch.zeros(174)
     torch.save({"model": sd}, tmp_path / "videomae_finetuned.pth")
-    w = weights.load(str(tmp_path / "videomae_finetuned.pth"), "mu/4", decoder=False)
+    w = loader.load(str(tmp_path / "videomae_finetuned.pth"), "mu/4", decoder=False)
     assert not w.arch.spec.layout.final_norm
     clips, ids_keep, _ = clips_and_mask(seed=1)
     _, want_blocks, _, _ = reference(model, clips, ids_keep)
@@ -151,7 +152,7 @@ def test_an_image_teacher_is_refused_for_clips(ref, tmp_path):
     import torch
 
     from mdistill import sharding
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights.checkpoint import CheckpointError
     from mdistill.config import apply_smoke, base_config
     from mdistill.train import Trainer
 
@@ -251,7 +252,8 @@ def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
     gives its block outputs; mdistill reads the export back."""
     import torch
 
-    from mdistill import convert, sharding, train
+    from mdistill import sharding, train
+    from mdistill.weights import convert
     from mdistill.config import apply_smoke, base_config
 
     c = base_config()
@@ -268,8 +270,8 @@ def test_a_video_student_exports_to_videomaes_finetuning_layout(ref, tmp_path):
     reference_encoder.norm = torch.nn.Identity()
     missing, unexpected = reference_encoder.load_state_dict(sd, strict=False)
     assert not missing and sorted(unexpected) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
-    back = weights.load(str(tmp_path / "student.pth"), "mu/4", decoder=False)
-    trained = weights.load(str(tmp_path / "run"), decoder=False)
+    back = loader.load(str(tmp_path / "student.pth"), "mu/4", decoder=False)
+    trained = loader.load(str(tmp_path / "run"), decoder=False)
     clips = np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)).astype(np.float32)
     ids = np.tile(np.arange(128), (2, 1))
     _, ours = Encoder(back.arch.spec).apply({"params": back.encoder}, clips, ids, return_blocks=(3,))

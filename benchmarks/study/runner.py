@@ -37,7 +37,7 @@ def execute(cmd: list[str], log_path: str) -> float:
 
 def params_digest(workdir: str) -> str:
     """sha256 of the encoder's parameters in the run's latest checkpoint."""
-    from mdistill import checkpoint
+    from mdistill.weights import checkpoint
     from mdistill.evaluate.common import encoder_params
 
     params, _ = checkpoint.load_params(workdir, None)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mdistill import checkpoint, data, inputs, sharding, weights
+from mdistill import data, inputs, sharding
 from mdistill import workdir as paths
 from mdistill.data import transforms
 from mdistill.config import base_config, upgrade
@@ -22,6 +22,7 @@ from mdistill.data.synthetic import SyntheticSource
 from mdistill.metrics import log
 from mdistill.models.vit import Encoder, ViTSpec, variant_name
 from mdistill.objectives.common import normalize_images
+from mdistill.weights import checkpoint, loader
 
 POOLS = ("avg", "cls")
 # Reference "encoders" printed beside every pre-trained one: the model's normalised input
@@ -32,7 +33,7 @@ RANDOM_ENCODER_SEED = 0  # fixed, so every table's 'random' row is the same enco
 PROGRESS_SECONDS = 30.0  # feature extraction logs its progress this often
 
 
-encoder_params = weights.encoder_of  # the ViT encoder inside a checkpoint's params
+encoder_params = loader.encoder_of  # the ViT encoder inside a checkpoint's params
 
 
 def to_host(x) -> np.ndarray:
@@ -63,11 +64,11 @@ def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 
     """-> (encoder params replicated on the mesh, the run's config; see run_config).
 
     `path`: an mdistill workdir, its checkpoints/ folder, one step folder, or a release
-    converted by `python -m mdistill.convert`. With `variant`, the checkpoint must hold
+    converted by `python -m mdistill.weights.convert`. With `variant`, the checkpoint must hold
     exactly that encoder: a width or depth that does not fit fails here, listing the
     mismatched parameters, before anything compiles."""
-    loaded = weights.load(path, variant, image_size=image_size, channels=channels if variant else None,
-                          placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
+    loaded = loader.load(path, variant, image_size=image_size, channels=channels if variant else None,
+                         placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
     return loaded.encoder, run_config(loaded.meta)
 
 
@@ -396,7 +397,7 @@ def non_finite(tree, prefix: str = "") -> list[str]:
 def hold_workdir(workdir: str, *folders: str):
     """What pre-training does before its work, for an evaluation writing into `workdir`: the
     workdir (and its sub-`folders`) checked writable, then held with the workdir lock
-    (mdistill.checkpoint.workdir_lock) while the block runs, so a second process on the same
+    (mdistill.weights.checkpoint.workdir_lock) while the block runs, so a second process on the same
     workdir is refused at once instead of mixing its results into this one's."""
     checkpoint.ensure_writable(workdir)
     for folder in folders:

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, inputs, loop, optim, resolve, sharding
+from mdistill import data, inputs, loop, optim, resolve, sharding
 from mdistill import workdir as paths
 from mdistill.evaluate import augment
 from mdistill.evaluate.common import (Split, count_classes, data_record, hold_workdir, labelled_source, load_encoder,
@@ -47,6 +47,7 @@ from mdistill.models.vit import Encoder, ViTSpec
 from mdistill.objectives.common import normalize_images
 from mdistill.objectives.mae import DTYPES
 from mdistill.preemption import PreemptionWatcher
+from mdistill.weights import checkpoint
 
 
 def finetune_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

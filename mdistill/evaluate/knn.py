@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdistill.checkpoint import CheckpointError
 from mdistill.evaluate.common import (BASELINES, FeatureExtractor, baseline_params, check_model_fits_data,
                                       count_classes, data_record, encoder_params, hold_workdir, load_split,
                                       run_config, to_host, with_top5, write_results)
 from mdistill.metrics import log
+from mdistill.weights.checkpoint import CheckpointError
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk"))
@@ -160,11 +160,12 @@ def evaluate_checkpoint(path: str, workdir: str, overrides: dict | None = None, 
 
 
 def _evaluate_checkpoint(path: str, workdir: str, overrides: dict | None, mesh, baselines: bool) -> dict:
-    from mdistill import sharding, weights
+    from mdistill import sharding
+    from mdistill.weights import loader
     from mdistill.config import validation
 
     mesh = mesh or sharding.make_mesh()
-    loaded = weights.load(path, placement=sharding.replicated(mesh), decoder=False)
+    loaded = loader.load(path, placement=sharding.replicated(mesh), decoder=False)
     params, config = loaded.encoder, run_config(loaded.meta)
     for field, value in (overrides or {}).items():
         *parents, leaf = field.split(".")

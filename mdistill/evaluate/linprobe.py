@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import checkpoint, data, loop, optim, resolve, sharding
+from mdistill import data, loop, optim, resolve, sharding
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
                                       data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
@@ -42,6 +42,7 @@ from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseli
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
 from mdistill.config.validation import ConfigError
+from mdistill.weights import checkpoint
 
 
 def linprobe_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -295,7 +296,7 @@ def main(argv):
     del argv
     from absl import logging
 
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights.checkpoint import CheckpointError
 
     logging.set_verbosity(logging.WARNING)
     from mdistill import distributed

@@ -49,7 +49,7 @@ POSEMB_KINDS = ("sincos", "learned", "sincos_1d")
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """How a ViT's pieces are arranged, beyond its size; the default is MAE's. A checkpoint's
-    tensors say which layout it has (mdistill.state_dict.infer_architecture).
+    tensors say which layout it has (mdistill.weights.state_dict.infer_architecture).
 
     posemb: 'sincos' (MAE's fixed 2-D table, not a parameter), 'learned' (a `pos_embed`
       parameter, as timm's ViTs have; also a fixed table of another formula, e.g. MoCo v3's)

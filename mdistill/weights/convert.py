@@ -9,9 +9,9 @@ exports the tensors of the pre-training release (no head, no fc_norm) unless ask
 head (--num_classes) or fc_norm (--global_pool); a fine-tuned run (mdistill.evaluate.finetune)
 exports its trained classifier: its head of its classes, fc_norm if it pooled globally.
 
-    python -m mdistill.convert --input mae_pretrain_vit_large.pth --output runs/mae_vitl
-    python -m mdistill.convert --export --input runs/dmae_vitb --output student.pth [--global_pool]
-    python -m mdistill.convert --export --input runs/dmae_vitb --output model.safetensors [--overwrite]
+    python -m mdistill.weights.convert --input mae_pretrain_vit_large.pth --output runs/mae_vitl
+    python -m mdistill.weights.convert --export --input runs/dmae_vitb --output student.pth [--global_pool]
+    python -m mdistill.weights.convert --export --input runs/dmae_vitb --output model.safetensors
 
 An export ending in .safetensors is written with the safetensors package's numpy API, a
 flat state dict as timm's hub files (no PyTorch needed); any other name is a torch.save'd
@@ -19,10 +19,11 @@ flat state dict as timm's hub files (no PyTorch needed); any other name is a tor
 --overwrite; the export is written beside it and renamed into place, so a failure (a full
 disk) never leaves a truncated file or harms the one there.
 
-The PyTorch names and files are mdistill.state_dict's; reading and checking weights is
-mdistill.weights'. Position embeddings are not parameters in mdistill (fixed 2-D sin-cos at
-the run's grid), so an imported pos_embed is checked against that table instead of copied,
-and an exported one is the table at the export's image size.
+The PyTorch names are mdistill.models.names', the files mdistill.weights.state_dict's;
+reading and checking weights is mdistill.weights.loader's. Position embeddings are not
+parameters in mdistill (fixed 2-D sin-cos at the run's grid), so an imported pos_embed is
+checked against that table instead of copied, and an exported one is the table at the
+export's image size.
 """
 
 from __future__ import annotations
@@ -33,11 +34,8 @@ import sys
 import numpy as np
 from absl import flags
 
-# the PyTorch format and the reading of weights live in mdistill.state_dict and mdistill.weights;
-# the names below are imported here too, so that `convert.<name>` keeps working
-from mdistill.state_dict import (Architecture, flatten as _flatten, flax_to_torch, infer_architecture,  # noqa: F401
-                                 interpolate_posemb, read_state_dict, sincos_table, to_torch_value)
-from mdistill.weights import load_encoder, place, state_dict_to_params  # noqa: F401
+from mdistill.models.names import flax_to_torch, to_torch_value
+from mdistill.weights.state_dict import Architecture, flatten as _flatten, interpolate_posemb, sincos_table
 
 
 def convert_to_orbax(src: str, out: str, variant: str | None = None, ignore=(), decoder_heads=None) -> Architecture:
@@ -46,11 +44,11 @@ def convert_to_orbax(src: str, out: str, variant: str | None = None, ignore=(), 
     checkpoint.load_params / load_pretrained."""
     import orbax.checkpoint as ocp
 
-    from mdistill import checkpoint, weights
+    from mdistill.weights import checkpoint, loader
 
     if not os.path.isfile(src):
         raise FileNotFoundError(f"checkpoint file {src!r} does not exist (import reads a .pth/.bin/.safetensors file)")
-    loaded = weights.load(src, variant, ignore=ignore, decoder_heads=decoder_heads)
+    loaded = loader.load(src, variant, ignore=ignore, decoder_heads=decoder_heads)
     params, arch = loaded.params, loaded.arch
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"output {out!r} already exists and is not an empty directory: remove it or choose "
@@ -180,9 +178,9 @@ def export_to_torch(src: str, out: str, image_size: int | None = None, global_po
     else:
         import torch
 
-    from mdistill import checkpoint, weights
+    from mdistill.weights import checkpoint, loader
 
-    loaded = weights.load(src, placement=jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]), decoder=False)
+    loaded = loader.load(src, placement=jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0]), decoder=False)
     encoder, trained = loaded.encoder, _meta_image_size(loaded.meta)
     classifier = jax.device_get(loaded.classifier)
     global_pool, num_classes = classifier_settings(src, classifier, global_pool, num_classes)
@@ -270,10 +268,10 @@ def parse(argv: list[str]):
     """The flags of `argv` (without the program name), every other flag at its default."""
     FLAGS.unparse_flags()
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(f"python -m mdistill.convert: {__doc__.split(chr(10) * 2)[0]}\n\n{FLAGS.get_help()}")
+        print(f"python -m mdistill.weights.convert: {__doc__.split(chr(10) * 2)[0]}\n\n{FLAGS.get_help()}")
         sys.exit(0)
     try:
-        FLAGS(["mdistill.convert", *argv])
+        FLAGS(["mdistill.weights.convert", *argv])
         for name in ("input", "output"):
             if FLAGS[name].value is None:
                 raise flags.Error(f"--{name} is required")
@@ -284,7 +282,7 @@ def parse(argv: list[str]):
 
 def main(argv=None) -> None:
     args = parse(sys.argv[1:] if argv is None else list(argv))
-    from mdistill.checkpoint import CheckpointError
+    from mdistill.weights.checkpoint import CheckpointError
 
     try:
         if args.export:

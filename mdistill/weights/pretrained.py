@@ -17,10 +17,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from mdistill import weights
 from mdistill.models.mae import MAE
 from mdistill.models.vit import Encoder, ViTSpec
-from mdistill.state_dict import Architecture
+from mdistill.weights import loader
+from mdistill.weights.state_dict import Architecture
 
 
 def ids_restore_for(ids_keep: jax.Array, num_patches: int) -> jax.Array:
@@ -91,7 +91,7 @@ def _ids(ids_keep):
 
 def load_pretrained(path: str, variant: str | None = None, decoder_heads: int | None = None) -> Pretrained:
     """A .pth / .bin / .safetensors file (official MAE or timm names), a directory written by
-    `python -m mdistill.convert`, or an mdistill workdir / checkpoint (its MAE). `variant`
+    `python -m mdistill.weights.convert`, or an mdistill workdir / checkpoint (its MAE). `variant`
     (e.g. 'L/16') checks the architecture and sets the head count, which no tensor stores."""
-    loaded = weights.load(path, variant, decoder_heads=decoder_heads)
+    loaded = loader.load(path, variant, decoder_heads=decoder_heads)
     return Pretrained(loaded.arch, dict(loaded.params))

@@ -1,18 +1,19 @@
 """Weights: the one way from a path to the parameters of a ViT encoder (and its decoder).
 
-    encoder = weights.load_encoder("runs/mae_vitl", variant="L/16", channels=3, placement=mesh)
-    w = weights.load("mae_visualize_vit_large.pth")  # w.params {'encoder', 'decoder'}, w.arch
+    encoder = loader.load_encoder("runs/mae_vitl", variant="L/16", channels=3, placement=mesh)
+    w = loader.load("mae_visualize_vit_large.pth")  # w.params {'encoder', 'decoder'}, w.arch
 
 A path is an mdistill workdir, its checkpoints/ folder, one step folder, a release converted
-by `python -m mdistill.convert`, or a PyTorch .pth/.bin/.safetensors file (official MAE or
-timm names, mdistill.state_dict), converted in memory. With a variant the weights are
-checked once, by shape_problems, against the model that variant builds: one error names
-every parameter that does not fit, and both architectures. `placement` puts them on
-devices: a Mesh (mdistill.sharding's partition rules, as the train step expects), one
-Sharding for every array, or None (the default device; a file's arrays stay on the host).
+by `python -m mdistill.weights.convert`, or a PyTorch .pth/.bin/.safetensors file (official
+MAE or timm names, mdistill.models.names; files, mdistill.weights.state_dict), converted in
+memory. With a variant the weights are checked once, by shape_problems, against the model
+that variant builds: one error names every parameter that does not fit, and both
+architectures. `placement` puts them on devices: a Mesh (mdistill.sharding's partition
+rules, as the train step expects), one Sharding for every array, or None (the default
+device; a file's arrays stay on the host).
 
-The teacher (mdistill.train), the evaluators (mdistill.evaluate), load_pretrained and
-mdistill.convert all read weights through here.
+A run's student init and teacher (mdistill.weights.init), the evaluators (mdistill.evaluate),
+load_pretrained and mdistill.weights.convert all read weights through here.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import sys
 import jax
 import numpy as np
 
-from mdistill import checkpoint
+from mdistill.models.names import METHOD_HEAD_PREFIXES, method_head_to_flax, to_flax_value, torch_to_flax
 from mdistill.models.vit import Layout, ViTSpec
-from mdistill.state_dict import (CLASSIFIER_PREFIXES, METHOD_HEAD_PREFIXES, POSEMB_ATOL, Architecture,
-                                 architecture_of_params, expected_shapes, flatten, flax_shapes, infer_architecture,
-                                 interpolate_posemb, method_head_to_flax, read_state_dict, sincos_table,
-                                 to_flax_value, torch_to_flax, unflatten)
+from mdistill.weights import checkpoint
+from mdistill.weights.state_dict import (CLASSIFIER_PREFIXES, POSEMB_ATOL, Architecture, architecture_of_params,
+                                         expected_shapes, flatten, flax_shapes, infer_architecture, interpolate_posemb,
+                                         read_state_dict, sincos_table, unflatten)
 
 
 def mae_params(params: dict) -> dict:
@@ -300,7 +301,7 @@ def _drop(tree: dict, prefixes: tuple[str, ...]) -> dict:
 def split_method_heads(sd: dict) -> tuple[dict, dict, tuple[str, ...]]:
     """A release's state dict -> (the rest, its distillation heads {'heads' | 'generators':
     {index: params}} in mdistill's names and layouts, lines naming the head tensors mdistill's
-    heads have no place for). See state_dict.METHOD_HEAD_PREFIXES."""
+    heads have no place for). See models.names.METHOD_HEAD_PREFIXES."""
     rest, flat, unused = {}, {}, []
     for key, value in sd.items():
         if not key.startswith(METHOD_HEAD_PREFIXES):
@@ -330,7 +331,7 @@ def load_encoder(path: str, variant: str | None = None, **kwargs) -> dict:
 
 
 def _arch_from_meta(meta: dict) -> Architecture | None:
-    if "architecture" in meta:  # written by mdistill.convert
+    if "architecture" in meta:  # written by mdistill.weights.convert
         return Architecture.from_json(meta["architecture"])
     if not meta.get("config"):
         return None
