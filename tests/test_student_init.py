@@ -257,3 +257,15 @@ def test_the_official_amd_student_starts_an_amd_video_run_with_heads_and_generat
     out = capsys.readouterr().out
     assert "generators/gen_s1_t2 <- generator 0 (mask_token keep their init)" in out
     assert "generators.0.norm.weight (128,): no counterpart" in out
+
+
+def test_a_student_without_a_decoder_starts_from_a_run_with_one(mae_run, capsys):
+    """A TinyMIM student has no decoder: an MAE run's encoder starts it, its decoder is left out."""
+    from mdistill.weights import loader
+
+    c = smoke("tinymim")
+    c.student.init = mae_run
+    state = Trainer(c, sharding.make_mesh()).init_state()
+    assert "decoder" not in state.params["mae"]
+    assert_same(state.params["mae"]["encoder"], loader.load_encoder(mae_run))
+    assert "its decoder left out (the student has none)" in capsys.readouterr().out

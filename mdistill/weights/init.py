@@ -41,7 +41,8 @@ def student(config, objective, state: TrainState, path: str, state_sharding, tx)
             f"{want.describe() or 'an MAE ViT (fixed sin-cos position embedding, cls token, qkv bias, final norm)'}"
             ", so it cannot start from it (as a teacher, config.teacher.checkpoint, it can be used)")
     mae = state.params["mae"]
-    parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params}
+    parts = {k: loaded.params[k] for k in ("encoder", "decoder") if k in loaded.params and k in mae}
+    unused = [k for k in ("decoder",) if k in loaded.params and k not in mae]  # e.g. a TinyMIM student: no decoder
     want_shapes = {"/".join(p): tuple(v.shape) for p, v in loader.flatten({k: mae[k] for k in parts}).items()}
     have_shapes = {"/".join(p): tuple(np.shape(v)) for p, v in loader.flatten(parts).items()}
     problems = loader.shape_problems(have_shapes, want_shapes)
@@ -54,7 +55,8 @@ def student(config, objective, state: TrainState, path: str, state_sharding, tx)
     params = {**state.params, "mae": {**mae, **placed}}
     params, heads, skipped = method_heads(config, objective, params, loaded, state_sharding)
     log(f"student initialised from {path}: {' and '.join(parts)}"
-        + ("" if "decoder" in parts else " (the decoder keeps its random init)")
+        + ("" if "decoder" in parts or "decoder" not in mae else " (the decoder keeps its random init)")
+        + (f"; its {', '.join(unused)} left out (the student has none)" if unused else "")
         + (f"; heads {', '.join(heads)}" if heads else ""))
     if skipped:
         log(f"config.student.init: not loaded from {path} (kept at their random init):\n" + "\n".join(skipped))
