@@ -12,8 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sh"]
-OTHER_SCRIPTS = ["demo.sh", "tests/run.sh", "tests/run_torch.sh", "scripts/setup_env.sh", ".ci/run", "benchmarks/gpu/run.sh",
-                 "benchmarks/gpu/wheels.sh"]
+OTHER_SCRIPTS = ["demo.sh", "tests/run.sh", "tests/run_torch.sh", "scripts/setup_env.sh", ".ci/run",
+                 "benchmarks/gpu/run.sh", "benchmarks/gpu/wheels.sh"]
 
 
 def dry_run(script, *args, **env):
