@@ -34,6 +34,7 @@ CONFIG_ARGS = {
     "fmnist_amd.py": [None],
     "fmnist_dmae.py": [None],
     "fmnist_mae_teacher.py": [None],
+    "fmnist_tinymim.py": [None, "smoke"],
     "linprobe_fmnist.py": [None],
     "linprobe_vitb.py": [None],
     "mae.py": ["variant=B/16", "variant=L/16", "variant=L/16,smoke"],

@@ -54,7 +54,11 @@ def test_plan_pairs_every_student_with_its_mae_twin(study):
             core = next(c for c in runs if c.name == f"{r.method}_b{r.steps}_s{r.seed}")
             assert study.pretrain_cmd(r, "w", [], "t") == study.pretrain_cmd(core, "w", [], "t")
     assert {r.steps for r in runs if r.group == "core"} == set(study.BUDGETS)
-    assert len([r for r in runs if r.group == "core"]) == len(study.BUDGETS) * len(study.SEEDS) * 3
+    budgets = {m: study.METHOD_BUDGETS.get(m, study.BUDGETS) for m in study.METHOD_CONFIGS}
+    assert budgets["tinymim"] == (study.FINETUNE_BUDGET,)
+    for method, steps in budgets.items():
+        assert sorted((r.steps, r.seed) for r in runs if r.group == "core" and r.method == method) == \
+            sorted((b, s) for b in steps for s in study.SEEDS), method
     for r in runs:  # every config file the plan names exists
         assert os.path.exists(os.path.join(ROOT, r.config.split(":")[0])), r.config
 

@@ -55,9 +55,12 @@ TEACHER_VARIANT, STUDENT_VARIANT = "xs/4", "mu/4"
 BUDGETS = (100, 200, 400)  # student pre-training steps (batch 128): 0.2, 0.4 and 0.9 epochs
 SEEDS = (0, 1, 2)
 SWEEP_BUDGET = 200
+# AMD's students train their generator mask tokens: the default when the study's AMD runs were
+# made, before the release's frozen tokens became it (results.json's "amendments" says so).
 METHOD_CONFIGS = {"mae": ("configs/fmnist_dmae.py", ("--config.method=mae",)),
                   "dmae": ("configs/fmnist_dmae.py", ()),
-                  "amd": ("configs/fmnist_amd.py", ())}
+                  "amd": ("configs/fmnist_amd.py", ("--config.amd.train_mask_tokens=True",)),
+                  "tinymim": ("configs/fmnist_tinymim.py", ())}
 # One-factor sweeps at SWEEP_BUDGET, each against the MAE student of the same seed:
 # name -> (method, overrides). The core configs' settings are the reference point.
 SWEEPS = {
@@ -81,9 +84,13 @@ EVAL = ("--config.knn=True", "--config.train_examples=-1", "--config.test_exampl
 # initialisation ("scratch"), fine-tuned end to end on 10% of the train labels until the test
 # accuracy has flattened (the config says how that was measured).
 FINETUNE_BUDGET = 400
+NAMES = {"scratch": "scratch", "mae": "MAE", "dmae": "DMAE", "amd": "AMD", "tinymim": "TinyMIM"}  # as tables print them
+# pre-training budgets where a method has fewer than BUDGETS: TinyMIM joined the study later, at
+# the budget that is fine-tuned
+METHOD_BUDGETS = {"tinymim": (FINETUNE_BUDGET,)}
 FINETUNE_CONFIG = "configs/finetune_fmnist.py:labels10"
-FINETUNE_METHODS = ("scratch", "mae", "dmae", "amd")
-TEACHER_METHODS = ("dmae", "amd")  # students that learn from the teacher
+FINETUNE_METHODS = ("scratch", "mae", "dmae", "amd", "tinymim")
+TEACHER_METHODS = ("dmae", "amd", "tinymim")  # students that learn from the teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +111,14 @@ class Run:
 
 def plan() -> list[Run]:
     runs = [Run("teacher", "teacher", "mae", "configs/fmnist_mae_teacher.py", (), 0, -1, TEACHER_VARIANT)]
-    # MAE and DMAE over every budget and seed first, then AMD: an interrupted study has
-    # complete pairs for the main comparison first.
-    for methods in (("mae", "dmae"), ("amd",)):
+    # MAE and DMAE over every budget and seed first, then AMD, then TinyMIM: an interrupted
+    # study has complete pairs for the main comparison first.
+    for methods in (("mae", "dmae"), ("amd",), ("tinymim",)):
         for steps in BUDGETS:
             for seed in SEEDS:
                 for method in methods:
+                    if steps not in METHOD_BUDGETS.get(method, BUDGETS):
+                        continue
                     config, extra = METHOD_CONFIGS[method]
                     runs.append(Run(f"{method}_b{steps}_s{seed}", "core", method, config, extra, seed, steps,
                                     STUDENT_VARIANT))
@@ -323,6 +332,7 @@ def report_text(results: dict) -> str:
              "on the 10k test images, k-NN (k=20, cosine, T=0.07, avg pool) and linear probe (cls token) "
              "trained on all 60k train images; students `mu/4`, teacher `xs/4`; mean ± std over seeds; "
              "differences are paired by seed, with their 95% t interval.", ""]
+    lines += headline(runs)
     teacher = runs.get("teacher")
     if teacher:
         base = {**teacher.get("baselines", {})}
@@ -353,7 +363,7 @@ def report_text(results: dict) -> str:
             cells = [mean_std([r[m] for r in done]) for m, _ in METRICS]
             diffs = ["" if method == "mae" else diff_cell(stats.paired_difference(
                 *paired(runs, f"{method}_b{steps}", f"mae_b{steps}", m))) for m, _ in METRICS]
-            lines.append(f"| {steps} | {method.upper()} | {len(done)} | {' | '.join(cells)} | {' | '.join(diffs)} |")
+            lines.append(f"| {steps} | {NAMES[method]} | {len(done)} | {' | '.join(cells)} | {' | '.join(diffs)} |")
 
     sweep_rows = []
     for name, (method, extra) in SWEEPS.items():
@@ -383,7 +393,32 @@ def report_text(results: dict) -> str:
     digests = sorted({r["digest"] for r in runs.values() if r["group"] == "teacher"} | set(results.get("teachers", {})))
     lines += ["", f"Runs recorded: {len(runs)} of {len(plan())} planned; code revisions: {', '.join(revisions)}; "
               f"teacher digests: {', '.join(digests) or '-'}."]
+    for amendment in results.get("amendments", []):
+        lines += ["", f"Amended {amendment['date']} ({amendment['runs']} records): {amendment['what']}"]
     return "\n".join(lines) + "\n"
+
+
+def headline(runs: dict) -> list[str]:
+    """Which distilled students beat their MAE twins at FINETUNE_BUDGET steps, by each measure:
+    better where the paired 95% t interval lies above zero."""
+    measures = (("k-NN", lambda m: (f"{m}_b{FINETUNE_BUDGET}", f"mae_b{FINETUNE_BUDGET}", "knn_top1")),
+                ("linear probe", lambda m: (f"{m}_b{FINETUNE_BUDGET}", f"mae_b{FINETUNE_BUDGET}", "probe_top1")),
+                ("fine-tuning", lambda m: (f"ft_{m}_b{FINETUNE_BUDGET}", f"ft_mae_b{FINETUNE_BUDGET}", "top1")))
+    rows = []
+    for method in TEACHER_METHODS:
+        cells = []
+        for _, names in measures:
+            diff = stats.paired_difference(*paired(runs, *names(method)))
+            low = diff["t_ci"][0]
+            cells.append("-" if diff["n"] == 0 else
+                         f"{'**beats**' if diff['n'] > 1 and low > 0 else 'does not beat'} "
+                         f"({diff['mean']:+.2f}, n={diff['n']})")
+        rows.append(f"| {NAMES[method]} | {' | '.join(cells)} |")
+    return ["## Headline", "",
+            f"Each distilled `{STUDENT_VARIANT}` student of {FINETUNE_BUDGET} steps against its MAE twin (same seed, "
+            "same budget): **beats** where the paired 95% t interval of the difference lies above zero; the mean "
+            "difference in points and the number of seed pairs in brackets. Details below.", "",
+            f"| method | {' | '.join(name for name, _ in measures)} |", "|---|---|---|---|", *rows, ""]
 
 
 def teacher_counts(runs: dict) -> str:
@@ -411,7 +446,8 @@ def finetune_section(runs: dict) -> list[str]:
             seeds = [s for s in done if finetune_name(ref, s) in runs]
             cells.append("" if ref == method else diff_cell(stats.paired_difference(
                 [done[s]["top1"] for s in seeds], [runs[finetune_name(ref, s)]["top1"] for s in seeds])))
-        name = "scratch (random init)" if method == "scratch" else f"{method.upper()} student, {FINETUNE_BUDGET} steps"
+        name = ("scratch (random init)" if method == "scratch"
+                else f"{NAMES[method]} student, {FINETUNE_BUDGET} steps")
         rows.append(f"| {name} | {len(done)} | {mean_std([r['top1'] for r in done.values()])} | "
                     f"{mean_std([r['initial_top1'] for r in done.values()])} | {cells[0]} | {cells[1]} |")
     if not rows:
@@ -458,7 +494,7 @@ def plots(results: dict, out_dir: str) -> None:
                     xs.append(steps), means.append(np.mean(v)), stds.append(np.std(v, ddof=1) if len(v) > 1 else 0)
             if xs:
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{i}",
-                            label=f"{method.upper()} student {STUDENT_VARIANT}")
+                            label=f"{NAMES[method]} student {STUDENT_VARIANT}")
         if teacher:
             ax.axhline(teacher[metric], color="k", linewidth=1, label="teacher")
             pixels = teacher.get("baselines", {}).get("pixels")
@@ -482,7 +518,7 @@ def plots(results: dict, out_dir: str) -> None:
             for j, curve in enumerate(curves):
                 steps, top1 = zip(*curve)
                 ax.plot(steps, top1, color=f"C{i}", alpha=0.8, linewidth=1,
-                        label=None if j else ("scratch" if method == "scratch" else method.upper()))
+                        label=None if j else ("scratch" if method == "scratch" else NAMES[method]))
         ax.set(xlabel="fine-tuning step", ylabel="test top-1 (%)",
                title=f"Fine-tuning {STUDENT_VARIANT} on 10% of the labels (one line per seed)")
         ax.legend()
