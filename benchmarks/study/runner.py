@@ -58,4 +58,17 @@ def _leaves(tree):
 def environment() -> dict:
     import jax
 
-    return {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    # the CPU too: XLA compiles for the host's instruction set, so a teacher trained again on
+    # another CPU model need not be bit-identical
+    return {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The host CPU's model name and whether it has AVX-512 (Linux; '' where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    return f"{name}{', avx512' if ' avx512f' in info else ''}"
