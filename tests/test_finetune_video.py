@@ -73,8 +73,9 @@ def test_the_smoke_config_fine_tunes_from_the_command_line(tmp_path):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "mdistill.evaluate.finetune", "--config=configs/finetune_video.py:smoke",
-                          f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    command = [sys.executable, "-m", "mdistill.evaluate.finetune", "--config=configs/finetune_video.py:smoke",
+               f"--workdir={tmp_path}"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.load(open(tmp_path / "finetune.json"))
