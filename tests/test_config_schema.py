@@ -31,6 +31,8 @@ CONFIG_ARGS = {
     "dmae_vitb.py": [None, "target=last", "target=last,smoke"],
     "finetune_fmnist.py": [None, "labels10"],
     "finetune_vitb.py": [None],
+    "finetune_video.py": [None, "variant=S/16,dataset=k400", "variant=B/16,dataset=ssv2", "variant=S/16,dataset=ssv2",
+                          "variant=B/16,dataset=k400,smoke"],
     "fmnist_amd.py": [None],
     "fmnist_dmae.py": [None],
     "fmnist_mae_teacher.py": [None],

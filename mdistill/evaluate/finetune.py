@@ -231,7 +231,7 @@ class FineTuner:
 
     def _eval_counts(self, params, images, labels):
         x = normalize_images(images, self.config.data.mean, self.config.data.std)
-        if self.video:  # [B, views, T, H, W, C]: the views' softmax averaged, as VideoMAE's multi-view test
+        if x.ndim == 6:  # [B, views, T, H, W, C]: the views' softmax averaged, as VideoMAE's multi-view test
             batch, views = x.shape[:2]
             logits = self.model.apply({"params": params}, x.reshape(batch * views, *x.shape[2:]).astype(
                 DTYPES[self.config.dtype]))
@@ -241,14 +241,21 @@ class FineTuner:
         return jnp.stack([topk_correct(logits, labels, k) for k in self.topk])
 
     def test_transform(self):
-        """Clips: every test video as data.test_num_segment x data.test_num_crop views."""
-        if not self.video:
+        """Video files: every test video as data.test_num_segment x data.test_num_crop views,
+        SSv2's segment starts and middles when training samples segments (data.temporal);
+        synthetic clips are arrays, tested whole."""
+        c = self.config
+        if not self.video or c.data.source not in data.VIDEO_SOURCES:
             return None
         from mdistill.data.transforms import MultiViewClipTransform
+        from mdistill.data.video import EvalClips
 
-        c = self.config
-        return MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
-                                      c.data.test_num_segment, c.data.test_num_crop)
+        t = MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
+                                   c.data.test_num_segment, c.data.test_num_crop)
+        if c.data.temporal == "segments":  # the transform takes no temporal: its clips swapped for SSv2's
+            t.clips = EvalClips(c.image_size, inputs.num_frames(c), c.data.sampling_rate, c.data.test_num_segment,
+                                c.data.test_num_crop, temporal="segments", channels=c.data.channels)
+        return t
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""

@@ -18,6 +18,11 @@ writes <workdir>/linprobe.json and metrics.jsonl. --config.knn=True adds k-NN ac
 the same examples from the same forward pass (demo.sh uses it: the features of 70k images
 are the bulk of both evaluations' time). --config.baselines=True evaluates raw pixels and a
 random encoder of the same architecture the same way and prints them beside the encoder.
+
+On clips (a video ViT, config.num_frames > 1; video files or synthetic clips) the feature is
+the mean of its tokens after the final norm (a video ViT has no cls token: a config file's
+pool 'cls' becomes 'avg'), each clip sampled as for evaluation (VideoMAE's test window,
+centre crop), computed once; data.augment must be 'none' there (see for_clips).
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from mdistill import data, loop, optim, resolve, sharding
+from mdistill import data, inputs, loop, optim, resolve, sharding
 from mdistill.data import transforms
 from mdistill.evaluate.common import (BASELINES, POOLS, FeatureExtractor, baseline_params, check_labels, count_classes,
                                       data_record, hold_workdir, load_encoder, load_split, random_encoder, to_host,
                                       topk_correct, validate_downstream, with_top5, write_results)
 from mdistill.evaluate.knn import knn_accuracy
 from mdistill.metrics import MetricsWriter, log
-from mdistill.config.validation import ConfigError
+from mdistill.config import ConfigError, get, take
 from mdistill.weights import checkpoint
 
 
@@ -91,7 +96,8 @@ def frozen_encoder(config, mesh):
                                  config.data.channels)
     else:
         log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
-        params = random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed)
+        params = random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed,
+                                config=config)  # a video ViT for clips
     return jax.device_put(params, sharding.tree_shardings(mesh, params))
 
 
@@ -114,7 +120,9 @@ def _run(config, workdir: str, mesh, explicit) -> dict:
     test_split = load_split(config, config.eval.test_split, config.test_examples, eager=False)
     resolve.num_classes(config, count_classes(train_split.source, train_split.labels),
                         f"split {config.eval.train_split!r} of {config.data.source} data", explicit)
-    validate_downstream(config, mesh.size)
+    validate_downstream(config, mesh.size)  # a video ViT on images, or the reverse, refused first
+    if inputs.is_video(config):
+        for_clips(config, explicit)
     if config.knn and config.eval.knn_pool not in POOLS:
         raise ConfigError(f"config.eval.knn_pool={config.eval.knn_pool!r} is invalid: expected one of {POOLS}")
     for split, name in ((train_split, config.eval.train_split), (test_split, config.eval.test_split)):
@@ -135,6 +143,24 @@ def _run(config, workdir: str, mesh, explicit) -> dict:
     return results
 
 
+def for_clips(config, explicit=frozenset()) -> None:
+    """A video ViT (config.num_frames > 1) has no cls token: a config file's pool 'cls' becomes
+    'avg', the mean of the tokens, as k-NN's (logged; 'cls' on the command line is refused).
+    Clip features are computed once, each clip as the evaluation samples it (the centre crop
+    of one window): an augmenting data.augment is refused, since 'mae' and 'flip' are image
+    transforms and re-encoding every training clip in each step would cost a video forward
+    pass per clip per epoch."""
+    fields = ("eval.pool", "eval.knn_pool") if config.knn else ("eval.pool",)
+    for field in (f for f in fields if get(config, f) == "cls"):  # other values: checked as for images
+        if take(config, field, "avg", f"a video ViT (config.num_frames={inputs.num_frames(config)}, no cls token)",
+                explicit):
+            log(f"linprobe: config.{field} 'cls' -> 'avg': a video ViT has no cls token; its tokens are averaged")
+    if config.data.augment != "none":
+        raise ConfigError(f"config.data.augment={config.data.augment!r}: the linear probe on clips trains on features "
+                          "computed once from the evaluation sampling (augment is for images): set "
+                          "--config.data.augment=none")
+
+
 def evaluate_encoder(config, mesh, extractor, encoder, train_split, test_split, writer=None) -> dict:
     """Features of both splits from one forward pass, then k-NN (config.knn) and the probe.
     With an augmenting config.data.augment the probe instead trains on features computed in
@@ -149,8 +175,9 @@ def evaluate_encoder(config, mesh, extractor, encoder, train_split, test_split, 
     if config.knn:  # every pooling of one forward pass: the probe's and k-NN's
         train_all, test_all = train_f, test_f
         train_f, test_f = train_all[extractor.pool], test_all[extractor.pool]
+    what = "clips" if inputs.is_video(config) else "images"
     log(f"linprobe: features of {f'{len(train_split)} train and ' if with_train else ''}{len(test_split)} test "
-        f"images ({test_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
+        f"{what} ({test_f.shape[-1]}-d, pool {extractor.pool}) in {time.time() - t0:.0f}s")
     knn = {}
     if config.knn:
         ev = config.eval
