@@ -156,7 +156,7 @@ def test_an_image_tfds_dataset_asked_for_clips_is_refused(tmp_path):
     with pytest.raises(DataError) as e:
         TFDSVideoSource(NAME, "train", data_dir=str(tmp_path))
     assert str(e.value) == (f"{build / 'features.json'}: config.data.video_key='video' is not a Video feature of "
-                            f"TFDS dataset '{NAME}' (its features: label (ClassLabel), image (Image)); it holds "
+                            f"TFDS dataset '{NAME}' (its features: image (Image), label (ClassLabel)); it holds "
                             "images: set config.num_frames=1 (and an image model) to read them")
 
 

@@ -184,7 +184,8 @@ def prepare_split(source, out: str, split: str, *, channels: int, short_side: in
 def main(argv):
     from absl import app, flags
 
-    from mdistill.data.sources import build_source, gives_clips
+    from mdistill.data.kinds import gives_clips
+    from mdistill.data.sources import build_source
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from mdistill.data.fashion_mnist import SPLIT_SIZES as FMNIST_SIZES, FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
+from mdistill.data.kinds import VIDEO_SOURCES, gives_clips
 from mdistill.data.prepared import PreparedSource
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
-VIDEO_SOURCES = ("video_folder", "video_list")  # video files, decoded and sampled by mdistill.data.video
-# (a TFDS dataset gives clips too, by its features and config.num_frames: gives_clips)
 SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "prepared", *VIDEO_SOURCES)
-
-
-def gives_clips(config) -> bool:
-    """Whether the source gives clips (VideoMAE's sampling of videos): video files, or a TFDS
-    dataset's Video feature (config.data.video_key) when config.num_frames > 1."""
-    return config.data.source in VIDEO_SOURCES or (config.data.source == "tfds" and int(config.num_frames) > 1)
 
 
 def _eval_clips(config):

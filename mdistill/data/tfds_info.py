@@ -3,17 +3,28 @@
 and features.json (each feature's kind, shape, dtype, encoding). tfds.builder / data_source
 build the features from features.json, and a Video feature's constructor imports TensorFlow
 (tfds 4.9.10), so the video reader (mdistill.data.tfds_video) reads these files through
-tfds's TF-free protos and helpers instead."""
+tfds's TF-free protos and helpers instead. Also how to prepare a build (prepare_hint), for
+both TFDS readers' errors."""
 
 from __future__ import annotations
 
 import os
 
-from mdistill.data.tfds_source import prepare_hint
-
 VIDEO = "tensorflow_datasets.core.features.video_feature.Video"
 IMAGE = "tensorflow_datasets.core.features.image_feature.Image"
 CLASS_LABEL = "tensorflow_datasets.core.features.class_label_feature.ClassLabel"
+
+HOW_TO_PREPARE = {
+    "imagenet2012": ("put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
+                     "<data_dir>/downloads/manual, then run "),
+}
+
+
+def prepare_hint(name: str, data_dir: str | None) -> str:
+    where = data_dir or "~/tensorflow_datasets"
+    return (f"Prepare it once (this step needs TensorFlow, and internet unless the files are a manual download): "
+            f"{HOW_TO_PREPARE.get(name, '')}`tfds build {name} --data_dir={where} --file_format=array_record`, "
+            f"and set config.data.data_dir={where!r}.")
 
 
 def _version_key(name: str):

@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image
 
 from mdistill.data.errors import DataError
-from mdistill.data.tfds_info import IMAGE, VIDEO, BuildInfo
-from mdistill.data.tfds_source import prepare_hint
+from mdistill.data.tfds_info import IMAGE, VIDEO, BuildInfo, prepare_hint
 
 
 class EncodedVideo:
@@ -56,8 +55,8 @@ def _video_feature(info: BuildInfo, key: str):
     kinds = info.kinds()
     feature = info.top_level().get(key)
     if feature is None or feature.python_class_name != VIDEO:
-        has = ", ".join(f"{k} ({v})" for k, v in kinds.items())
-        videos = [k for k, f in info.top_level().items() if f.python_class_name == VIDEO]
+        has = ", ".join(f"{k} ({v})" for k, v in sorted(kinds.items()))  # (a proto map has no fixed order)
+        videos = sorted(k for k, f in info.top_level().items() if f.python_class_name == VIDEO)
         if videos:
             hint = f"set config.data.video_key={videos[0]!r}"
         elif any(f.python_class_name == IMAGE for f in info.top_level().values()):

@@ -250,7 +250,7 @@ class MultiViewClipTransform(ClipTransform):
 
 def from_config(config, train: bool = True):
     """The training transform of config.data (train=False: the evaluation one)."""
-    from mdistill.data.sources import gives_clips
+    from mdistill.data.kinds import gives_clips
 
     d = config.data
     if gives_clips(config):
