@@ -93,6 +93,18 @@ def test_clips_go_through_videomaes_sampling_and_crops():
     assert multi.shape == (6, 4, SIDE, SIDE, 3)
 
 
+def test_the_source_pickles_for_the_pipelines_worker_processes():
+    import pickle
+
+    from mdistill.data.tfds_video import TFDSVideoSource
+
+    source = TFDSVideoSource(NAME, "test", data_dir=DATA_DIR)
+    source.raw(4)  # a parsed record is cached; it does not travel
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy._last == (-1, None) and copy.label(4) == source.label(4)
+    np.testing.assert_array_equal(copy.raw(4).frames([0, 9]), source.raw(4).frames([0, 9]))
+
+
 def test_split_specs_select_records_as_tfds_does():
     from mdistill.data.tfds_video import TFDSVideoSource
 
@@ -160,6 +172,7 @@ def test_an_image_tfds_dataset_asked_for_clips_is_refused(tmp_path):
                             "images: set config.num_frames=1 (and an image model) to read them")
 
 
+@pytest.mark.slow  # a subprocess
 def test_prepare_still_refuses_clips(tmp_path):
     """mdistill.data.prepare writes images: a TFDS video run is refused by name, not prepared."""
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
