@@ -10,8 +10,9 @@ tensorflow-cpu tensorflow_datasets array_record); mdistill itself reads the resu
 one PNG per frame; `label`: ClassLabel) and its split names (train, test), but is not UCF101:
 a square of a random colour moves across a gray frame to the right, to the left or downwards
 (the class), wrapping at the edge, from a random start. A single frame cannot tell the class.
-Written as ArrayRecord (`tfds build ... --file_format=array_record`'s format); everything is a
-pure function of --seed.
+Written as ArrayRecord (`tfds build ... --file_format=array_record`'s format). Every record's
+content is a pure function of --seed; the shard files' bytes may still differ between runs, as
+the order in which a tf.Example stores its two features (a protobuf map) is not fixed.
 """
 
 from __future__ import annotations

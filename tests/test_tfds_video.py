@@ -105,6 +105,25 @@ def test_the_source_pickles_for_the_pipelines_worker_processes():
     np.testing.assert_array_equal(copy.raw(4).frames([0, 9]), source.raw(4).frames([0, 9]))
 
 
+def test_a_build_with_configs_is_found_as_tfds_build_writes_it(tmp_path):
+    """`tfds build ucf101` writes ucf101/<config>/<version>: data.name without the config
+    finds a single built config, and names them when there are several; a version is taken
+    as asked."""
+    import shutil
+
+    from mdistill.data.tfds_video import TFDSVideoSource
+
+    shutil.copytree(os.path.join(DATA_DIR, NAME, "1.0.0"), tmp_path / NAME / "small" / "1.0.0")
+    assert len(TFDSVideoSource(NAME, "test", data_dir=str(tmp_path))) == 6
+    assert len(TFDSVideoSource(f"{NAME}/small:1.0.0", "test", data_dir=str(tmp_path))) == 6
+    with pytest.raises(FileNotFoundError, match=r"moving_squares:2.0.0' is not prepared"):
+        TFDSVideoSource(f"{NAME}:2.0.0", "test", data_dir=str(tmp_path))
+    shutil.copytree(tmp_path / NAME / "small", tmp_path / NAME / "large")
+    with pytest.raises(FileNotFoundError, match=r"several configs \['large', 'small'\]: name one, e.g. "
+                                                r"config.data.name='moving_squares/large'"):
+        TFDSVideoSource(NAME, "test", data_dir=str(tmp_path))
+
+
 def test_split_specs_select_records_as_tfds_does():
     from mdistill.data.tfds_video import TFDSVideoSource
 

@@ -32,20 +32,34 @@ def _version_key(name: str):
     return tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else None
 
 
+def _versions(folder, version: str = "") -> list[str]:
+    """The built versions in `folder` (those with a dataset_info.json), oldest first."""
+    if version:
+        return [version] if (folder / version / "dataset_info.json").exists() else []
+    found = folder.iterdir() if folder.is_dir() else []
+    return sorted((v.name for v in found if _version_key(v.name) and (v / "dataset_info.json").exists()),
+                  key=_version_key)
+
+
 def builder_dir(name: str, data_dir: str | None):
     """The build folder of `name` ('ucf101', 'ucf101/ucf101_1_256', 'ucf101:2.0.0'): the
-    version asked for, else the newest one that has a dataset_info.json."""
+    version asked for, else the newest one that has a dataset_info.json. A dataset with
+    configs (`tfds build ucf101` writes ucf101/ucf101_1_256/<version>) is found without its
+    config when only one config is built."""
     from etils import epath
 
     root = epath.Path(data_dir or os.path.expanduser("~/tensorflow_datasets"))
     base, _, version = name.partition(":")
     folder = root / base
-    if version:
-        versions = [version] if (folder / version / "dataset_info.json").exists() else []
-    else:
-        found = folder.iterdir() if folder.is_dir() else []
-        versions = sorted((v.name for v in found if _version_key(v.name) and (v / "dataset_info.json").exists()),
-                          key=_version_key)
+    versions = _versions(folder, version)
+    if not versions and "/" not in base and folder.is_dir():
+        configs = sorted(c.name for c in folder.iterdir() if c.is_dir() and _versions(c, version))
+        if len(configs) > 1:
+            raise FileNotFoundError(f"TFDS dataset {name!r} in {os.fspath(root)!r} is built in several configs "
+                                    f"{configs}: name one, e.g. config.data.name='{base}/{configs[0]}'")
+        if configs:
+            folder = folder / configs[0]
+            versions = _versions(folder, version)
     if not versions:
         raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {os.fspath(root)!r} (no "
                                 f"{os.fspath(folder)}/<version>/dataset_info.json). " + prepare_hint(base, data_dir))
