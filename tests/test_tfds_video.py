@@ -70,6 +70,30 @@ def test_decoded_frames_follow_the_sampled_indices():
         video.frames([16])
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_frames_encoded_as_jpeg_or_png_decode_as_pil_does(fmt):
+    """UCF101's build stores JPEG frames, the fixture PNG: both come back as PIL decodes them."""
+    import io
+
+    from PIL import Image
+
+    from mdistill.data.tfds_video import EncodedVideo
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (24, 40, 3), np.uint8), rng.integers(0, 256, (24, 40), np.uint8)]
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format=fmt)
+        encoded.append(buffer.getvalue())
+    expected = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+    got = EncodedVideo(encoded, "clip").frames([1, 0])
+    assert got.shape == (2, 24, 40, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.stack(expected[::-1]))
+    if fmt == "PNG":  # lossless: the drawn pixels themselves
+        np.testing.assert_array_equal(got[1], frames[0])
+
+
 def test_clips_go_through_videomaes_sampling_and_crops():
     """The pipeline's transforms (mdistill.data.transforms.from_config) sample and crop TFDS
     records as they do video files: training clips, their repeats, the evaluation view and

@@ -5,8 +5,9 @@ exactly as video files are (mdistill.data.video's TrainClips / EvalClips).
 tfds.data_source cannot open such a build without TensorFlow (tfds 4.9.10: the Video
 feature's constructor imports it), so the records are read here: ArrayRecord random access
 (array_record), each record a tf.train.Example parsed with tfds's own proto. A Video feature
-is stored as one encoded image (PNG, or JPEG) per frame; only the frames a clip samples are
-decoded (PIL), so a long video costs its sampled frames, not all of them."""
+is stored as one encoded image (PNG, or JPEG as UCF101's) per frame; only the frames a clip
+samples are decoded (PIL; simplejpeg for JPEG), so a long video costs its sampled frames, not
+all of them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from mdistill.data.errors import DataError
 from mdistill.data.tfds_info import IMAGE, VIDEO, BuildInfo, prepare_hint
+from mdistill.data.transforms import decode_jpeg
 
 
 class EncodedVideo:
@@ -39,14 +41,20 @@ class EncodedVideo:
         if order.size == 0 or order.min() < 0 or order.max() >= len(self.encoded):
             raise ValueError(f"{self.name}: frame indices must lie in [0, {len(self.encoded)}), "
                              f"got {order.tolist()}")
-        decoded = {}
-        for i in sorted(set(order.tolist())):
-            try:
-                with Image.open(io.BytesIO(self.encoded[i])) as im:
-                    decoded[i] = np.asarray(im.convert("RGB"))
-            except (OSError, ValueError) as e:
-                raise DataError(f"{self.name}: cannot decode frame {i} ({type(e).__name__}: {e})") from e
+        decoded = {i: self._decode(i) for i in sorted(set(order.tolist()))}
         return np.stack([decoded[i] for i in order.tolist()])
+
+    def _decode(self, i: int) -> np.ndarray:
+        data = self.encoded[i]
+        # JPEG frames (UCF101's build) by simplejpeg where it can, as prepared JPEG images are
+        frame = decode_jpeg(data, 3) if data[:2] == b"\xff\xd8" else None
+        if frame is not None:
+            return frame
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.name}: cannot decode frame {i} ({type(e).__name__}: {e})") from e
 
 
 def _video_feature(info: BuildInfo, key: str):
