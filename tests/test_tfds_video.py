@@ -253,14 +253,16 @@ def test_video_pretraining_reads_the_tfds_build(pretrained):
 
 
 @pytest.mark.slow
-def test_knn_on_the_tfds_build_names_its_classes(pretrained, tmp_path):
-    from mdistill import sharding
-    from mdistill.evaluate import knn
-
-    overrides = {**TFDS, "eval.train_split": "train", "eval.test_split": "test", "eval.knn_train_examples": -1,
+def test_knn_command_on_the_tfds_build_names_its_classes(pretrained, tmp_path):
+    """python -m mdistill.evaluate.knn on the run: its data fields (the fixture) taken from the
+    run, the splits from the command line."""
+    overrides = {"eval.train_split": "train", "eval.test_split": "test", "eval.knn_train_examples": -1,
                  "eval.knn_test_examples": -1, "eval.batch_size": 6, "eval.knn_k": 3}
-    knn.evaluate_checkpoint(str(pretrained), str(tmp_path / "knn"), overrides,
-                            sharding.make_mesh(jax.devices()[:1]))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "mdistill.evaluate.knn", f"--workdir={tmp_path / 'knn'}",
+                          f"--checkpoint={pretrained}", *(f"--config.{k}={v}" for k, v in overrides.items())],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(tmp_path / "knn" / "knn.json"))
     assert 0.0 <= result["knn_top1"] <= 100.0 and (result["train_examples"], result["test_examples"]) == (12, 6)
     assert result["data"]["classes"] == CLASSES and result["data"]["num_classes"] == 3
