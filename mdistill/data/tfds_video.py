@@ -127,11 +127,12 @@ class TFDSVideoSource:
     def _example(self, index: int):
         from tensorflow_datasets.proto import tf_example_pb2
 
-        index = int(index)
-        if self._last[0] != index:
-            record = self._reader[int(self._rows[index])]
-            self._last = (index, tf_example_pb2.Example.FromString(record).features.feature)
-        return self._last[1]
+        index, last = int(index), self._last  # one read of the pair: the pipeline's threads share it
+        if last[0] == index:
+            return last[1]
+        feature = tf_example_pb2.Example.FromString(self._reader[int(self._rows[index])]).features.feature
+        self._last = (index, feature)
+        return feature
 
     def raw(self, index: int) -> EncodedVideo:
         return EncodedVideo(self._example(index)[self.video_key].bytes_list.value, self.describe(index),
