@@ -24,7 +24,7 @@ from mdistill.models.vit import variant_name
 
 # What a pre-training run says about its model, and about its data, for its evaluations.
 MODEL_FIELDS = ("student.variant", "image_size", "num_frames", "tubelet_size", "data.channels")
-DATA_FIELDS = ("data.source", "data.name", "data.path", "data.data_dir", "data.mean", "data.std",
+DATA_FIELDS = ("data.source", "data.name", "data.path", "data.data_dir", "data.video_key", "data.mean", "data.std",
                "data.sampling_rate", "data.root", "eval.train_split", "eval.test_split")
 
 

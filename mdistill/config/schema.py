@@ -84,6 +84,7 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
     ("data.name", "imagenet2012", "tfds: the dataset's name"),
     ("data.split", "train", "the training split"),
     ("data.data_dir", "", "tfds: where the prepared ArrayRecord dataset lies; empty: ~/tensorflow_datasets"),
+    ("data.video_key", "video", "tfds with num_frames > 1: the dataset's Video feature clips are sampled from"),
     ("data.path", FMNIST_DIR, "Fashion-MNIST's IDX folder, an image or video folder's root, or a video list file"),
     ("data.root", "", "video_list: folder the list's relative paths start from; empty: the list's own"),
     ("data.channels", 3, "1: grayscale (colour becomes luminance) | 3: RGB (gray is repeated)"),

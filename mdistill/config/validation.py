@@ -10,7 +10,7 @@ import numpy as np
 
 from mdistill import inputs, masking
 from mdistill.config.errors import ConfigError, require as _require, variant as _variant  # noqa: F401 (re-exported)
-from mdistill.data import SOURCES, VIDEO_SOURCES
+from mdistill.data import SOURCES, VIDEO_SOURCES, gives_clips
 from mdistill.data.fashion_mnist import FILES as FMNIST_SPLITS
 from mdistill.data.transforms import AUGMENTS
 from mdistill.models.vit import REMAT_POLICIES
@@ -89,8 +89,9 @@ def validate(config, num_devices: int | None = None) -> None:
     num_sample = d.num_sample
     _require(isinstance(num_sample, int) and num_sample >= 1, "data.num_sample", num_sample,
              "must be an integer >= 1 (clips drawn from each video read: repeated sampling)")
-    _require(num_sample == 1 or d.source in VIDEO_SOURCES, "data.num_sample", num_sample,
-             f"repeated sampling is for video sources {VIDEO_SOURCES}, not data.source={d.source!r}")
+    _require(num_sample == 1 or gives_clips(config), "data.num_sample", num_sample,
+             f"repeated sampling is for clips (video sources {VIDEO_SOURCES}, or tfds with num_frames > 1), "
+             f"not data.source={d.source!r} with num_frames={config.num_frames}")
     _require(config.batch_size % num_sample == 0, "batch_size", config.batch_size,
              f"counts clips, so it must be a multiple of data.num_sample={num_sample} (videos per step x clips each)")
 

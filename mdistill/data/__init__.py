@@ -10,10 +10,11 @@ from __future__ import annotations
 from mdistill.data.errors import DataError
 from mdistill.data.fashion_mnist import FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
+from mdistill.data.kinds import VIDEO_SOURCES, gives_clips
 from mdistill.data.pipeline import Pipeline
-from mdistill.data.sources import SOURCES, VIDEO_SOURCES, build_source, dataset_size, records_per_step
+from mdistill.data.sources import SOURCES, build_source, dataset_size, records_per_step
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import TFDSSource
 
 __all__ = ["DataError", "FashionMNISTSource", "ImageFolderSource", "Pipeline", "SOURCES", "VIDEO_SOURCES",
-           "SyntheticSource", "TFDSSource", "build_source", "dataset_size", "records_per_step"]
+           "SyntheticSource", "TFDSSource", "build_source", "dataset_size", "gives_clips", "records_per_step"]

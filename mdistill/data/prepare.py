@@ -184,7 +184,8 @@ def prepare_split(source, out: str, split: str, *, channels: int, short_side: in
 def main(argv):
     from absl import app, flags
 
-    from mdistill.data.sources import VIDEO_SOURCES, build_source
+    from mdistill.data.kinds import gives_clips
+    from mdistill.data.sources import build_source
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
@@ -192,9 +193,10 @@ def main(argv):
     config = args.config
     if config is None or not args.out:
         raise app.UsageError("--config and --out are required", exitcode=2)
-    if config.data.source in VIDEO_SOURCES or config.data.source == "prepared":
-        sys.exit(f"error: config.data.source={config.data.source!r} cannot be prepared: expected an image source "
-                 "(folder, tfds, fashion_mnist, synthetic)")
+    if gives_clips(config) or config.data.source == "prepared":  # clips are sampled from whole videos at run time
+        clips = f" with config.num_frames={config.num_frames} (clips)" if config.data.source == "tfds" else ""
+        sys.exit(f"error: config.data.source={config.data.source!r}{clips} cannot be prepared: expected an image "
+                 "source (folder, tfds with num_frames=1, fashion_mnist, synthetic)")
     for split in args.splits or [config.data.split]:
         source = build_source(config, split)
         meta = prepare_split(source, args.out, split, channels=config.data.channels, short_side=args.short_side,

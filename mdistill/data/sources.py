@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from mdistill.data.fashion_mnist import SPLIT_SIZES as FMNIST_SIZES, FashionMNISTSource
 from mdistill.data.image_folder import ImageFolderSource
+from mdistill.data.kinds import VIDEO_SOURCES, gives_clips
 from mdistill.data.prepared import PreparedSource
 from mdistill.data.synthetic import SyntheticSource
 from mdistill.data.tfds_source import KNOWN_SIZES, TFDSSource
 
-VIDEO_SOURCES = ("video_folder", "video_list")  # video files, decoded and sampled by mdistill.data.video
 SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "prepared", *VIDEO_SOURCES)
+
+
+def _eval_clips(config):
+    from mdistill.data.video import EvalClips
+
+    return EvalClips(config.image_size, int(config.num_frames), config.data.sampling_rate,
+                     channels=config.data.channels)
 
 
 def build_source(config, split: str | None = None):
@@ -20,6 +27,10 @@ def build_source(config, split: str | None = None):
                                frames=int(config.num_frames))
     if d.source == "fashion_mnist":
         return FashionMNISTSource(split, d.path, d.channels)
+    if d.source == "tfds" and gives_clips(config):  # a Video feature, sampled as video files are
+        from mdistill.data.tfds_video import TFDSVideoSource
+
+        return TFDSVideoSource(d.name, split, d.video_key, d.data_dir, _eval_clips(config))
     if d.source == "tfds":
         return TFDSSource(d.name, split, config.image_size, d.channels, d.data_dir)
     if d.source == "folder":
@@ -27,9 +38,9 @@ def build_source(config, split: str | None = None):
     if d.source == "prepared":  # shards written by mdistill.data.prepare, in data.path
         return PreparedSource(d.path, split, config.image_size, d.channels)
     if d.source in VIDEO_SOURCES:  # clips: VideoMAE's sampling (mdistill.data.video)
-        from mdistill.data.video import EvalClips, VideoFolderSource, VideoListSource
+        from mdistill.data.video import VideoFolderSource, VideoListSource
 
-        evaluation = EvalClips(config.image_size, int(config.num_frames), d.sampling_rate, channels=d.channels)
+        evaluation = _eval_clips(config)
         if d.source == "video_folder":
             return VideoFolderSource(d.path, split, evaluation)
         return VideoListSource(d.path, d.root or None, evaluation)

@@ -7,22 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from mdistill.data.errors import DataError
+from mdistill.data.tfds_info import VIDEO, BuildInfo, prepare_hint
+
 # Split sizes, so that a dry run can plan epochs without the data.
 KNOWN_SIZES = {("imagenet2012", "train"): 1281167, ("imagenet2012", "validation"): 50000,
                ("fashion_mnist", "train"): 60000, ("fashion_mnist", "test"): 10000,
                ("cifar10", "train"): 50000, ("cifar10", "test"): 10000}
-
-HOW_TO_PREPARE = {
-    "imagenet2012": ("put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
-                     "<data_dir>/downloads/manual, then run "),
-}
-
-
-def prepare_hint(name: str, data_dir: str | None) -> str:
-    where = data_dir or "~/tensorflow_datasets"
-    return (f"Prepare it once (this step needs TensorFlow, and internet unless the files are a manual download): "
-            f"{HOW_TO_PREPARE.get(name, '')}`tfds build {name} --data_dir={where} --file_format=array_record`, "
-            f"and set config.data.data_dir={where!r}.")
 
 
 def open_data_source(name: str, split: str, data_dir: str | None):
@@ -51,9 +42,26 @@ def open_data_source(name: str, split: str, data_dir: str | None):
                             + prepare_hint(name, data_dir))
 
 
+def refuse_videos(name: str, data_dir: str | None) -> None:
+    """A dataset whose features hold a Video and no 'image' is refused in one line: asked for
+    images (config.num_frames=1), it would otherwise fail record by record (or, without
+    TensorFlow, on tfds's Video feature importing it)."""
+    try:
+        info = BuildInfo(name, data_dir)
+        features, where = info.top_level(), info.features_file
+    except Exception:  # not prepared, or an old build: tfds.data_source's own failure says more
+        return
+    videos = sorted(k for k, f in features.items() if f.python_class_name == VIDEO)
+    if videos and "image" not in features:
+        raise DataError(f"{where}: TFDS dataset {name!r} holds videos (feature {videos[0]!r}), not images, but "
+                        "config.num_frames=1 asks for images: set --config.num_frames to the clips' length "
+                        "(e.g. 16) and a video model")
+
+
 class TFDSSource:
     def __init__(self, name: str, split: str, image_size: int, channels: int, data_dir: str | None = None):
         self.name, self.split, self.data_dir = name, split, data_dir
+        refuse_videos(name, data_dir)
         self._source = open_data_source(name, split, data_dir)
         self.image_size, self.channels = image_size, channels
 

@@ -177,8 +177,9 @@ class Transform:
 
 
 class ClipTransform:
-    """A video file's path, rng -> uint8 [num_frames, size, size, channels]: the pipeline hands
-    it the record's path (`reads_files`), and it samples, decodes and augments the clip
+    """A video, rng -> uint8 [num_frames, size, size, channels]: the pipeline hands it the
+    record's raw form (`reads_files`: a file's path, or a TFDS record's still-encoded frames),
+    and it samples, decodes and augments the clip
     (mdistill.data.video.TrainClips: VideoMAE's frame sampling and multi-scale crop), so a bad
     video fails inside the pipeline's try and is skipped like a bad image. With repeats > 1
     (VideoMAE's repeated sampling, config.data.num_sample) one decoded window gives `repeats`
@@ -249,8 +250,10 @@ class MultiViewClipTransform(ClipTransform):
 
 def from_config(config, train: bool = True):
     """The training transform of config.data (train=False: the evaluation one)."""
+    from mdistill.data.kinds import gives_clips
+
     d = config.data
-    if d.source in ("video_folder", "video_list"):
+    if gives_clips(config):
         if not train:
             return EvalClipTransform(config.image_size, int(config.num_frames), d.channels, d.sampling_rate)
         # data.temporal: VideoMAE's pre-training sampling, or its fine-tuning one ('finetune')

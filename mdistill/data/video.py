@@ -1,5 +1,7 @@
 """Videos for VideoMAE / AMD: decoding with PyAV, the official VideoMAE frame sampling and
-clip transforms, and two sources (a class-folder tree and VideoMAE's list files).
+clip transforms, and two sources (a class-folder tree and VideoMAE's list files). The
+samplers take any video with count() and frames(indices) (VideoFile here; a TFDS record's
+frames in mdistill/data/tfds_video.py), so every store gets the same sampling and crops.
 
 What follows the official code (github.com/MCG-NJU/VideoMAE; VideoMAEv2 for pre-training
 with repeated sampling) and where:
@@ -355,10 +357,31 @@ def eval_views(clip, size: int, num_crops: int = 1, short_side: int | None = Non
 
 # ---- what the pipeline and the evaluators call ----
 
+class VideoFile:
+    """A video file as the clip samplers see a video: count() frames, frames(indices) decoded
+    (uint8 [len(indices), H, W, 3]). Decoded videos of other stores (a TFDS record:
+    mdistill.data.tfds_video.EncodedVideo) offer the same two methods, so the sampling and
+    the crops below are the same whatever holds the frames."""
+
+    def __init__(self, path: str, threads: int = 1):
+        self.path, self.threads = path, threads
+
+    def count(self) -> int:
+        return frame_count(self.path, self.threads)
+
+    def frames(self, indices) -> np.ndarray:
+        return read_frames(self.path, indices, self.threads)
+
+
+def as_video(video, threads: int = 1):
+    """A path becomes a VideoFile; a decoder (count(), frames()) is used as it is."""
+    return VideoFile(os.fspath(video), threads) if isinstance(video, (str, os.PathLike)) else video
+
+
 class TrainClips:
-    """path, rng -> uint8 [num_sample, num_frames, size, size, channels]: frames sampled by
-    `temporal` ('pretrain': VideoMAE pre-training, 'finetune': VideoClsDataset, 'segments':
-    SSv2's one frame per segment, sampling_rate unused), decoded once, then num_sample
+    """video (a path or a VideoFile-like decoder), rng -> uint8 [num_sample, num_frames, size,
+    size, channels]: frames sampled by `temporal` ('pretrain': VideoMAE pre-training, 'finetune':
+    VideoClsDataset, 'segments': SSv2's one frame per segment, sampling_rate unused), decoded once, then num_sample
     multi-scale crops (and flips if `flip`). Picklable; all randomness from rng."""
 
     def __init__(self, size: int = 224, num_frames: int = 16, sampling_rate: int = 4, num_sample: int = 1,
@@ -377,15 +400,18 @@ class TrainClips:
     def augment(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return multi_scale_crop(clip, self.size, rng, self.flip, self.scales)
 
-    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        frames = read_frames(path, self.indices(frame_count(path, self.threads), rng), self.threads)
+    def __call__(self, video, rng: np.random.Generator) -> np.ndarray:
+        """video: a file's path, or any decoder with count() and frames(indices) (VideoFile)."""
+        video = as_video(video, self.threads)
+        frames = video.frames(self.indices(video.count(), rng))
         return repeated_sample(to_channels(frames, self.channels), self.num_sample, rng, self.augment)
 
 
 class EvalClips:
-    """path -> uint8 [views, num_frames, size, size, channels], views = test_num_segment x
-    test_num_crop in the official order (segment-major). temporal 'dense': Kinetics' test
-    windows; 'segments': SSv2's two views (test_num_segment must be 2). Deterministic."""
+    """video (a path or a VideoFile-like decoder) -> uint8 [views, num_frames, size, size,
+    channels], views = test_num_segment x test_num_crop in the official order (segment-major).
+    temporal 'dense': Kinetics' test windows; 'segments': SSv2's two views (test_num_segment
+    must be 2). Deterministic."""
 
     def __init__(self, size: int = 224, num_frames: int = 16, sampling_rate: int = 4, test_num_segment: int = 1,
                  test_num_crop: int = 1, short_side: int | None = None, temporal: str = "dense", channels: int = 3,
@@ -407,9 +433,10 @@ class EvalClips:
             return segment_test_indices(n, self.num_frames)
         return dense_test_indices(n, self.num_frames, self.sampling_rate, self.test_num_segment)
 
-    def __call__(self, path: str) -> np.ndarray:
-        windows = self.indices(frame_count(path, self.threads))
-        frames = to_channels(read_frames(path, windows.reshape(-1), self.threads), self.channels)
+    def __call__(self, video) -> np.ndarray:
+        video = as_video(video, self.threads)
+        windows = self.indices(video.count())
+        frames = to_channels(video.frames(windows.reshape(-1)), self.channels)
         frames = frames.reshape(*windows.shape, *frames.shape[1:])
         return np.concatenate([eval_views(clip, self.size, self.test_num_crop, self.short_side) for clip in frames])
 

@@ -406,8 +406,9 @@ def hold_workdir(workdir: str, *folders: str):
         yield
 
 
-# What a source gives: clips (video files; synthetic data follows config.num_frames) or images.
-IMAGE_SOURCES = ("fashion_mnist", "tfds", "folder", "prepared")
+# What a source gives: clips (video files) or images; synthetic data follows config.num_frames, and
+# tfds its dataset's features (a Video feature read as clips, else images: checked when it is opened).
+IMAGE_SOURCES = ("fashion_mnist", "folder", "prepared")
 
 
 def check_model_fits_data(config, model: str, tubelet: int | None = None) -> None:
@@ -431,7 +432,9 @@ def check_model_fits_data(config, model: str, tubelet: int | None = None) -> Non
     source = config.data.source
     if frames > 1 and source in IMAGE_SOURCES:
         raise ConfigError(f"{model} is a video ViT (config.num_frames={frames}) but config.data.source={source!r} "
-                          f"gives images: evaluate it on clips (config.data.source in {data.VIDEO_SOURCES})")
+                          f"gives images: evaluate it on clips (config.data.source in {data.VIDEO_SOURCES}, or "
+                          "tfds with a Video feature)")
     if frames == 1 and source in data.VIDEO_SOURCES:
         raise ConfigError(f"{model} is an image ViT (config.num_frames=1) but config.data.source={source!r} gives "
-                          f"clips: evaluate it on images (config.data.source in {IMAGE_SOURCES}), or a video model")
+                          f"clips: evaluate it on images (config.data.source in {(*IMAGE_SOURCES, 'tfds')}), or a "
+                          "video model")
