@@ -228,17 +228,19 @@ class EvalClipTransform(ClipTransform):
 
 
 class MultiViewClipTransform(ClipTransform):
-    """A video file's path -> [segments x crops, num_frames, size, size, channels]: VideoMAE's
-    multi-view test (EvalClips), for fine-tuning's evaluation."""
+    """A video (file path or decoder) -> [segments x crops, num_frames, size, size, channels]:
+    VideoMAE's multi-view test (EvalClips; temporal 'dense' for Kinetics, 'segments' for SSv2),
+    for fine-tuning's evaluation."""
 
     augment = "none"
 
-    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, segments: int, crops: int):
+    def __init__(self, size: int, num_frames: int, channels: int, sampling_rate: int, segments: int, crops: int,
+                 temporal: str = "dense"):
         from mdistill.data.video import EvalClips
 
         self.size, self.num_frames, self.channels = size, num_frames, channels
         self.clips = EvalClips(size, num_frames, sampling_rate, test_num_segment=segments, test_num_crop=crops,
-                               channels=channels)
+                               temporal=temporal, channels=channels)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -241,21 +241,17 @@ class FineTuner:
         return jnp.stack([topk_correct(logits, labels, k) for k in self.topk])
 
     def test_transform(self):
-        """Video files: every test video as data.test_num_segment x data.test_num_crop views,
-        SSv2's segment starts and middles when training samples segments (data.temporal);
-        synthetic clips are arrays, tested whole."""
+        """Decoded videos (files, a TFDS Video feature): every test video as
+        data.test_num_segment x data.test_num_crop views, SSv2's segment starts and middles when
+        training samples segments (data.temporal); synthetic clips are arrays, tested whole."""
         c = self.config
-        if not self.video or c.data.source not in data.VIDEO_SOURCES:
+        if not self.video or not data.gives_clips(c):
             return None
         from mdistill.data.transforms import MultiViewClipTransform
-        from mdistill.data.video import EvalClips
 
-        t = MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
-                                   c.data.test_num_segment, c.data.test_num_crop)
-        if c.data.temporal == "segments":  # the transform takes no temporal: its clips swapped for SSv2's
-            t.clips = EvalClips(c.image_size, inputs.num_frames(c), c.data.sampling_rate, c.data.test_num_segment,
-                                c.data.test_num_crop, temporal="segments", channels=c.data.channels)
-        return t
+        temporal = "segments" if c.data.temporal == "segments" else "dense"
+        return MultiViewClipTransform(c.image_size, inputs.num_frames(c), c.data.channels, c.data.sampling_rate,
+                                      c.data.test_num_segment, c.data.test_num_crop, temporal=temporal)
 
     def evaluate(self, params) -> dict:
         """Top-1 / top-5 in percent over the test split."""
