@@ -19,7 +19,7 @@ the same examples from the same forward pass (demo.sh uses it: the features of 7
 are the bulk of both evaluations' time). --config.baselines=True evaluates raw pixels and a
 random encoder of the same architecture the same way and prints them beside the encoder.
 
-On clips (a video ViT, config.num_frames > 1; video files or synthetic clips) the feature is
+On clips (a video ViT, config.num_frames > 1; video files, TFDS Video, synthetic) the feature is
 the mean of its tokens after the final norm (a video ViT has no cls token: a config file's
 pool 'cls' becomes 'avg'), each clip sampled as for evaluation (VideoMAE's test window,
 centre crop), computed once; data.augment must be 'none' there (see for_clips).
