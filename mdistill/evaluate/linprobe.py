@@ -328,8 +328,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from mdistill import distributed
 
-    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
-        distributed.maybe_initialize()
+    try:  # several processes: on a detected cluster (Cloud TPU pods, SLURM) or as told, as pre-training
+        distributed.maybe_initialize(*_DISTRIBUTED())
     except RuntimeError as e:  # a cluster whose processes or devices do not add up
         sys.exit(f"error: {e}")
     try:
@@ -354,4 +354,5 @@ if __name__ == "__main__":
     flags.mark_flag_as_required("config")
     from mdistill import cli
 
+    _DISTRIBUTED = cli.define_distributed_flags()
     app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line
