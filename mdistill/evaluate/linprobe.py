@@ -92,13 +92,11 @@ def frozen_encoder(config, mesh):
     """Pretrained encoder params (checked against config.student.variant) or a random one,
     placed by the partition rules of mdistill.sharding (split over 'fsdp' as pre-training's)."""
     if config.pretrained:
-        params, _ = load_encoder(config.pretrained, mesh, config.student.variant, config.image_size,
-                                 config.data.channels)
-    else:
-        log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
-        params = random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed,
-                                config=config)  # a video ViT for clips
-    return jax.device_put(params, sharding.tree_shardings(mesh, params))
+        return load_encoder(config.pretrained, mesh, config.student.variant, config.image_size,
+                            config.data.channels)[0]
+    log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
+    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed,
+                          config=config)  # a video ViT for clips
 
 
 def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
