@@ -174,7 +174,7 @@ class FineTuner:
         params = jax.jit(self._init, out_shardings=self.state_sharding.params)(self.rng)
         if c.pretrained:  # with global pooling the pre-trained final norm is dropped (fc_norm replaces it)
             encoder = {k: enc[k] for k in params["encoder"]}
-            # load_encoder placed it by the same partition rules: this moves nothing, it only asserts the placement
+            # load_encoder placed it by these same partition rules: nothing moves here
             params = dict(params, encoder=jax.device_put(encoder, self.state_sharding.params["encoder"]))
         return params
 
