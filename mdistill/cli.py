@@ -73,6 +73,18 @@ def _guard_config_files(flag_values) -> None:
             parser._mdistill_checked = True
 
 
+def define_distributed_flags():
+    """--coordinator_address, --num_processes and --process_id, for several processes where
+    no cluster is detected (mdistill.distributed: SLURM, Open MPI and Cloud TPU are); returns
+    a function giving their values, maybe_initialize's arguments. Pre-training and the
+    evaluators that run on its mesh (fine-tuning, the linear probe) all take them."""
+    address = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process "
+                                  "runs outside Cloud TPU, SLURM and Open MPI (which are detected).")
+    processes = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: number of processes.")
+    index = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process's index.")
+    return lambda: (address.value, processes.value, index.value)
+
+
 def parse_flags(argv):
     """absl's parsing, with a config file that cannot be loaded and an unknown
     --config.<field> as one line instead of a traceback."""

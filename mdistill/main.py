@@ -15,15 +15,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mdistill.cli import define_distributed_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and logs go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build and compile abstractly, print a summary, exit.")
 _DEVICE_MEMORY = flags.DEFINE_float("device_memory_gib", None, "With --dry_run: the memory (GiB) of the device to plan "
                                     "for, instead of what JAX reports for this one (nothing on a CPU).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process "
-                                   "runs outside Cloud TPU and SLURM (which are detected).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process's index.")
+_DISTRIBUTED = define_distributed_flags()
 
 
 def main(argv):
@@ -35,7 +34,7 @@ def main(argv):
     from mdistill.data import DataError
 
     try:
-        distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.maybe_initialize(*_DISTRIBUTED())
     except RuntimeError as e:  # a cluster whose processes or devices do not add up
         sys.exit(f"error: {e}")
     config = _CONFIG.value

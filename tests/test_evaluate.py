@@ -236,6 +236,22 @@ def test_linprobe_on_pretrained(pretrained, tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluated_encoders_are_placed_by_the_partition_rules(pretrained):
+    """load_encoder and the random baseline split the encoder over 'fsdp' as they make it (as
+    fine-tuning's state is split), so an fsdp evaluation never holds a whole copy per device;
+    the values are those of a replicated one."""
+    mesh, whole = sharding.make_mesh(shape={"data": 4, "fsdp": 2}), sharding.make_mesh()
+    loaded = common.load_encoder(pretrained, mesh, "mu/4", 32, 3)[0]
+    random = common.random_encoder("mu/4", 32, 3, mesh)
+    for params, replicated in ((loaded, common.load_encoder(pretrained, whole, "mu/4", 32, 3)[0]),
+                               (random, common.random_encoder("mu/4", 32, 3, whole))):
+        rules = jax.tree.leaves(sharding.tree_shardings(mesh, params))
+        assert all(x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(jax.tree.leaves(params), rules))
+        assert any("fsdp" in x.sharding.spec for x in jax.tree.leaves(params))  # the MLP kernels are split
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(replicated))
+
+
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(pretrained, tmp_path):
     from configs.finetune_fmnist import get_config as finetune_config
     from configs.linprobe_fmnist import get_config as linprobe_config

@@ -61,25 +61,29 @@ def run_config(meta: dict) -> ml_collections.ConfigDict:
 
 
 def load_encoder(path: str, mesh, variant: str | None = None, image_size: int = 0, channels: int = 3):
-    """-> (encoder params replicated on the mesh, the run's config; see run_config).
+    """-> (encoder params on the mesh, the run's config; see run_config). The parameters are
+    placed by mdistill.sharding's partition rules as they are read (split over 'fsdp' as
+    pre-training's and fine-tuning's): an encoder too big for one device is never whole on one.
 
     `path`: an mdistill workdir, its checkpoints/ folder, one step folder, or a release
     converted by `python -m mdistill.weights.convert`. With `variant`, the checkpoint must hold
     exactly that encoder: a width or depth that does not fit fails here, listing the
     mismatched parameters, before anything compiles."""
     loaded = loader.load(path, variant, image_size=image_size, channels=channels if variant else None,
-                         placement=sharding.replicated(mesh), decoder=False, field="config.student.variant")
+                         placement=mesh, decoder=False, field="config.student.variant")
     return loaded.encoder, run_config(loaded.meta)
 
 
 def random_encoder(variant: str, image_size: int, channels: int, mesh, seed: int = RANDOM_ENCODER_SEED,
                    config=None) -> dict:
-    """Parameters of a freshly initialised encoder (the 'random' baseline), replicated; with
-    `config`, of its inputs' layout (a video ViT for clips)."""
+    """Parameters of a freshly initialised encoder (the 'random' baseline), placed by the
+    partition rules as load_encoder's; with `config`, of its inputs' layout (a video ViT for
+    clips). The values do not depend on the placement (JAX's partitionable threefry)."""
     spec = inputs.spec_of(config, variant) if config is not None else ViTSpec.parse(variant)
     shape = inputs.sample_shape(config) if config is not None else (image_size, image_size, channels)
-    init = jax.jit(Encoder(spec).init, out_shardings=sharding.replicated(mesh))
-    return init(jax.random.PRNGKey(seed), jnp.zeros((1, *shape), jnp.float32))["params"]
+    args = (jax.random.PRNGKey(seed), jnp.zeros((1, *shape), jnp.float32))
+    placed = sharding.tree_shardings(mesh, jax.eval_shape(Encoder(spec).init, *args))
+    return jax.jit(Encoder(spec).init, out_shardings=placed)(*args)["params"]
 
 
 def baseline_params(name: str, config, mesh):

@@ -174,6 +174,7 @@ class FineTuner:
         params = jax.jit(self._init, out_shardings=self.state_sharding.params)(self.rng)
         if c.pretrained:  # with global pooling the pre-trained final norm is dropped (fc_norm replaces it)
             encoder = {k: enc[k] for k in params["encoder"]}
+            # load_encoder placed it by these same partition rules: nothing moves here
             params = dict(params, encoder=jax.device_put(encoder, self.state_sharding.params["encoder"]))
         return params
 
@@ -370,8 +371,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from mdistill import distributed
 
-    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
-        distributed.maybe_initialize()
+    try:  # several processes: on a detected cluster (Cloud TPU pods, SLURM) or as told, as pre-training
+        distributed.maybe_initialize(*_DISTRIBUTED())
     except RuntimeError as e:  # a cluster whose processes or devices do not add up
         sys.exit(f"error: {e}")
     try:
@@ -396,4 +397,5 @@ if __name__ == "__main__":
     flags.mark_flag_as_required("config")
     from mdistill import cli
 
+    _DISTRIBUTED = cli.define_distributed_flags()
     app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line

@@ -165,7 +165,7 @@ def _evaluate_checkpoint(path: str, workdir: str, overrides: dict | None, mesh, 
     from mdistill.config import validation
 
     mesh = mesh or sharding.make_mesh()
-    loaded = loader.load(path, placement=sharding.replicated(mesh), decoder=False)
+    loaded = loader.load(path, placement=mesh, decoder=False)  # by the partition rules
     params, config = loaded.encoder, run_config(loaded.meta)
     for field, value in (overrides or {}).items():
         *parents, leaf = field.split(".")

@@ -92,13 +92,11 @@ def frozen_encoder(config, mesh):
     """Pretrained encoder params (checked against config.student.variant) or a random one,
     placed by the partition rules of mdistill.sharding (split over 'fsdp' as pre-training's)."""
     if config.pretrained:
-        params, _ = load_encoder(config.pretrained, mesh, config.student.variant, config.image_size,
-                                 config.data.channels)
-    else:
-        log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
-        params = random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed,
-                                config=config)  # a video ViT for clips
-    return jax.device_put(params, sharding.tree_shardings(mesh, params))
+        return load_encoder(config.pretrained, mesh, config.student.variant, config.image_size,
+                            config.data.channels)[0]
+    log("WARNING: config.pretrained is empty: evaluating a randomly initialised encoder (smoke only)")
+    return random_encoder(config.student.variant, config.image_size, config.data.channels, mesh, config.seed,
+                          config=config)  # a video ViT for clips
 
 
 def run(config, workdir: str, mesh=None, explicit: frozenset = frozenset()) -> dict:
@@ -328,8 +326,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from mdistill import distributed
 
-    try:  # several processes on a detected cluster (Cloud TPU pods, SLURM), as pre-training
-        distributed.maybe_initialize()
+    try:  # several processes: on a detected cluster (Cloud TPU pods, SLURM) or as told, as pre-training
+        distributed.maybe_initialize(*_DISTRIBUTED())
     except RuntimeError as e:  # a cluster whose processes or devices do not add up
         sys.exit(f"error: {e}")
     try:
@@ -354,4 +352,5 @@ if __name__ == "__main__":
     flags.mark_flag_as_required("config")
     from mdistill import cli
 
+    _DISTRIBUTED = cli.define_distributed_flags()
     app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line

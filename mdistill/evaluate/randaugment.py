@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-LUMA = jnp.array([0.299, 0.587, 0.114])  # PIL's RGB -> L
+# PIL's RGB -> L. A numpy constant: a jnp one would start JAX's backend on import, before the
+# fine-tuning command could start the distributed runtime (which must come first).
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _gray(img):
