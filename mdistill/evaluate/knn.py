@@ -198,6 +198,12 @@ def main(argv):
     from ml_collections import config_flags
 
     logging.set_verbosity(logging.WARNING)
+    from mdistill import distributed
+
+    try:  # several processes: on a detected cluster (Cloud TPU pods, SLURM) or as told, as pre-training
+        distributed.maybe_initialize(*_DISTRIBUTED())
+    except RuntimeError as e:  # a cluster whose processes or devices do not add up
+        sys.exit(f"error: {e}")
     # Only the fields given on the command line replace the run's own settings.
     overrides = config_flags.get_override_values(_FLAGS["config"])
     try:
@@ -227,4 +233,5 @@ if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_dict("config", base_config(), "Overrides of the run's saved config.")
     from mdistill import cli
 
+    _DISTRIBUTED = cli.define_distributed_flags()
     app.run(main, flags_parser=cli.parse_flags)  # a config file or field that fails: one error line
