@@ -1,7 +1,8 @@
 """Every config field, declared once: its dotted name, its default (whose type is the field's
-type) and what it means. base_config() builds the config of every run from this table; each
-method's own section (config.distill, config.amd, ...) comes from its objective's defaults()
-(mdistill/objectives), so every config holds every field of every method.
+type) and what it means (mdistill/config/field.py). base_config() builds the config of every
+run from this table and each method's own section (config.distill, config.amd, ...), whose
+fields its objective declares alike (Objective.fields, mdistill/objectives), so every config
+holds every field of every method.
 
 Block indices are 0-based outputs of blocks ("block 8" is the output of the ninth block);
 papers that count from 1 name block i+1.
@@ -9,20 +10,13 @@ papers that count from 1 name block i+1.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import ml_collections
 
+from mdistill.config.field import Field
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Field(NamedTuple):
-    name: str      # dotted: 'data.source'
-    default: Any   # also the field's type (ml_collections keeps it)
-    meaning: str   # one line
 
 
 FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
@@ -149,9 +143,26 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
 BY_NAME = {f.name: f for f in FIELDS}
 
 
+def method_fields() -> tuple[Field, ...]:
+    """The fields of every method section, named config.<config_key>.<field>; a section shared
+    by several methods is the first registered's, as in base_config()."""
+    out, keys = [], {f.name.split(".")[0] for f in FIELDS}
+    for objective in objectives().values():
+        if objective.config_key and objective.config_key not in keys:
+            keys.add(objective.config_key)
+            out += [f._replace(name=f"{objective.config_key}.{f.name}") for f in objective.fields]
+    return tuple(out)
+
+
+def all_fields() -> tuple[Field, ...]:
+    """Every field of base_config(): the shared ones, then the method sections'."""
+    return FIELDS + method_fields()
+
+
 def meaning(field: str) -> str:
-    """The one-line meaning of a dotted field ('' for a method section's, see its objective)."""
-    return BY_NAME[field].meaning if field in BY_NAME else ""
+    """The one-line meaning of a dotted field, a method section's included ('' if undeclared)."""
+    found = BY_NAME.get(field) or next((f for f in method_fields() if f.name == field), None)
+    return found.meaning if found else ""
 
 
 def base_config() -> ml_collections.ConfigDict:
