@@ -86,7 +86,7 @@ class Checkpoints:
 def restore(mngr, abstract_params, abstract_opt_state, config: dict, what: str = "", teacher: dict | None = None,
             allow_teacher_change: bool = False):
     """The latest readable checkpoint of `mngr` -> (params, opt_state, meta), or None for a
-    fresh start; one saved with another config (outside checkpoint.RESUMABLE_CHANGES) or
+    fresh start; one saved with another config (in a field not declared resumable) or
     another teacher is refused (mdistill.weights.checkpoint.restore_latest_good)."""
     restored = checkpoint.restore_latest_good(mngr, abstract_params, abstract_opt_state, config, teacher=teacher,
                                               allow_teacher_change=allow_teacher_change)

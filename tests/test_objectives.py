@@ -5,13 +5,12 @@ from OBJECTIVES alone; config.masking.kind='random' keeps the losses of before i
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from benchmarks import flops
 from mdistill import data, objectives, sharding, train
-from mdistill.config import apply_smoke, base_config, upgrade, validation
+from mdistill.config import Field, apply_smoke, base_config, meaning, upgrade, validation
 from mdistill.config.errors import require
 from mdistill.objectives.common import feature_loss
 from mdistill.objectives.distill import DistillObjective
@@ -30,9 +29,8 @@ class ToyObjective(DistillObjective):
     name = "toy"
     config_key = "toy"
 
-    @classmethod
-    def defaults(cls):
-        return ml_collections.ConfigDict(dict(pairs=((8, 17),), weight=0.5))
+    fields = (Field("pairs", ((8, 17),), "(student block, teacher block), 0-based"),
+              Field("weight", 0.5, "weight of the alignment loss"))
 
     @classmethod
     def smoke(cls, config):
@@ -98,6 +96,7 @@ def test_a_registered_method_runs_its_smoke_step_dry_run_and_flop_count(toy):
 
 def test_a_registered_method_validates_its_own_fields(toy):
     c = toy_config()
+    assert meaning("toy.weight") == "weight of the alignment loss"  # its fields' meanings come with it
     c.toy.weight = -1.0
     with pytest.raises(validation.ConfigError, match=r"config.toy.weight=-1.0 is invalid: must be >= 0"):
         validation.validate(c)

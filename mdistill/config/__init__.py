@@ -1,7 +1,8 @@
-"""Configs: one declared schema (schema.py: every field, its default and meaning), what
-config files share (presets.py), the errors that name a field (errors.py), the checks run
-before anything compiles (validation.py, imported as mdistill.config.validation) and
-upgrade(), which reads any saved config as today's (saved.py)."""
+"""Configs: one declared schema (schema.py: every field, its default, its meaning and whether
+a resume may change it; field.py: one field's declaration), what config files share
+(presets.py), the errors that name a field (errors.py), the checks run before anything
+compiles (validation.py, imported as mdistill.config.validation) and upgrade(), which reads
+any saved config as today's (saved.py)."""
 
 from mdistill.config.errors import ConfigError, get, require, take, variant
 from mdistill.config.presets import apply_smoke, fashion_mnist, parse_arg

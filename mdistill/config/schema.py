@@ -1,7 +1,8 @@
 """Every config field, declared once: its dotted name, its default (whose type is the field's
-type) and what it means. base_config() builds the config of every run from this table; each
-method's own section (config.distill, config.amd, ...) comes from its objective's defaults()
-(mdistill/objectives), so every config holds every field of every method.
+type), what it means and whether it may change at a resume (mdistill/config/field.py).
+base_config() builds the config of every run from this table and each method's own section
+(config.distill, config.amd, ...), whose fields its objective declares alike
+(Objective.fields, mdistill/objectives), so every config holds every field of every method.
 
 Block indices are 0-based outputs of blocks ("block 8" is the output of the ninth block);
 papers that count from 1 name block i+1.
@@ -9,20 +10,13 @@ papers that count from 1 name block i+1.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import ml_collections
 
+from mdistill.config.field import RESUMABLE, Field
 from mdistill.data.fashion_mnist import DEFAULT_DIR as FMNIST_DIR
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Field(NamedTuple):
-    name: str      # dotted: 'data.source'
-    default: Any   # also the field's type (ml_collections keeps it)
-    meaning: str   # one line
 
 
 FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
@@ -42,14 +36,17 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
     ("student.decoder_width", 512, "MAE decoder width, divisible by 4 and decoder_heads"),
     ("student.decoder_depth", 8, "MAE decoder blocks"),
     ("student.decoder_heads", 16, "MAE decoder attention heads"),
-    ("student.init", "", "start from these weights (a teacher.checkpoint path form) instead of a random init"),
-    ("student.init_ignore", "", "comma-separated key prefixes of student.init's tensors to leave out"),
+    ("student.init", "", "start from these weights (a teacher.checkpoint path form) instead of a random init",
+     RESUMABLE),
+    ("student.init_ignore", "", "comma-separated key prefixes of student.init's tensors to leave out", RESUMABLE),
 
     # ---- the teacher (methods that distil) ----
     ("teacher.variant", "L/16", "the teacher ViT; follows teacher.checkpoint's architecture"),
-    ("teacher.checkpoint", "", "mdistill workdir, checkpoint dir or converted release; empty: random (smoke only)"),
+    ("teacher.checkpoint", "", "mdistill workdir, checkpoint dir or converted release; empty: random (smoke only)",
+     RESUMABLE),
     ("teacher.dtype", "float32", "compute and storage dtype of the frozen teacher"),
-    ("teacher.allow_change", False, "resume a distillation with other teacher weights than it was distilled from"),
+    ("teacher.allow_change", False, "resume a distillation with other teacher weights than it was distilled from",
+     RESUMABLE),
 
     # ---- masks (mdistill/masking.py) ----
     ("masking.kind", "random", "patch order the masks cut: random (MAE) | block (BEiT, SimMIM) | colored_noise"),
@@ -62,11 +59,13 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
 
     # ---- the schedule and the devices ----
     ("batch_size", 4096, "global batch over all devices and accumulation steps (clips for video)"),
-    ("mesh.data", -1, "devices on the mesh's 'data' axis (the batch); -1 the remaining ones"),
-    ("mesh.fsdp", 1, "devices on the 'fsdp' axis: parameters, optimizer state and teacher split; -1 the rest"),
-    ("num_epochs", 800.0, "training length in passes over the data (when total_steps < 0)"),
+    # how the devices are laid out, not what they compute: RESUMABLE
+    ("mesh.data", -1, "devices on the mesh's 'data' axis (the batch); -1 the remaining ones", RESUMABLE),
+    ("mesh.fsdp", 1, "devices on the 'fsdp' axis: parameters, optimizer state and teacher split; -1 the rest",
+     RESUMABLE),
+    ("num_epochs", 800.0, "training length in passes over the data (when total_steps < 0)", RESUMABLE),
     ("warmup_epochs", 40.0, "linear warm-up length in epochs (when warmup_steps < 0)"),
-    ("total_steps", -1, ">= 0: training length in steps, overriding num_epochs"),
+    ("total_steps", -1, ">= 0: training length in steps, overriding num_epochs", RESUMABLE),
     ("warmup_steps", -1, ">= 0: warm-up length in steps, overriding warmup_epochs"),
     ("optim.blr", 1.5e-4, "base learning rate: peak lr = blr * batch_size / 256"),
     ("optim.lr", -1.0, "> 0 sets the peak learning rate directly; -1 derives it from blr"),
@@ -83,9 +82,10 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
     ("data.source", "tfds", "synthetic | fashion_mnist | tfds | folder | prepared | video_folder | video_list"),
     ("data.name", "imagenet2012", "tfds: the dataset's name"),
     ("data.split", "train", "the training split"),
-    ("data.data_dir", "", "tfds: where the prepared ArrayRecord dataset lies; empty: ~/tensorflow_datasets"),
+    ("data.data_dir", "", "tfds: where the prepared ArrayRecord dataset lies; empty: ~/tensorflow_datasets", RESUMABLE),
     ("data.video_key", "video", "tfds with num_frames > 1: the dataset's Video feature clips are sampled from"),
-    ("data.path", FMNIST_DIR, "Fashion-MNIST's IDX folder, an image or video folder's root, or a video list file"),
+    ("data.path", FMNIST_DIR, "Fashion-MNIST's IDX folder, an image or video folder's root, or a video list file",
+     RESUMABLE),
     ("data.root", "", "video_list: folder the list's relative paths start from; empty: the list's own"),
     ("data.channels", 3, "1: grayscale (colour becomes luminance) | 3: RGB (gray is repeated)"),
     ("data.mean", IMAGENET_MEAN, "per-channel mean that normalises the uint8 inputs on device"),
@@ -100,30 +100,33 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
     ("data.temporal", "pretrain", "video: training frame sampling, pretrain (VideoMAE) | finetune | segments"),
     ("data.test_num_segment", 1, "video fine-tuning: temporal views of each test video"),
     ("data.test_num_crop", 1, "video fine-tuning: spatial crops of each test view"),
-    ("data.workers", -1, "decoding processes per host; -1 one per CPU core (at most 32); 0 in-process"),
-    ("data.threads", 2, "threads per process reading and decoding"),
-    ("data.prefetch", 2, "batches assembled on device ahead of the step"),
-    ("data.decoder", "grain", "grain: decode on the host's CPUs | dali: NVIDIA DALI, on the GPU where there is one"),
-    ("data.max_bad_fraction", 0.001, "undecodable records skipped, at most this fraction of the dataset"),
+    # how the input pipeline runs, not what it yields: RESUMABLE
+    ("data.workers", -1, "decoding processes per host; -1 one per CPU core (at most 32); 0 in-process", RESUMABLE),
+    ("data.threads", 2, "threads per process reading and decoding", RESUMABLE),
+    ("data.prefetch", 2, "batches assembled on device ahead of the step", RESUMABLE),
+    ("data.decoder", "grain", "grain: decode on the host's CPUs | dali: NVIDIA DALI, on the GPU where there is one",
+     RESUMABLE),
+    ("data.max_bad_fraction", 0.001, "undecodable records skipped, at most this fraction of the dataset", RESUMABLE),
 
     # ---- evaluation on frozen features (mdistill/evaluate) ----
-    ("eval.knn_every", 0, "run the k-NN monitor every this many steps during pre-training; 0 off"),
-    ("eval.knn_k", 20, "k-NN: neighbours"),
-    ("eval.knn_temperature", 0.07, "k-NN: votes weighted by exp(cosine / T), as in DINO"),
-    ("eval.knn_train_examples", 10000, "k-NN: the labelled memory bank's size; -1 the whole split"),
-    ("eval.knn_test_examples", 2000, "k-NN: queries; -1 the whole split"),
-    ("eval.train_split", "train", "the labelled split evaluations train on"),
-    ("eval.test_split", "validation", "the split evaluations report on (Fashion-MNIST's: test)"),
-    ("eval.pool", "avg", "feature: avg (mean of the patch tokens) | cls (the cls token)"),
-    ("eval.batch_size", 256, "feature-extraction batch, global"),
-    ("eval.knn_pool", "avg", "linear probe with knn: pooling of the k-NN's features"),
+    ("eval.knn_every", 0, "run the k-NN monitor every this many steps during pre-training; 0 off", RESUMABLE),
+    ("eval.knn_k", 20, "k-NN: neighbours", RESUMABLE),
+    ("eval.knn_temperature", 0.07, "k-NN: votes weighted by exp(cosine / T), as in DINO", RESUMABLE),
+    ("eval.knn_train_examples", 10000, "k-NN: the labelled memory bank's size; -1 the whole split", RESUMABLE),
+    ("eval.knn_test_examples", 2000, "k-NN: queries; -1 the whole split", RESUMABLE),
+    ("eval.train_split", "train", "the labelled split evaluations train on", RESUMABLE),
+    ("eval.test_split", "validation", "the split evaluations report on (Fashion-MNIST's: test)", RESUMABLE),
+    ("eval.pool", "avg", "feature: avg (mean of the patch tokens) | cls (the cls token)", RESUMABLE),
+    ("eval.batch_size", 256, "feature-extraction batch, global", RESUMABLE),
+    ("eval.knn_pool", "avg", "linear probe with knn: pooling of the k-NN's features", RESUMABLE),
 
     # ---- logging and checkpoints ----
-    ("log_every", 50, "steps between logged lines"),
-    ("checkpoint_every", 1000, "steps between checkpoints"),
-    ("visualize_every", 1000, "steps between reconstruction grids in <workdir>/visualizations, and the last; 0 never"),
-    ("keep_checkpoints", 3, "the latest checkpoints kept"),
-    ("best_metric", "", "also keep the best checkpoint by this logged metric: '', 'loss', 'max:knn_top1'"),
+    ("log_every", 50, "steps between logged lines", RESUMABLE),
+    ("checkpoint_every", 1000, "steps between checkpoints", RESUMABLE),
+    ("visualize_every", 1000, "steps between reconstruction grids in <workdir>/visualizations, and the last; 0 never",
+     RESUMABLE),
+    ("keep_checkpoints", 3, "the latest checkpoints kept", RESUMABLE),
+    ("best_metric", "", "also keep the best checkpoint by this logged metric: '', 'loss', 'max:knn_top1'", RESUMABLE),
 
     # ---- the linear probe and fine-tuning (mdistill/evaluate) ----
     ("pretrained", "", "the evaluated encoder: mdistill workdir, checkpoint or converted release; empty random"),
@@ -149,9 +152,31 @@ FIELDS: tuple[Field, ...] = tuple(Field(*f) for f in (
 BY_NAME = {f.name: f for f in FIELDS}
 
 
+def method_fields() -> tuple[Field, ...]:
+    """The fields of every method section, named config.<config_key>.<field>; a section shared
+    by several methods is the first registered's, as in base_config()."""
+    out, keys = [], {f.name.split(".")[0] for f in FIELDS}
+    for objective in objectives().values():
+        if objective.config_key and objective.config_key not in keys:
+            keys.add(objective.config_key)
+            out += [f._replace(name=f"{objective.config_key}.{f.name}") for f in objective.fields]
+    return tuple(out)
+
+
+def all_fields() -> tuple[Field, ...]:
+    """Every field of base_config(): the shared ones, then the method sections'."""
+    return FIELDS + method_fields()
+
+
 def meaning(field: str) -> str:
-    """The one-line meaning of a dotted field ('' for a method section's, see its objective)."""
-    return BY_NAME[field].meaning if field in BY_NAME else ""
+    """The one-line meaning of a dotted field, a method section's included ('' if undeclared)."""
+    found = BY_NAME.get(field) or next((f for f in method_fields() if f.name == field), None)
+    return found.meaning if found else ""
+
+
+def resumable() -> frozenset[str]:
+    """The fields that may differ between a run and its resumption (declared RESUMABLE)."""
+    return frozenset(f.name for f in all_fields() if f.resumable)
 
 
 def base_config() -> ml_collections.ConfigDict:

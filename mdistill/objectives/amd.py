@@ -25,6 +25,7 @@ import ml_collections
 
 from mdistill import inputs
 from mdistill.config.errors import require
+from mdistill.config.field import Field
 from mdistill.models.flops import block_flops
 from mdistill.models.heads import Generator
 from mdistill.models.vit import ViTSpec
@@ -45,20 +46,19 @@ class AMDObjective(DistillObjective):
     config_key = "amd"
     reference_config = "amd_vitb"
 
-    @classmethod
-    def defaults(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict(dict(  # config.mask_ratio stays the student's
-            teacher_mask_ratio=0.75,  # lower than the student's: the teacher sees a superset
-            pairs=((5, 11), (11, 23)),  # (student block, teacher block), 0-based: B/16 <-> L/16
-            generator_depth=2,   # blocks of each pair's generator (teacher width)
-            generator_heads=16,  # teacher width / 64, as in the official code
-            loss="l2",           # l1 | l2 | smooth_l1, for both alignments
-            normalize=False,     # L2-normalise features before the loss (the paper does not)
-            dir_weight=1.0,      # direct alignment (teacher features at the student's tokens)
-            gen_weight=1.0,      # generation alignment (at the tokens only the teacher sees)
-            rec_weight=1.0,      # pixel reconstruction
-            # train the generators' mask tokens; False (the release): frozen at their init, checkpointed
-            train_mask_tokens=False))
+    fields = tuple(Field(*f) for f in (
+        ("teacher_mask_ratio", 0.75,
+         "the teacher's mask ratio (config.mask_ratio stays the student's), lower: the teacher sees a superset"),
+        ("pairs", ((5, 11), (11, 23)), "(student block, teacher block), 0-based: B/16 <-> L/16"),
+        ("generator_depth", 2, "blocks of each pair's generator (teacher width)"),
+        ("generator_heads", 16, "teacher width / 64, as in the official code"),
+        ("loss", "l2", "l1 | l2 | smooth_l1, for both alignments"),
+        ("normalize", False, "L2-normalise features before the loss (the paper does not)"),
+        ("dir_weight", 1.0, "direct alignment (teacher features at the student's tokens)"),
+        ("gen_weight", 1.0, "generation alignment (at the tokens only the teacher sees)"),
+        ("rec_weight", 1.0, "pixel reconstruction"),
+        ("train_mask_tokens", False,
+         "train the generators' mask tokens; False (the release): frozen at their init, checkpointed")))
 
     @classmethod
     def smoke(cls, config) -> None:

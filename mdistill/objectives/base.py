@@ -2,8 +2,8 @@
 
 A method is one subclass of Objective in its own file, listed in OBJECTIVES
 (mdistill/objectives/__init__.py, or added with register()). From that entry alone:
-  - base_config() holds its config section (config.<config_key>, from defaults()) and the
-    ':smoke' shrink applies smoke() to it;
+  - base_config() holds its config section (config.<config_key>, the fields it declares,
+    each with its default and meaning) and the ':smoke' shrink applies smoke() to it;
   - mdistill.config.validation runs its validate() after the shared checks;
   - benchmarks.flops counts its flop_terms() beside the student's;
   - the trainer builds it from the config and differentiates its loss(), --dry_run compiles
@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from mdistill import inputs, masking
+from mdistill.config.field import Field
 
 
 class Objective:
@@ -28,6 +29,9 @@ class Objective:
     # The config section the method owns (config.<config_key>), or None. Methods may share
     # one: the first registered provides its defaults.
     config_key: ClassVar[str | None] = None
+    # The section's fields, named within it: Field(name, default, one-line meaning), as the
+    # shared ones (mdistill/config/schema.py); mdistill.config.meaning('<config_key>.<name>').
+    fields: ClassVar[tuple[Field, ...]] = ()
     # The experiment config (configs/<name>.py) of the method at ViT-B/16 scale, which
     # benchmarks/step.py times; '' for none.
     reference_config: ClassVar[str] = ""
@@ -36,8 +40,8 @@ class Objective:
     # ---- the config, before anything is built --------------------------------------------
     @classmethod
     def defaults(cls) -> ml_collections.ConfigDict | None:
-        """Full-size defaults of config.<config_key> (None: no section)."""
-        return None
+        """Full-size defaults of config.<config_key>, from `fields` (None: no section)."""
+        return ml_collections.ConfigDict({f.name: f.default for f in cls.fields}) if cls.fields else None
 
     @classmethod
     def smoke(cls, config: ml_collections.ConfigDict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from mdistill.config.errors import require, take
+from mdistill.config.field import Field
 from mdistill.models.heads import PROJECTION_KINDS
 from mdistill.models.vit import ViTSpec
 from mdistill.objectives.common import FEATURE_LOSSES, TARGET_NORMS, feature_loss, normalize_targets
@@ -33,17 +34,15 @@ class DMAEObjective(DistillObjective):
     config_key = "distill"
     reference_config = "dmae_vitb"
 
-    @classmethod
-    def defaults(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict(dict(
-            pairs=((8, 17),),    # (student block, teacher block), 0-based
-            head="linear",       # projection head: linear | mlp
-            projection=(768, 1024),  # (student width, teacher width), checked at start; () skips
-            loss="l1",           # l1 | l2 | smooth_l1 | cosine
-            normalize=True,      # L2-normalise both features before the loss
-            target_norm="none",  # none | layernorm: the teacher's features standardised per token first
-            weight=1.0,          # weight of each pair's feature loss
-            rec_weight=1.0))     # weight of the pixel reconstruction loss
+    fields = tuple(Field(*f) for f in (
+        ("pairs", ((8, 17),), "(student block, teacher block), 0-based"),
+        ("head", "linear", "projection head: linear | mlp"),
+        ("projection", (768, 1024), "(student width, teacher width), checked at start; () skips"),
+        ("loss", "l1", "l1 | l2 | smooth_l1 | cosine"),
+        ("normalize", True, "L2-normalise both features before the loss"),
+        ("target_norm", "none", "none | layernorm: the teacher's features standardised per token first"),
+        ("weight", 1.0, "weight of each pair's feature loss"),
+        ("rec_weight", 1.0, "weight of the pixel reconstruction loss")))
 
     @classmethod
     def smoke(cls, config) -> None:

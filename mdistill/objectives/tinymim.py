@@ -33,6 +33,7 @@ import ml_collections
 
 from mdistill import inputs
 from mdistill.config.errors import require, variant
+from mdistill.config.field import Field
 from mdistill.models.flops import attention_flops, block_flops, patch_embed_flops
 from mdistill.models.vit import Encoder, Layout, ViTSpec
 from mdistill.objectives.base import Objective
@@ -110,14 +111,12 @@ class TinyMIMObjective(Objective):
     uses_teacher = True
 
     # ---- the config ----------------------------------------------------------------------
-    @classmethod
-    def defaults(cls) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict(dict(
-            teacher_block=17,         # 0-based teacher block whose relations are the targets; < 0 counts from its last
-            relations=RELATIONS,      # which relations are distilled: qk | vv, their KLs added unweighted
-            jitter=(0.4, 0.4, 0.4),   # the student's ColorJitter: brightness, contrast, saturation (0: off)
-            drop_path=0.1,            # the student's drop path, one rate in every block but the last
-            student_heads=0))         # heads of the student's blocks but the last (0: its variant's)
+    fields = tuple(Field(*f) for f in (
+        ("teacher_block", 17, "0-based teacher block whose relations are the targets; < 0 counts from its last"),
+        ("relations", RELATIONS, "which relations are distilled: qk | vv, their KLs added unweighted"),
+        ("jitter", (0.4, 0.4, 0.4), "the student's ColorJitter: brightness, contrast, saturation (0: off)"),
+        ("drop_path", 0.1, "the student's drop path, one rate in every block but the last"),
+        ("student_heads", 0, "heads of the student's blocks but the last (0: its variant's)")))
 
     @classmethod
     def smoke(cls, config) -> None:

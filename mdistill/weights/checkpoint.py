@@ -31,18 +31,6 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from mdistill import workdir as paths
 from mdistill.metrics import log
 
-# Fields that may change between a run and its resumption: they alter neither the model,
-# the optimizer nor the data order. Entries ending in '.' cover a whole sub-config.
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "visualize_every", "keep_checkpoints", "best_metric",
-                     "total_steps", "num_epochs", "teacher.checkpoint", "teacher.allow_change",
-                     "student.init", "student.init_ignore",
-                     "data.path", "data.data_dir", "eval.",
-                     # how the input pipeline runs, not what it yields
-                     "data.workers", "data.threads", "data.prefetch", "data.max_bad_fraction", "data.decoder",
-                     # how the devices are laid out, not what they compute
-                     "mesh.")
-
-
 class CheckpointError(RuntimeError):
     pass
 
@@ -305,7 +293,7 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_params, abstract_o
     truncated) or corrupt (its arrays read back but fail the checksums saved with them) is
     moved aside, to checkpoints/corrupt-<step>-<time>, never deleted, and the previous one
     is tried. Anything else is refused with a CheckpointError and nothing is moved: a
-    `config` that differs from the checkpoint's in a field outside RESUMABLE_CHANGES
+    `config` that differs from the checkpoint's in a field not declared resumable
     (listed), a `teacher` (teacher_record) other than the one the checkpoint was distilled
     from (unless `allow_teacher_change`), a checkpoint that reads but does not fit the
     abstract state (the code changed), an error of the environment (permissions, memory)."""
@@ -372,8 +360,9 @@ def _set_aside_if_unreadable(mngr, step: int, error: Exception) -> None:
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Fields whose values differ between a checkpoint's config (read as today's by
     mdistill.config.upgrade: a field added since holds what that run did) and the current
-    one, except those in RESUMABLE_CHANGES."""
+    one, except those the schema declares resumable (mdistill.config.schema.resumable())."""
     from mdistill.config import upgrade
+    from mdistill.config.schema import resumable
 
     def flat(d, prefix=""):
         out = {}
@@ -385,8 +374,9 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     a = flat(json.loads(json.dumps(upgrade(saved, "the checkpoint's config").to_dict())))
     b = flat(json.loads(json.dumps(current)))
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    free = resumable()
     return [f"  {k}: {a.get(k, '<absent>')!r} in the checkpoint -> {b.get(k, '<absent>')!r} now"
-            for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_CHANGES)]
+            for k in changed if k not in free]
 
 
 def _resolve(path: str) -> tuple[str, int]:
