@@ -116,6 +116,13 @@ def test_report_shows_fine_tuning_against_mae_and_scratch(study):
     assert f"{vs_mae['mean']:+.2f} [{vs_mae['t_ci'][0]:+.2f}, {vs_mae['t_ci'][1]:+.2f}]" in row
     assert f"{vs_scratch['mean']:+.2f} [{vs_scratch['t_ci'][0]:+.2f}, {vs_scratch['t_ci'][1]:+.2f}]" in row
     assert "| scratch (random init) | 3 | 80.00 ± 1.00 |" in text
+    # the headline: each distilled method's verdict beside its twins and the baselines
+    headline = text.split("## Headline", 1)[1].split("##", 1)[0]
+    dmae = next(line for line in headline.splitlines() if line.startswith("| DMAE |"))
+    verdict = "**beats**" if vs_mae["t_ci"][0] > 0 else "does not beat"
+    assert dmae.endswith(f"| 86.17: {verdict} ({vs_mae['mean']:+.2f}, n=3) |")
+    assert "| raw pixels | 85.00 | 83.00 | - |" in headline
+    assert f"| random {study.STUDENT_VARIANT} (fine-tuned: from scratch) | 61.00 | 69.00 | 80.00 |" in headline
 
 
 def test_a_teacher_trained_again_is_recorded_as_another_instance(study, tmp_path, monkeypatch):
